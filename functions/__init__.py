@@ -1,0 +1,1 @@
+"""Lambda function code: one subpackage per function plus shared modules in ``common``."""

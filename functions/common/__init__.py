@@ -1,0 +1,1 @@
+"""Modules shared by every Lambda function: errors, manifest, bundle loading, input schema."""

@@ -1,0 +1,170 @@
+"""Load a model bundle, verify every byte of it, and serve predictions with onnxruntime.
+
+Only onnxruntime and numpy run here: no scikit-learn, no scipy, no pickle.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from .errors import BundleError
+from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, sha256_hex
+from .schema import RowSchema
+
+# Probabilities closer than this count as a tie, broken towards the first class as scikit-learn does.
+TIE_TOLERANCE = 1e-5
+
+Reader = Callable[[str], bytes]
+
+
+def directory_reader(path: str | Path) -> Reader:
+    root = Path(path)
+
+    def read(name: str) -> bytes:
+        try:
+            return (root / name).read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"bundle file {name!r} is missing from {root}") from None
+
+    return read
+
+
+def s3_reader(client: Any, bucket: str, prefix: str) -> Reader:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    prefix = prefix.strip("/")
+
+    def read(name: str) -> bytes:
+        key = f"{prefix}/{name}" if prefix else name
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise BundleError(f"bundle file s3://{bucket}/{key} is missing") from None
+            raise BundleError(f"cannot read s3://{bucket}/{key}: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise BundleError(f"cannot read s3://{bucket}/{key}: {exc}") from None
+
+    return read
+
+
+def reader_for_uri(uri: str, s3_client_factory: Callable[[], Any] | None = None) -> Reader:
+    """``s3://bucket/prefix`` or a local folder (plain path or ``file://``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise BundleError(f"model URI {uri!r} names no bucket")
+        if s3_client_factory is None:
+            import boto3
+
+            s3_client_factory = lambda: boto3.client("s3")  # noqa: E731
+        return s3_reader(s3_client_factory(), parsed.netloc, parsed.path)
+    if parsed.scheme in ("", "file"):
+        return directory_reader(parsed.path if parsed.scheme else uri)
+    raise BundleError(f"unsupported model URI scheme {parsed.scheme!r}: use s3:// or a local folder")
+
+
+def read_manifest(read: Reader, expected_manifest_sha256: str | None = None) -> tuple[Manifest, bytes]:
+    raw = read(MANIFEST_FILE)
+    if expected_manifest_sha256 and not hmac.compare_digest(sha256_hex(raw), expected_manifest_sha256.lower()):
+        raise BundleError("manifest.json does not match the pinned sha256: refusing the bundle")
+    try:
+        return Manifest.model_validate(json.loads(raw)), raw
+    except (ValueError, ValidationError) as exc:
+        raise BundleError(f"manifest.json is not a valid manifest: {_first_line(exc)}") from None
+
+
+def verified_files(read: Reader, manifest: Manifest) -> dict[str, bytes]:
+    files = {}
+    for name, digest in manifest.files.items():
+        data = read(name)
+        if not hmac.compare_digest(sha256_hex(data), digest):
+            raise BundleError(f"{name} does not match its sha256 in the manifest: refusing the bundle")
+        files[name] = data
+    return files
+
+
+@dataclass(frozen=True)
+class Prediction:
+    predictions: list[Any]
+    probabilities: list[list[float]] | None
+
+
+class Model:
+    """A verified bundle ready to predict. Build it once per process with :func:`load_model`."""
+
+    def __init__(self, manifest: Manifest, onnx_bytes: bytes, *, max_rows: int = 10_000, threads: int = 1) -> None:
+        self.manifest = manifest
+        self.session = self.check_loadable(onnx_bytes, threads)
+        self._check_signature()
+        self.schema = RowSchema(manifest.features, manifest.onnx, max_rows)
+        self._classes = np.array(manifest.classes, dtype=object) if manifest.classes else None
+        sig = manifest.onnx
+        self._outputs = [sig.probability_output if self._classes is not None else sig.prediction_output]
+
+    @staticmethod
+    def check_loadable(onnx_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several private types for a corrupt graph
+            raise BundleError(f"model.onnx cannot be loaded by onnxruntime: {_first_line(exc)}") from None
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def _check_signature(self) -> None:
+        sig = self.manifest.onnx
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = {o.name for o in self.session.get_outputs()}
+        if inputs != sig.inputs:
+            raise BundleError(f"model.onnx inputs {inputs} do not match the manifest's {sig.inputs}")
+        wanted = {sig.prediction_output} | ({sig.probability_output} if sig.probability_output else set())
+        if not wanted <= outputs:
+            raise BundleError(f"model.onnx lacks outputs {sorted(wanted - outputs)} named in the manifest")
+        if sig.input_mode == "tensor" and len(self.manifest.features) != (self.session.get_inputs()[0].shape[1]):
+            raise BundleError("model.onnx input width does not match the number of features")
+
+    def predict(self, instances: Any) -> Prediction:
+        return self.predict_feeds(self.schema.to_feeds(instances))
+
+    def predict_feeds(self, feeds: dict[str, np.ndarray]) -> Prediction:
+        (out,) = self.session.run(self._outputs, feeds)
+        if self._classes is None:
+            return Prediction(predictions=np.asarray(out, dtype=np.float64).reshape(-1).tolist(), probabilities=None)
+        proba = np.asarray(out, dtype=np.float64)
+        return Prediction(predictions=self._classes[first_max(proba)].tolist(), probabilities=proba.tolist())
+
+
+def first_max(proba: np.ndarray) -> np.ndarray:
+    """Row-wise argmax where near-ties go to the first class, matching scikit-learn's argmax on
+    exact ties even when float32 rounding in ONNX nudges one side up."""
+    top = proba.max(axis=1, keepdims=True)
+    return np.argmax(proba >= top - TIE_TOLERANCE, axis=1)
+
+
+def load_model(read: Reader, *, expected_manifest_sha256: str | None = None, max_rows: int = 10_000,
+               threads: int = 1) -> Model:
+    manifest, _ = read_manifest(read, expected_manifest_sha256)
+    files = verified_files(read, manifest)
+    return Model(manifest, files[MODEL_FILE], max_rows=max_rows, threads=threads)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,77 @@
+"""The project's exception classes and the one mapping from them to HTTP answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SlimserveError(Exception):
+    """Base class: every error a client or operator may see carries a code and a status."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def to_body(self, request_id: str | None) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error, "request_id": request_id}
+
+
+class InvalidInput(SlimserveError):
+    """The request is well-formed HTTP but its content breaks the model's schema."""
+
+    status = 400
+    code = "invalid_input"
+
+
+class PayloadTooLarge(SlimserveError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(SlimserveError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class NotFound(SlimserveError):
+    status = 404
+    code = "not_found"
+
+
+class ModelUnavailable(SlimserveError):
+    """No verified model is loaded: the service fails closed rather than guess."""
+
+    status = 503
+    code = "model_unavailable"
+
+
+class BundleError(SlimserveError):
+    """A model bundle is missing, corrupt, tampered with or inconsistent."""
+
+    status = 503
+    code = "bundle_invalid"
+
+
+class BundleBuildError(SlimserveError):
+    """A bundle cannot be written (unsupported estimator, parity failure, bad sample data)."""
+
+    code = "bundle_refused"
+
+
+class ConfigurationError(SlimserveError):
+    """A required setting is missing or malformed."""
+
+    status = 500
+    code = "configuration_error"
+
+
+INTERNAL_ERROR_BODY = {"code": "internal_error", "message": "internal error"}

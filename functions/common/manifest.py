@@ -1,0 +1,102 @@
+"""The model bundle manifest: one pydantic model read and written everywhere."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+FORMAT_VERSION = 1
+
+ClassLabel = bool | int | float | str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Feature(_Strict):
+    """One input column, in the order the model expects it."""
+
+    name: str = Field(min_length=1)
+    type: Literal["number", "category"]
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    categories: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _categories_only_for_categoricals(self) -> Feature:
+        if self.type == "category" and not self.categories:
+            raise ValueError(f"categorical feature {self.name!r} needs its categories")
+        if self.type == "number" and self.categories is not None:
+            raise ValueError(f"numeric feature {self.name!r} cannot list categories")
+        return self
+
+
+class OnnxSignature(_Strict):
+    """How feature rows become ONNX inputs and which outputs hold the answer."""
+
+    input_mode: Literal["tensor", "columns"]
+    input_dtype: Literal["float32", "float64"] = "float32"
+    inputs: list[str] = Field(min_length=1)
+    prediction_output: str
+    probability_output: str | None = None
+
+
+class Parity(_Strict):
+    rows: int = Field(ge=1)
+    max_abs_diff: float = Field(ge=0)
+    tolerance: float = Field(gt=0)
+    label_agreement: float | None = Field(default=None, ge=0, le=1)
+
+
+class Manifest(_Strict):
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    created_at: str
+    task: Literal["classification", "regression"]
+    estimator: str
+    features: list[Feature] = Field(min_length=1)
+    classes: list[ClassLabel] | None = None
+    onnx: OnnxSignature
+    files: dict[str, str] = Field(description="file name -> sha256 hex digest")
+    sizes: dict[str, int] = Field(default_factory=dict)
+    parity: Parity
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    training_data_fingerprint: str | None = None
+    lineage: dict[str, str] = Field(default_factory=dict)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [f.name for f in self.features]
+        if len(set(names)) != len(names):
+            raise ValueError("feature names must be unique")
+        if self.task == "classification":
+            if not self.classes or len(self.classes) < 2:
+                raise ValueError("a classifier needs at least two class labels")
+            if self.onnx.probability_output is None:
+                raise ValueError("a classifier needs a probability output")
+        elif self.classes is not None:
+            raise ValueError("a regressor has no class labels")
+        if MODEL_FILE not in self.files:
+            raise ValueError(f"files must list {MODEL_FILE}")
+        for name, digest in self.files.items():
+            if "/" in name or name.startswith(".") or name == MANIFEST_FILE:
+                raise ValueError(f"bad file name in manifest: {name!r}")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"bad sha256 for {name!r}")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

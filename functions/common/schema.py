@@ -1,0 +1,154 @@
+"""Turn request rows into ONNX inputs, refusing anything the feature schema does not allow.
+
+Rows come as objects keyed by feature name or as arrays in schema order. Checks run column
+by column so that the common case (all rows good) costs a few vectorised passes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput
+from .manifest import Feature, OnnxSignature
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NUMBER_TYPES = frozenset({int, float})
+
+
+class RowSchema:
+    """Validates instances against an ordered feature schema and builds ONNX feeds."""
+
+    def __init__(self, features: Sequence[Feature], signature: OnnxSignature, max_rows: int) -> None:
+        self.features = list(features)
+        self.names = [f.name for f in self.features]
+        self._name_set = frozenset(self.names)
+        self._categories = [frozenset(f.categories) if f.categories else None for f in self.features]
+        self.signature = signature
+        self.max_rows = max_rows
+        self._dtype = np.dtype(signature.input_dtype)
+
+    def to_feeds(self, instances: Any) -> dict[str, np.ndarray]:
+        rows = self._ordered_rows(instances)
+        columns = list(zip(*rows, strict=True))
+        values = [self._column(j, col) for j, col in enumerate(columns)]
+        if self.signature.input_mode == "tensor":
+            return {self.signature.inputs[0]: np.column_stack(values)}
+        return {name: v.reshape(-1, 1) for name, v in zip(self.signature.inputs, values, strict=True)}
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def _ordered_rows(self, instances: Any) -> list[Sequence[Any]]:
+        if not isinstance(instances, list):
+            raise InvalidInput("'instances' must be an array of rows", code="wrong_type", field="instances")
+        if not instances:
+            raise InvalidInput("'instances' is empty: send at least one row", code="empty_instances",
+                               field="instances")
+        if len(instances) > self.max_rows:
+            raise InvalidInput(f"{len(instances)} rows sent; at most {self.max_rows} are allowed per request",
+                               code="too_many_rows", field="instances")
+        width = len(self.names)
+        names = self.names
+        rows: list[Sequence[Any]] = []
+        for i, row in enumerate(instances):
+            if type(row) is dict:
+                if len(row) != width or row.keys() != self._name_set:
+                    self._raise_key_error(i, row)
+                rows.append([row[n] for n in names])
+            elif type(row) is list:
+                if len(row) != width:
+                    raise InvalidInput(f"row has {len(row)} values; the model takes {width} features in the "
+                                       f"order {names}", code="wrong_length", field=f"instances[{i}]")
+                rows.append(row)
+            else:
+                raise InvalidInput("each row must be an object keyed by feature name or an array of values",
+                                   code="wrong_type", field=f"instances[{i}]")
+        return rows
+
+    def _raise_key_error(self, i: int, row: dict[str, Any]) -> None:
+        missing = [n for n in self.names if n not in row]
+        extra = [k for k in row if k not in self._name_set]
+        for key in extra:
+            close = difflib.get_close_matches(str(key), missing, n=1, cutoff=0.75)
+            if close:
+                raise InvalidInput(f"unknown feature {key!r}: did you mean {close[0]!r}?",
+                                   code="misspelled_feature", field=f"instances[{i}].{key}")
+        if missing:
+            raise InvalidInput(f"feature {missing[0]!r} is missing", code="missing_feature",
+                               field=f"instances[{i}].{missing[0]}")
+        raise InvalidInput(f"unknown feature {extra[0]!r}: the model takes {self.names}",
+                           code="unknown_feature", field=f"instances[{i}].{extra[0]}")
+
+    # -- columns ----------------------------------------------------------------------------
+
+    def _column(self, j: int, col: tuple[Any, ...]) -> np.ndarray:
+        feature = self.features[j]
+        if feature.type == "category":
+            return self._category_column(j, feature, col)
+        return self._number_column(j, feature, col)
+
+    def _number_column(self, j: int, feature: Feature, col: tuple[Any, ...]) -> np.ndarray:
+        allowed = _NUMBER_TYPES | {type(None)} if feature.nullable else _NUMBER_TYPES
+        if not set(map(type, col)) <= allowed:
+            i, v = next((i, v) for i, v in enumerate(col) if type(v) not in allowed)
+            if v is None:
+                raise InvalidInput(f"feature {feature.name!r} may not be null", code="null_value",
+                                   field=self._field(i, j))
+            raise InvalidInput(f"feature {feature.name!r} must be a number, got {_json_type(v)}",
+                               code="wrong_type", field=self._field(i, j))
+        try:
+            arr = np.array(col, dtype=np.float64)
+        except OverflowError:
+            i = next(i for i, v in enumerate(col) if type(v) is int and abs(v) > _FLOAT32_MAX)
+            raise InvalidInput(f"feature {feature.name!r} is out of range", code="out_of_range",
+                               field=self._field(i, j)) from None
+        finite = np.isfinite(arr)
+        if not finite.all():
+            for i in np.flatnonzero(~finite):
+                if not (feature.nullable and col[i] is None):
+                    raise InvalidInput(f"feature {feature.name!r} must be finite (NaN and infinity are refused)",
+                                       code="non_finite", field=self._field(int(i), j))
+        if np.abs(arr[finite]).max(initial=0.0) > _FLOAT32_MAX:
+            i = int(np.flatnonzero(finite & (np.abs(np.nan_to_num(arr)) > _FLOAT32_MAX))[0])
+            raise InvalidInput(f"feature {feature.name!r} is out of range for float32", code="out_of_range",
+                               field=self._field(i, j))
+        return arr.astype(self._dtype, copy=False)
+
+    def _category_column(self, j: int, feature: Feature, col: tuple[Any, ...]) -> np.ndarray:
+        categories = self._categories[j]
+        assert categories is not None
+        if not set(map(type, col)) <= {str}:
+            i, v = next((i, v) for i, v in enumerate(col) if type(v) is not str)
+            code = "null_value" if v is None else "wrong_type"
+            raise InvalidInput(f"feature {feature.name!r} must be one of its categories (a string), "
+                               f"got {_json_type(v)}", code=code, field=self._field(i, j))
+        unknown = set(col) - categories
+        if unknown:
+            i = next(i for i, v in enumerate(col) if v in unknown)
+            shown = sorted(categories)[:20]
+            raise InvalidInput(f"unknown category {col[i]!r} for feature {feature.name!r}; known: {shown}",
+                               code="unknown_category", field=self._field(i, j))
+        return np.array(col, dtype=object)
+
+    def _field(self, i: int, j: int) -> str:
+        return f"instances[{i}].{self.names[j]}"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number" if math.isfinite(value) else "non-finite number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

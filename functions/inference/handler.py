@@ -1,0 +1,199 @@
+"""Inference Lambda: API Gateway (REST, proxy) -> validated rows -> onnxruntime -> JSON.
+
+Thin by design: parse, call the model, shape the answer. The model loads at import time (the
+Lambda init phase), verified against its manifest, and fails closed with 503 if anything is off.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Body
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..common.errors import (
+    INTERNAL_ERROR_BODY,
+    InvalidInput,
+    ModelUnavailable,
+    PayloadTooLarge,
+    SlimserveError,
+    UnsupportedMediaType,
+)
+from ..common.settings import InferenceSettings
+from .service import ModelHolder
+
+logger = Logger(service="slimserve-inference")
+metrics = Metrics(namespace="Slimserve", service="slimserve-inference")
+tracer = Tracer(service="slimserve-inference")
+app = APIGatewayRestResolver(enable_validation=True)
+
+settings = InferenceSettings.from_env()
+holder = ModelHolder(settings)
+try:
+    holder.load()
+except ModelUnavailable as _exc:
+    logger.error("model failed to load at cold start; answering 503 until it loads",
+                 extra={"reason": _exc.message, "model_uri": settings.model_uri})
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[dict[str, Any] | list[Any]] = Field(
+        description="Rows to score: objects keyed by feature name, or arrays in the feature order")
+    id: str | None = Field(default=None, max_length=256, description="Optional caller id, echoed back")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    request_id: str | None
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Any]
+    probabilities: list[list[float]] | None = Field(default=None, description="Classifiers: per class, in "
+                                                                              "the order of the manifest's classes")
+    model_version: str
+    request_id: str | None
+    id: str | None = None
+
+
+def _error_responses() -> dict[int, dict[str, Any]]:
+    content = {"application/json": {"schema": ErrorResponse}}
+    return {code: {"description": text, "content": content} for code, text in
+            [(400, "Invalid input"), (413, "Body or row count too large"), (415, "Not JSON"),
+             (422, "Malformed request"), (503, "No verified model loaded")]}
+
+
+@app.post("/predict", summary="Score rows", responses={
+    200: {"description": "Predictions", "content": {"application/json": {"schema": PredictResponse}}},
+    **_error_responses()})
+@tracer.capture_method
+def predict(request: Annotated[PredictRequest, Body()]) -> Response[Any]:
+    model = holder.load()
+    started = time.perf_counter()
+    result = model.predict(request.instances)
+    metrics.add_dimension(name="model_version", value=model.version)
+    metrics.add_metric(name="PredictedRows", unit=MetricUnit.Count, value=len(result.predictions))
+    metrics.add_metric(name="ModelLatency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1e3)
+    body: dict[str, Any] = {"predictions": result.predictions}
+    if result.probabilities is not None:
+        body["probabilities"] = result.probabilities
+    body["model_version"] = model.version
+    body["request_id"] = _request_id()
+    if request.id is not None:
+        body["id"] = request.id
+    return Response(status_code=200, content_type="application/json", body=json.dumps(body))
+
+
+@app.get("/health", summary="Liveness and model status", responses={503: {"description": "No verified model"}})
+def health() -> Response[Any]:
+    model = holder.load()
+    body = {"status": "ok", "model_name": model.manifest.name, "model_version": model.version}
+    return Response(status_code=200, content_type="application/json", body=json.dumps(body))
+
+
+@app.get("/openapi.json", summary="This API's OpenAPI document", include_in_schema=False)
+def openapi() -> Response[Any]:
+    document = app.get_openapi_json_schema(title="slimserve inference API", version="1",
+                                           description="Real-time predictions from a verified ONNX model bundle")
+    return Response(status_code=200, content_type="application/json", body=document)
+
+
+@app.exception_handler(SlimserveError)
+def _handle_known(exc: SlimserveError) -> Response[Any]:
+    if exc.status >= 500:
+        logger.error("request refused", extra={"code": exc.code, "reason": exc.message})
+    else:
+        metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
+        logger.info("request refused", extra={"code": exc.code, "field": exc.field})
+    return _error(exc)
+
+
+@app.exception_handler(RequestValidationError)
+def _handle_request_shape(exc: RequestValidationError) -> Response[Any]:
+    return _handle_known(request_shape_error(exc.errors()))
+
+
+@app.exception_handler(Exception)
+def _handle_unexpected(exc: Exception) -> Response[Any]:
+    logger.exception("unexpected error")
+    body = {"error": INTERNAL_ERROR_BODY, "request_id": _request_id()}
+    return Response(status_code=500, content_type="application/json", body=json.dumps(body))
+
+
+def request_shape_error(errors: Any) -> SlimserveError:
+    """Map pydantic's first complaint about the request body to one of our error codes."""
+    first = next(iter(errors), {"type": "", "loc": ()})
+    kind = first.get("type", "")
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    # Union members show up in the location (e.g. 'dict[str,any]'); they name no field.
+    loc = [p for p in loc if not (isinstance(p, str) and "[" in p)]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "body"
+    if kind == "json_invalid":
+        return InvalidInput("request body is not valid JSON", code="malformed_json", field="body")
+    if kind == "missing":
+        return InvalidInput(f"'{field}' is required", code="missing_field", field=field)
+    if kind == "extra_forbidden":
+        return InvalidInput(f"unknown field '{field}': the body takes 'instances' and an optional 'id'",
+                            code="unknown_field", field=field)
+    if field == "body":
+        return InvalidInput("request body must be a JSON object with 'instances'", code="wrong_type", field=field)
+    return InvalidInput(f"'{field}' has the wrong type: {first.get('msg', '')}", code="wrong_type", field=field)
+
+
+def guard(event: APIGatewayProxyEvent, max_body_bytes: int) -> SlimserveError | None:
+    """Checks made before the body is parsed at all: size and media type."""
+    if event.http_method != "POST":
+        return None
+    body = event.body or ""
+    size = len(body) if event.is_base64_encoded else len(body.encode("utf-8"))
+    if size > max_body_bytes:
+        return PayloadTooLarge(f"request body is {size} bytes; the limit is {max_body_bytes}", field="body")
+    content_type = next((v for k, v in (event.headers or {}).items() if k.lower() == "content-type"), "") or ""
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        return UnsupportedMediaType("send the body as application/json", field="content-type")
+    if event.is_base64_encoded:
+        return UnsupportedMediaType("binary bodies are not accepted; send JSON text", field="body")
+    return None
+
+
+def _request_id() -> str | None:
+    try:
+        return app.current_event.request_context.request_id
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def _error(exc: SlimserveError) -> Response[Any]:
+    return Response(status_code=exc.status, content_type="application/json",
+                    body=json.dumps(exc.to_body(_request_id())))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    proxy_event = APIGatewayProxyEvent(event)
+    refused = guard(proxy_event, settings.max_body_bytes)
+    if refused is not None:
+        metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
+        logger.info("request refused", extra={"code": refused.code})
+        return {"statusCode": refused.status, "headers": {"Content-Type": "application/json"},
+                "body": json.dumps(refused.to_body(proxy_event.request_context.request_id))}
+    return app.resolve(event, context)

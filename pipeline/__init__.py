@@ -1,0 +1,1 @@
+"""Everything that runs outside Lambda: bundle writer, training, local emulation, command line."""
