@@ -74,16 +74,15 @@ class PredictResponse(BaseModel):
 
 
 def _error_responses() -> dict[int, dict[str, Any]]:
-    content = {"application/json": {"schema": ErrorResponse}}
+    content = {"application/json": {"model": ErrorResponse}}
     return {code: {"description": text, "content": content} for code, text in
             [(400, "Invalid input"), (413, "Body or row count too large"), (415, "Not JSON"),
              (422, "Malformed request"), (503, "No verified model loaded")]}
 
 
 @app.post("/predict", summary="Score rows", responses={
-    200: {"description": "Predictions", "content": {"application/json": {"schema": PredictResponse}}},
+    200: {"description": "Predictions", "content": {"application/json": {"model": PredictResponse}}},
     **_error_responses()})
-@tracer.capture_method
 def predict(request: Annotated[PredictRequest, Body()]) -> Response[Any]:
     model = holder.load()
     started = time.perf_counter()

@@ -1,0 +1,111 @@
+"""The ``slimserve`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from functions.common.errors import SlimserveError
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    import joblib
+
+    from .bundler import build_bundle
+
+    # joblib files are pickles: load only models you trained yourself. Serving never loads them.
+    estimator = joblib.load(args.model)
+    sample = _read_table(args.sample)
+    result = build_bundle(estimator, sample, args.out, name=args.name, version=args.version, target=args.target,
+                          tolerance=args.tolerance, lineage={"source_model": Path(args.model).name})
+    m = result.manifest
+    print(f"bundle {m.name} {m.version} written to {result.path}")
+    print(f"  task {m.task}, {len(m.features)} features, input {m.onnx.input_mode}/{m.onnx.input_dtype}, "
+          f"model.onnx {m.sizes['model.onnx']:,} bytes")
+    print(f"  parity on {m.parity.rows} rows: max abs diff {m.parity.max_abs_diff:.3g} (tolerance {m.parity.tolerance:g})"
+          + (f", labels agree {m.parity.label_agreement:.2%}" if m.parity.label_agreement is not None else ""))
+    for split, values in m.metrics.items():
+        print(f"  {split} metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    return 0
+
+
+def _read_table(path: str):  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    suffix = "".join(Path(path).suffixes[-2:]).lower()
+    if suffix.endswith(".parquet"):
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import boto3
+
+    from .local.emulation import REGION, emulated_account, upload_bundle
+    from .local.server import bundle_path, load_inference_handler, make_server
+
+    root = bundle_path(args.bundle)
+    with emulated_account():
+        uri = upload_bundle(boto3.client("s3", region_name=REGION), root)
+        module = load_inference_handler(uri)
+        if module.holder.last_error is not None:
+            print(f"model failed to load: {module.holder.last_error.message}", file=sys.stderr)
+            return 1
+        server = make_server(module.lambda_handler, args.host, args.port)
+        host, port = server.server_address[:2]
+        model = module.holder.load()
+        print(f"serving {model.manifest.name} {model.version} from {uri} (moto S3)\n"
+              f"  POST http://{host}:{port}/predict   GET /health   GET /openapi.json\n  Ctrl-C to stop", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bundle", help="turn a fitted scikit-learn model into a verified ONNX bundle")
+    b.add_argument("--model", required=True, help="joblib file of a fitted estimator or Pipeline (your own)")
+    b.add_argument("--sample", required=True, help="CSV or Parquet rows to check parity on (training-like data)")
+    b.add_argument("--out", required=True, help="folder to write model.onnx and manifest.json into")
+    b.add_argument("--target", help="target column in the sample, dropped from features and used for metrics")
+    b.add_argument("--name", default="model", help="model name (default: model)")
+    b.add_argument("--version", help="model version (default: UTC time and model hash)")
+    b.add_argument("--tolerance", type=float, default=1e-4, help="max abs sklearn/ONNX difference (default 1e-4)")
+    b.set_defaults(func=_bundle)
+
+    s = sub.add_parser("serve", help="serve a bundle on a local HTTP endpoint through the real Lambda handler")
+    s.add_argument("--bundle", required=True, help="bundle folder")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.set_defaults(func=_serve)
+
+    d = sub.add_parser("demo", help="train, bundle, serve and call a model on the local emulation")
+    d.add_argument("--workdir", default="demo-output", help="where the demo writes its files")
+    d.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SlimserveError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
