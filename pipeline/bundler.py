@@ -192,6 +192,40 @@ def _histgradientboosting_fix() -> Iterator[None]:
         tree_ensemble.add_node = original
 
 
+def _imputer_statistics(estimator: Any) -> list[np.ndarray]:
+    return [np.asarray(step.statistics_, dtype=np.float64) for _, step in _steps(estimator)
+            if hasattr(step, "statistics_") and np.asarray(step.statistics_).dtype.kind == "f"]
+
+
+def _imputers_as_where(onx: Any, exact_fills: list[np.ndarray]) -> None:
+    """onnxruntime's Imputer has no float64 kernel: express it as Where(IsNaN(x), fill, x).
+
+    The ONNX attribute holds the fill values in float32; the fitted imputer whose statistics
+    round to them supplies the float64 values scikit-learn really uses."""
+    from onnx import TensorProto, helper
+
+    nodes = []
+    for node in onx.graph.node:
+        if node.op_type != "Imputer" or node.domain != "ai.onnx.ml":
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        replaced = float(attrs.get("replaced_value_float", float("nan")))
+        fill = [float(v) for v in attrs.get("imputed_value_floats", [])]
+        fill = next((exact.tolist() for exact in exact_fills if len(exact) == len(fill)
+                     and np.array_equal(exact.astype(np.float32), np.asarray(fill, dtype=np.float32))), fill)
+        if not fill or not np.isnan(replaced):
+            nodes.append(node)  # only the NaN-filling form that SimpleImputer produces is rewritten
+            continue
+        fill_name, mask_name = f"{node.name}__fill", f"{node.name}__isnan"
+        onx.graph.initializer.append(helper.make_tensor(fill_name, TensorProto.DOUBLE, [len(fill)], fill))
+        nodes.append(helper.make_node("IsNaN", [node.input[0]], [mask_name], name=f"{node.name}__mask"))
+        nodes.append(helper.make_node("Where", [mask_name, fill_name, node.input[0]], [node.output[0]],
+                                      name=f"{node.name}__where"))
+    del onx.graph.node[:]
+    onx.graph.node.extend(nodes)
+
+
 def _trees_in_float32(onx: Any) -> None:
     """In a float64 graph, run tree ensembles on float32 inputs and widen their scores back.
 
@@ -239,6 +273,7 @@ def _convert(estimator: Any, features: list[Feature], mode: str, task: str,
         with _histgradientboosting_fix():
             onx = convert_sklearn(estimator, initial_types=initial_types, options=options)
         if dtype == "float64":
+            _imputers_as_where(onx, _imputer_statistics(estimator))
             _trees_in_float32(onx)
         onnx_bytes = onx.SerializeToString()
         Model.check_loadable(onnx_bytes)
