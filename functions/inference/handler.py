@@ -24,6 +24,7 @@ from ..common.errors import (
     INTERNAL_ERROR_BODY,
     InvalidInput,
     ModelUnavailable,
+    NotFound,
     PayloadTooLarge,
     SlimserveError,
     UnsupportedMediaType,
@@ -127,6 +128,11 @@ def _handle_known(exc: SlimserveError) -> Response[Any]:
 @app.exception_handler(RequestValidationError)
 def _handle_request_shape(exc: RequestValidationError) -> Response[Any]:
     return _handle_known(request_shape_error(exc.errors()))
+
+
+@app.not_found
+def _handle_not_found(exc: Exception) -> Response[Any]:
+    return _error(NotFound("no such route: POST /predict, GET /health and GET /openapi.json exist"))
 
 
 @app.exception_handler(Exception)
