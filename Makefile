@@ -1,0 +1,51 @@
+# slimserve: every target installs what it needs into .venv (and node_modules for the CDK CLI).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+
+.PHONY: demo test test-fast layer synth bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+layers/build/runtime-report.json: $(VENV)/.installed layers/build.py layers/runtime/requirements.txt
+	$(PY) layers/build.py
+
+## demo: train, bundle, serve and call a model on the local emulation (no AWS account, no Docker)
+demo: $(VENV)/.installed
+	$(VENV)/bin/slimserve demo
+
+## test: the whole suite (unit, infrastructure, integration, end-to-end)
+test: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json
+	$(PY) -m pytest
+
+## test-fast: everything not marked slow
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
+
+## layer: build the Lambda runtime layer (python3.12, x86_64) without Docker
+layer: $(VENV)/.installed
+	$(PY) layers/build.py
+
+## synth: synthesize the CloudFormation templates offline into cdk.out/
+synth: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json
+	npx cdk synth --quiet
+
+## bench: serving latency, throughput, cold start and package size against scikit-learn
+bench: $(VENV)/.installed
+	$(PY) benchmarks/serving.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy functions pipeline
+
+clean:
+	rm -rf cdk.out layers/build demo-output .pytest_cache
