@@ -92,7 +92,8 @@ def _task(estimator: Any) -> str:
         return "classification"
     if is_regressor(estimator):
         return "regression"
-    raise BundleBuildError(f"{type(estimator).__name__} is neither a classifier nor a regressor", code="unsupported_step")
+    raise BundleBuildError(f"{type(estimator).__name__} is neither a classifier nor a regressor",
+                           code="unsupported_step")
 
 
 def _steps(estimator: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -335,7 +336,8 @@ def _metrics(task: str, y: pd.Series, scores: np.ndarray, classes: list[Any] | N
     from sklearn import metrics as skm
 
     if task == "regression":
-        return {"rmse": float(np.sqrt(skm.mean_squared_error(y, scores))), "mae": float(skm.mean_absolute_error(y, scores)),
+        return {"rmse": float(np.sqrt(skm.mean_squared_error(y, scores))),
+                "mae": float(skm.mean_absolute_error(y, scores)),
                 "r2": float(skm.r2_score(y, scores))}
     assert classes is not None
     labels = np.asarray(classes, dtype=object)[first_max(scores)]

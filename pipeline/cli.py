@@ -23,7 +23,8 @@ def _bundle(args: argparse.Namespace) -> int:
     print(f"bundle {m.name} {m.version} written to {result.path}")
     print(f"  task {m.task}, {len(m.features)} features, input {m.onnx.input_mode}/{m.onnx.input_dtype}, "
           f"model.onnx {m.sizes['model.onnx']:,} bytes")
-    print(f"  parity on {m.parity.rows} rows: max abs diff {m.parity.max_abs_diff:.3g} (tolerance {m.parity.tolerance:g})"
+    print(f"  parity on {m.parity.rows} rows: max abs diff {m.parity.max_abs_diff:.3g} "
+          f"(tolerance {m.parity.tolerance:g})"
           + (f", labels agree {m.parity.label_agreement:.2%}" if m.parity.label_agreement is not None else ""))
     for split, values in m.metrics.items():
         print(f"  {split} metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
@@ -53,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"model failed to load: {module.holder.last_error.message}", file=sys.stderr)
             return 1
         server = make_server(module.lambda_handler, args.host, args.port)
-        host, port = server.server_address[:2]
+        host, port = str(server.server_address[0]), int(server.server_address[1])
         model = module.holder.load()
         print(f"serving {model.manifest.name} {model.version} from {uri} (moto S3)\n"
               f"  POST http://{host}:{port}/predict   GET /health   GET /openapi.json\n  Ctrl-C to stop", flush=True)

@@ -128,10 +128,10 @@ class RowSchema:
                                field=self._field(i, j)) from None
         finite = np.isfinite(arr)
         if not finite.all():
-            for i in np.flatnonzero(~finite):
-                if not (feature.nullable and col[i] is None):
+            for bad in np.flatnonzero(~finite).tolist():
+                if not (feature.nullable and col[bad] is None):
                     raise InvalidInput(f"feature {feature.name!r} must be finite (NaN and infinity are refused)",
-                                       code="non_finite", field=self._field(int(i), j))
+                                       code="non_finite", field=self._field(bad, j))
         if np.abs(arr[finite]).max(initial=0.0) > _FLOAT32_MAX:
             i = int(np.flatnonzero(finite & (np.abs(np.nan_to_num(arr)) > _FLOAT32_MAX))[0])
             raise InvalidInput(f"feature {feature.name!r} is out of range for float32", code="out_of_range",

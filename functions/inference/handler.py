@@ -74,7 +74,7 @@ class PredictResponse(BaseModel):
     id: str | None = None
 
 
-def _error_responses() -> dict[int, dict[str, Any]]:
+def _error_responses() -> dict[int, Any]:
     content = {"application/json": {"model": ErrorResponse}}
     return {code: {"description": text, "content": content} for code, text in
             [(400, "Invalid input"), (413, "Body or row count too large"), (415, "Not JSON"),

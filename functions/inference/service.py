@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+
 from ..common.bundle import Model, load_model, reader_for_uri
 from ..common.errors import ModelUnavailable, SlimserveError
 from ..common.settings import InferenceSettings

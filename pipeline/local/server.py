@@ -59,8 +59,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - name fixed by the base class
-        sys.stderr.write("local-api %s %s\n" % (self.address_string(), format % args))
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write(f"local-api {self.address_string()} {format % args}\n")
 
 
 def make_server(lambda_handler: Any, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
@@ -86,7 +86,7 @@ def call(base_url: str, method: str, path: str, body: Any = None,
     request = Request(base_url.rstrip("/") + path, data=data, method=method,
                       headers={"Content-Type": content_type} if data is not None else {})
     try:
-        with urlopen(request, timeout=30) as response:  # noqa: S310 - loopback only
+        with urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"{}")
     except HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")

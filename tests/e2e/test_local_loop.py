@@ -59,9 +59,9 @@ def test_serve_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
 
 def test_bundle_command_reports_an_unsupported_step(tmp_path: Path) -> None:
     import joblib
+    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import SplineTransformer
-    from sklearn.linear_model import LogisticRegression
 
     from tests.conftest import breast_cancer
 

@@ -30,7 +30,8 @@ row = [1.0] * len(model.manifest.features)
 event = proxy_event("POST", "/predict", json.dumps({"instances": [row]}), {"Content-Type": "application/json"})
 result = handler.lambda_handler(event, LambdaContext())
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "scipy", "skl2onnx", "joblib", "pandas"))
-print("RESULT " + json.dumps({"status": result["statusCode"], "heavy": heavy, "unpickled": [str(u) for u in unpickled]}))
+found = {"status": result["statusCode"], "heavy": heavy, "unpickled": [str(u) for u in unpickled]}
+print("RESULT " + json.dumps(found))
 """
 
 

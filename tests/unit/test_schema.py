@@ -36,7 +36,8 @@ def refused(instances: Any, s: RowSchema | None = None) -> InvalidInput:
 
 
 def test_keyed_and_ordered_rows_give_the_same_feeds() -> None:
-    keyed = schema().to_feeds([{"age": 30, "plan": "pro", "income": 1.5}, {"income": None, "plan": "basic", "age": 40.5}])
+    keyed = schema().to_feeds([{"age": 30, "plan": "pro", "income": 1.5},
+                               {"income": None, "plan": "basic", "age": 40.5}])
     ordered = schema().to_feeds([[30, "pro", 1.5], [40.5, "basic", None]])
     for name in ("age", "plan", "income"):
         assert keyed[name].shape == (2, 1)
