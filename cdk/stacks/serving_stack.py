@@ -1,0 +1,52 @@
+"""ServingStack: model store + serving API. Composes constructs; builds nothing itself."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import Stack
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from ..constructs.model_store import ModelStore, ModelStoreProps
+from ..constructs.serving_api import DEFAULT_LAYER_DIR, ServingApi, ServingApiProps
+
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ServingStackProps:
+    model_name: str = "demo"
+    model_version: str = "1"
+    model_prefix: str | None = None
+    """Defaults to the bundle layout's `models/<model_name>/<model_version>/`."""
+    model_manifest_sha256: str | None = None
+    api_key_required: bool = False
+    architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
+    layer_dir: Path = DEFAULT_LAYER_DIR
+    model_store: ModelStoreProps = field(default_factory=ModelStoreProps)
+
+    def resolved_prefix(self) -> str:
+        if self.model_prefix is not None:
+            return self.model_prefix
+        for label, value in (("model_name", self.model_name), ("model_version", self.model_version)):
+            if not _NAME_PART.match(value):
+                raise ValueError(f"ServingStackProps.{label} must match {_NAME_PART.pattern}, got {value!r}")
+        return f"models/{self.model_name}/{self.model_version}/"
+
+
+class ServingStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, props: ServingStackProps, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.model_store = ModelStore(self, "ModelStore", props.model_store)
+        self.serving = ServingApi(self, "Serving", ServingApiProps(
+            model_bucket=self.model_store.bucket,
+            model_prefix=props.resolved_prefix(),
+            model_manifest_sha256=props.model_manifest_sha256,
+            api_key_required=props.api_key_required,
+            architecture=props.architecture,
+            layer_dir=props.layer_dir,
+        ))

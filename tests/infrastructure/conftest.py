@@ -1,0 +1,45 @@
+"""Fixtures: synthesize the real CDK app offline, once per configuration per session."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synth_helpers import MODEL_CONTEXT, Synth, synthesize
+
+
+@pytest.fixture(scope="session")
+def layer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in for `layers/build/runtime` so these tests never wait for the heavy layer build."""
+    folder = tmp_path_factory.mktemp("layer")
+    (folder / "python").mkdir()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synth_once(tmp_path_factory: pytest.TempPathFactory, layer_dir: Path) -> Callable[..., Synth]:
+    """Synthesize each distinct context once per session; modules share the result."""
+    cache: dict[str, Synth] = {}
+
+    def get(**context: Any) -> Synth:
+        key = json.dumps(context, sort_keys=True)
+        if key not in cache:
+            cache[key] = synthesize(tmp_path_factory.mktemp("cdk.out"), layer_dir, context)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def default_synth(synth_once: Callable[..., Synth]) -> Synth:
+    """The app as `cdk synth` builds it (cdk.json flags), IAM auth only, x86_64, model churn/7."""
+    return synth_once(**MODEL_CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def api_key_synth(synth_once: Callable[..., Synth]) -> Synth:
+    """The app with API keys and a usage plan, on arm64 (both set through CDK context strings)."""
+    return synth_once(**MODEL_CONTEXT, **{"slimserve:apiKeyRequired": "true", "slimserve:architecture": "arm64"})

@@ -1,0 +1,70 @@
+"""Synthesize the real CDK app offline and read back what it wrote (shared by the infra tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # `cdk` is a package at the repo root, not an installed one
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Before the first aws_cdk import: jsii's Node banner would otherwise flood test output.
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
+
+from cdk.app import STACK_ID, build_app  # noqa: E402
+
+# Tests set the model through context, so a changed default in cdk.json cannot move their target.
+MODEL_CONTEXT = {"slimserve:modelName": "churn", "slimserve:modelVersion": "7"}
+MODEL_PREFIX = "models/churn/7/"
+
+
+@dataclass(frozen=True)
+class Synth:
+    """One synthesized app: its cloud assembly folder, the stack template and nag's outcome."""
+
+    outdir: Path
+    template: dict[str, Any]
+    nag_error: str | None
+
+    def resources(self, resource_type: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.template["Resources"].items() if v["Type"] == resource_type}
+
+    def one(self, resource_type: str) -> tuple[str, dict[str, Any]]:
+        found = self.resources(resource_type)
+        assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+        return next(iter(found.items()))
+
+    def validation_report(self) -> dict[str, Any]:
+        return json.loads((self.outdir / "validation-report.json").read_text())
+
+    def acknowledgements(self) -> dict[str, str]:
+        """Every acknowledged rule id (as CDK records it) mapped to its reason."""
+        metadata = json.loads((self.outdir / f"{STACK_ID}.metadata.json").read_text())
+        acks: dict[str, str] = {}
+        for path, entries in metadata.items():
+            for entry in entries:
+                if entry["type"] == "aws:cdk:acknowledged-rules":
+                    acks.update({f"{path} {rule}": reason for rule, reason in entry["data"].items()})
+        return acks
+
+
+def synthesize(outdir: Path, layer_dir: Path, context: Mapping[str, Any] | None = None) -> Synth:
+    """Synthesize with cdk-nag attached. A nag failure is recorded, not raised, so that the
+    template tests still run and the nag test alone reports the findings."""
+    app = build_app(outdir=str(outdir), context=context, layer_dir=layer_dir)
+    nag_error: str | None = None
+    try:
+        app.synth()
+    except RuntimeError as exc:  # jsii surfaces CDK's ValidationFailed as RuntimeError
+        if "ValidationFailed" not in str(exc):
+            raise
+        nag_error = str(exc)
+    template = json.loads((outdir / f"{STACK_ID}.template.json").read_text())
+    return Synth(outdir=outdir, template=template, nag_error=nag_error)

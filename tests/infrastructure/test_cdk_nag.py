@@ -1,0 +1,66 @@
+"""cdk-nag AwsSolutions runs on every synth of the app and reports nothing unacknowledged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from aws_cdk import aws_s3 as s3
+from synth_helpers import MODEL_CONTEXT, STACK_ID, Synth, build_app
+
+pytestmark = pytest.mark.slow  # full synths with the rule pack
+
+# Every acknowledgement in the app, by rule id. A new one must be added here on purpose, with its
+# reason next to it in the construct; a removed one (finding fixed) must be dropped from here.
+EXPECTED_ACKNOWLEDGEMENTS = {
+    "/Serving/InferenceFunction": {"AwsSolutions-L1"},
+    "/Serving/InferenceRole": {
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Action::s3:GetObject*]",
+        "AwsSolutions-IAM5[Action::s3:GetBucket*]",
+        "AwsSolutions-IAM5[Action::s3:List*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/churn/7/*]",
+    },
+    "/Serving/RestApi/CloudWatchRole": {
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+        "AmazonAPIGatewayPushToCloudWatchLogs]",
+    },
+    "/Serving/RestApi/DeploymentStage.v1": {"AwsSolutions-APIG3"},
+    "/Serving/RestApi/Default/predict/POST": {"AwsSolutions-COG4"},
+    "/Serving/RestApi/Default/health/GET": {"AwsSolutions-COG4"},
+    "/Serving/RestApi/Default/openapi.json/GET": {"AwsSolutions-COG4"},
+}
+
+
+def _violations(synth: Synth) -> list[str]:
+    return [f"{v['severity']} {v['ruleName']} at {[c['constructPath'] for c in v['violatingConstructs']]}"
+            for report in synth.validation_report()["pluginReports"] for v in report["violations"]]
+
+
+@pytest.mark.parametrize("variant", ["default_synth", "api_key_synth"])
+def test_no_unacknowledged_findings(variant: str, request: pytest.FixtureRequest) -> None:
+    synth: Synth = request.getfixturevalue(variant)
+    assert synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(_violations(synth))
+    assert _violations(synth) == []
+
+
+def test_acknowledgements_are_the_reviewed_set_each_with_a_one_line_reason(default_synth: Synth) -> None:
+    found: dict[str, set[str]] = {}
+    for key, reason in default_synth.acknowledgements().items():
+        path, rule = key.split(" ", 1)
+        assert reason.strip() and "\n" not in reason, f"{key} needs a one-line reason"
+        found.setdefault(path.removeprefix(f"/{STACK_ID}"), set()).add(rule.removeprefix("Annotation::"))
+    assert found == EXPECTED_ACKNOWLEDGEMENTS
+
+
+def test_a_new_finding_fails_synth(tmp_path: Path, layer_dir: Path) -> None:
+    """Guards the guard: the plugin really is attached by build_app and a new finding stops synth."""
+    app = build_app(outdir=str(tmp_path), context=MODEL_CONTEXT, layer_dir=layer_dir)
+    stack = app.node.find_child(STACK_ID)
+    s3.Bucket(stack, "CarelessBucket")  # no access logs, no TLS policy: AwsSolutions-S1 and -S10
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
+        app.synth()
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    rules = {v["ruleName"] for r in report["pluginReports"] for v in r["violations"]}
+    assert {"AwsSolutions-S1", "AwsSolutions-S10"} <= rules

@@ -1,0 +1,254 @@
+"""The synthesized serving stack keeps its security and routing promises (Template assertions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match, Template
+from synth_helpers import MODEL_PREFIX, Synth
+
+pytestmark = pytest.mark.slow  # the first test in a session pays for a full synth (~5-10 s)
+
+READ_ONLY_S3_ACTIONS = {"s3:GetObject*", "s3:GetBucket*", "s3:List*"}
+
+
+@pytest.fixture(scope="module")
+def template(default_synth: Synth) -> Template:
+    return Template.from_json(default_synth.template)
+
+
+def _model_bucket_id(synth: Synth) -> str:
+    versioned = [k for k, v in synth.resources("AWS::S3::Bucket").items()
+                 if v["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled"]
+    assert len(versioned) == 1, f"expected exactly one versioned (model) bucket, found {versioned}"
+    return versioned[0]
+
+
+def _statements(synth: Synth, role_id: str) -> list[dict[str, Any]]:
+    policies = [p for p in synth.resources("AWS::IAM::Policy").values()
+                if {"Ref": role_id} in p["Properties"]["Roles"]]
+    return [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# --- model store ---------------------------------------------------------------------------------
+
+def test_every_bucket_is_private_encrypted_and_retained(default_synth: Synth) -> None:
+    buckets = default_synth.resources("AWS::S3::Bucket")
+    assert len(buckets) == 2  # model bucket + its access-log bucket
+    for logical_id, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True, "RestrictPublicBuckets": True}, logical_id
+        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+        assert sse["SSEAlgorithm"] in ("AES256", "aws:kms"), logical_id
+        assert bucket["DeletionPolicy"] == "Retain", logical_id
+
+
+def test_model_bucket_is_versioned_and_access_logged_to_the_log_bucket(default_synth: Synth) -> None:
+    model_id = _model_bucket_id(default_synth)
+    logging = default_synth.template["Resources"][model_id]["Properties"]["LoggingConfiguration"]
+    (log_id,) = [k for k in default_synth.resources("AWS::S3::Bucket") if k != model_id]
+    assert logging["DestinationBucketName"] == {"Ref": log_id}
+
+
+def test_access_log_bucket_expires_its_logs(default_synth: Synth) -> None:
+    model_id = _model_bucket_id(default_synth)
+    (log_bucket,) = [v for k, v in default_synth.resources("AWS::S3::Bucket").items() if k != model_id]
+    rules = log_bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert any(r["Status"] == "Enabled" and r.get("ExpirationInDays", 0) > 0 for r in rules)
+
+
+def test_every_bucket_denies_requests_without_tls(default_synth: Synth) -> None:
+    policies = default_synth.resources("AWS::S3::BucketPolicy").values()
+    covered = set()
+    for policy in policies:
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}:
+                assert statement["Effect"] == "Deny"
+                assert statement["Action"] == "s3:*"
+                assert statement["Principal"] == {"AWS": "*"}
+                covered.add(policy["Properties"]["Bucket"]["Ref"])
+    assert covered == set(default_synth.resources("AWS::S3::Bucket"))
+
+
+# --- function ------------------------------------------------------------------------------------
+
+def test_function_runtime_handler_tracing_and_limits(template: Template) -> None:
+    template.has_resource_properties("AWS::Lambda::Function", {
+        "Runtime": "python3.12",
+        "Handler": "functions.inference.handler.lambda_handler",
+        "Architectures": ["x86_64"],
+        "TracingConfig": {"Mode": "Active"},
+        "ReservedConcurrentExecutions": 10,
+        "MemorySize": 1024,
+        "Timeout": 10,
+        "Layers": [{"Ref": Match.string_like_regexp("RuntimeLayer")}],
+        "LoggingConfig": {"LogGroup": {"Ref": Match.string_like_regexp("FunctionLogs")}},
+    })
+    template.resource_count_is("AWS::Lambda::Function", 1)
+
+
+def test_function_environment_points_at_the_model_prefix(default_synth: Synth, template: Template) -> None:
+    model_id = _model_bucket_id(default_synth)
+    template.has_resource_properties("AWS::Lambda::Function", {"Environment": {"Variables": {
+        "MODEL_URI": {"Fn::Join": ["", ["s3://", {"Ref": model_id}, f"/{MODEL_PREFIX}"]]},
+        "MAX_ROWS": "10000",
+        "MAX_BODY_BYTES": str(5 * 1024 * 1024),
+        "POWERTOOLS_SERVICE_NAME": "slimserve-inference",
+        "POWERTOOLS_METRICS_NAMESPACE": "Slimserve",
+    }}})
+
+
+def test_function_logs_have_a_retention(default_synth: Synth) -> None:
+    groups = default_synth.resources("AWS::Logs::LogGroup")
+    assert len(groups) == 2  # function logs + API access logs
+    assert {g["Properties"]["RetentionInDays"] for g in groups.values()} == {30}
+
+
+def test_function_reads_only_the_model_prefix(default_synth: Synth) -> None:
+    fn = default_synth.one("AWS::Lambda::Function")[1]
+    role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    assert "ManagedPolicyArns" not in default_synth.template["Resources"][role_id]["Properties"]
+    model_arn = {"Fn::GetAtt": [_model_bucket_id(default_synth), "Arn"]}
+    s3_statements = [s for s in _statements(default_synth, role_id)
+                     if any(a.startswith("s3:") for a in _as_list(s["Action"]))]
+    assert len(s3_statements) == 1
+    statement = s3_statements[0]
+    assert statement["Effect"] == "Allow"
+    assert set(_as_list(statement["Action"])) == READ_ONLY_S3_ACTIONS
+    assert statement["Resource"] == [model_arn, {"Fn::Join": ["", [model_arn, f"/{MODEL_PREFIX}*"]]}]
+
+
+def test_no_statement_grants_s3_writes_or_s3_on_every_resource(default_synth: Synth) -> None:
+    for policy in default_synth.resources("AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = _as_list(statement["Action"])
+            s3_actions = [a for a in actions if a.startswith("s3:")]
+            assert not [a for a in s3_actions if a.startswith(("s3:Put", "s3:Delete")) or a == "s3:*"], statement
+            if s3_actions:
+                assert "*" not in _as_list(statement["Resource"]), statement
+
+
+# --- alias and API -------------------------------------------------------------------------------
+
+def test_live_alias_points_at_a_published_version(default_synth: Synth) -> None:
+    alias = default_synth.one("AWS::Lambda::Alias")[1]["Properties"]
+    version_id, _ = default_synth.one("AWS::Lambda::Version")
+    assert alias["Name"] == "live"
+    assert alias["FunctionVersion"] == {"Fn::GetAtt": [version_id, "Version"]}
+
+
+def test_routes_and_methods(default_synth: Synth) -> None:
+    paths = {v["Properties"]["PathPart"]: k for k, v in default_synth.resources("AWS::ApiGateway::Resource").items()}
+    assert set(paths) == {"predict", "health", "openapi.json"}
+    routes = {(m["Properties"]["HttpMethod"], m["Properties"]["ResourceId"]["Ref"])
+              for m in default_synth.resources("AWS::ApiGateway::Method").values()}
+    assert routes == {("POST", paths["predict"]), ("GET", paths["health"]), ("GET", paths["openapi.json"])}
+
+
+def test_every_method_requires_iam_and_invokes_the_alias(default_synth: Synth) -> None:
+    alias_id, _ = default_synth.one("AWS::Lambda::Alias")
+    for logical_id, method in default_synth.resources("AWS::ApiGateway::Method").items():
+        props = method["Properties"]
+        assert props["AuthorizationType"] == "AWS_IAM", logical_id
+        assert props["ApiKeyRequired"] is False, logical_id
+        assert props["Integration"]["Type"] == "AWS_PROXY", logical_id
+        uri_parts = props["Integration"]["Uri"]["Fn::Join"][1]
+        assert {"Ref": alias_id} in uri_parts, f"{logical_id} must invoke alias `live`, not $LATEST"
+
+
+def test_lambda_permissions_are_on_the_alias(default_synth: Synth) -> None:
+    alias_id, _ = default_synth.one("AWS::Lambda::Alias")
+    permissions = default_synth.resources("AWS::Lambda::Permission").values()
+    assert permissions
+    assert all(p["Properties"]["FunctionName"] == {"Ref": alias_id} for p in permissions)
+
+
+def test_api_is_regional(template: Template) -> None:
+    template.has_resource_properties("AWS::ApiGateway::RestApi", {"EndpointConfiguration": {"Types": ["REGIONAL"]}})
+
+
+def test_stage_logs_traces_and_throttles(template: Template) -> None:
+    template.has_resource_properties("AWS::ApiGateway::Stage", {
+        "StageName": "v1",
+        "TracingEnabled": True,
+        "AccessLogSetting": {
+            "DestinationArn": Match.any_value(),
+            "Format": Match.string_like_regexp(r'"requestId":"\$context.requestId"'),
+        },
+        "MethodSettings": [{
+            "HttpMethod": "*", "ResourcePath": "/*",
+            "LoggingLevel": "INFO", "MetricsEnabled": True, "DataTraceEnabled": False,
+            "ThrottlingRateLimit": 50, "ThrottlingBurstLimit": 100,
+        }],
+    })
+
+
+def test_predict_body_is_validated_against_a_schema(default_synth: Synth) -> None:
+    validator_id, validator = default_synth.one("AWS::ApiGateway::RequestValidator")
+    assert validator["Properties"]["ValidateRequestBody"] is True
+    assert validator["Properties"]["ValidateRequestParameters"] is True
+    model_id, model = default_synth.one("AWS::ApiGateway::Model")
+    (post,) = [m["Properties"] for m in default_synth.resources("AWS::ApiGateway::Method").values()
+               if m["Properties"]["HttpMethod"] == "POST"]
+    assert post["RequestValidatorId"] == {"Ref": validator_id}
+    assert post["RequestModels"] == {"application/json": {"Ref": model_id}}
+    schema = model["Properties"]["Schema"]
+    assert schema["type"] == "object" and schema["required"] == ["instances"]
+    assert schema["properties"]["instances"]["type"] == "array"
+    assert schema["properties"]["instances"]["minItems"] == 1
+    assert schema["properties"]["id"]["type"] == "string"
+
+
+def test_gateway_errors_use_the_handler_error_shape(default_synth: Synth) -> None:
+    responses = {r["Properties"]["ResponseType"]: r["Properties"]["ResponseTemplates"]["application/json"]
+                 for r in default_synth.resources("AWS::ApiGateway::GatewayResponse").values()}
+    assert '"code": "invalid_input"' in responses["BAD_REQUEST_BODY"]
+    assert all('"error": {"code":' in body and '"request_id": "$context.requestId"' in body
+               for body in responses.values())
+
+
+def test_no_usage_plan_without_api_keys(template: Template) -> None:
+    template.resource_count_is("AWS::ApiGateway::UsagePlan", 0)
+    template.resource_count_is("AWS::ApiGateway::ApiKey", 0)
+
+
+def test_outputs_name_the_api_url_and_function(default_synth: Synth) -> None:
+    outputs = default_synth.template["Outputs"]
+    assert [k for k in outputs if k.startswith("ServingApiUrl")], outputs
+    assert [k for k in outputs if k.startswith("ServingFunctionName")], outputs
+    assert not [k for k in outputs if "Endpoint" in k], "RestApi's duplicate Endpoint output should be gone"
+
+
+# --- API keys variant ----------------------------------------------------------------------------
+
+def test_api_key_variant_requires_keys_and_iam_on_every_method(api_key_synth: Synth) -> None:
+    methods = api_key_synth.resources("AWS::ApiGateway::Method").values()
+    assert len(methods) == 3
+    for method in methods:
+        assert method["Properties"]["ApiKeyRequired"] is True
+        assert method["Properties"]["AuthorizationType"] == "AWS_IAM"
+
+
+def test_api_key_variant_has_a_throttled_usage_plan_on_the_stage(api_key_synth: Synth) -> None:
+    stage_id, _ = api_key_synth.one("AWS::ApiGateway::Stage")
+    plan_id, plan = api_key_synth.one("AWS::ApiGateway::UsagePlan")
+    assert plan["Properties"]["Throttle"] == {"RateLimit": 50, "BurstLimit": 100}
+    assert [s["Stage"] for s in plan["Properties"]["ApiStages"]] == [{"Ref": stage_id}]
+    key_id, _ = api_key_synth.one("AWS::ApiGateway::ApiKey")
+    link = api_key_synth.one("AWS::ApiGateway::UsagePlanKey")[1]["Properties"]
+    assert link["KeyId"] == {"Ref": key_id} and link["UsagePlanId"] == {"Ref": plan_id}
+
+
+def test_arm64_context_switches_function_and_layer(api_key_synth: Synth) -> None:
+    fn = api_key_synth.one("AWS::Lambda::Function")[1]["Properties"]
+    layer = api_key_synth.one("AWS::Lambda::LayerVersion")[1]["Properties"]
+    assert fn["Architectures"] == ["arm64"]
+    assert layer["CompatibleArchitectures"] == ["arm64"]
+    assert layer["CompatibleRuntimes"] == ["python3.12"]
