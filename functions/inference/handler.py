@@ -53,6 +53,13 @@ class PredictRequest(BaseModel):
         description="Rows to score: objects keyed by feature name, or arrays in the feature order")
     id: str | None = Field(default=None, max_length=256, description="Optional caller id, echoed back")
 
+    # Powertools formats route arguments into a debug message on every call, even with debug off:
+    # a short repr keeps that O(1) instead of O(payload) and keeps payloads out of any log.
+    def __repr__(self) -> str:
+        return f"PredictRequest(<{len(self.instances)} rows>)"
+
+    __str__ = __repr__
+
 
 class ErrorDetail(BaseModel):
     code: str

@@ -200,3 +200,28 @@ def test_missing_setting_fails_at_cold_start_with_its_name(monkeypatch: pytest.M
         InferenceSettings.from_env({})
     with pytest.raises(ConfigurationError, match="MAX_ROWS"):
         InferenceSettings.from_env({"MODEL_URI": "s3://b/p/", "MAX_ROWS": "lots"})
+
+
+def test_debug_logging_never_contains_the_payload(account: Any, rf_bundle: Path) -> None:
+    """Powertools logs route arguments at debug level: the request must not render its rows."""
+    import logging
+
+    module = _handler(account, rf_bundle)
+    secret = 123456.789
+    records: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    powertools = logging.getLogger("aws_lambda_powertools")
+    capture, level = Capture(level=logging.DEBUG), powertools.level
+    powertools.addHandler(capture)
+    powertools.setLevel(logging.DEBUG)
+    try:
+        invoke(module, "POST", "/predict", {"instances": [[secret] * 30]})
+    finally:
+        powertools.removeHandler(capture)
+        powertools.setLevel(level)
+    assert any("PredictRequest(<1 rows>)" in r for r in records)
+    assert not any("123456" in r for r in records)
