@@ -162,7 +162,7 @@ def main() -> None:
     layer_mib = None
     if layer_report.exists():
         report = json.loads(layer_report.read_text())
-        layer_mib = report.get("unzipped_mib")
+        layer_mib = report.get("size", {}).get("unzipped_mib")
     onnx_stack = site_packages_size(["onnxruntime", "numpy"])
     sklearn_stack = site_packages_size(["sklearn", "scipy", "numpy", "joblib", "threadpoolctl"])
 
