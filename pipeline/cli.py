@@ -67,6 +67,49 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from functions.batch.scoring import INCOMING_PREFIX, Source, manifest_key, score_file
+    from functions.batch.stores import LocalStore
+    from functions.common.bundle import directory_reader, load_model
+
+    from .local.server import bundle_path
+
+    model = load_model(directory_reader(bundle_path(args.bundle)), max_rows=max(args.chunk_rows, 10_000))
+    path = Path(args.input)
+    if not path.is_file():
+        print(f"error: {path} is not a file", file=sys.stderr)
+        return 2
+    source = Source(bucket="local", key=INCOMING_PREFIX + path.name, size=path.stat().st_size,
+                    etag=_file_digest(path))
+    store = LocalStore(args.out_dir)
+    with path.open("rb") as stream:
+        result = score_file(model, store, source, stream, chunk_rows=args.chunk_rows)
+    m = result.manifest
+    where = Path(args.out_dir) / manifest_key(source)
+    if result.skipped:
+        print(f"{path.name} was already scored by run {m['run_id']}: nothing written again ({where})")
+    if m["status"] == "rejected":
+        print(f"{path.name} rejected [{m['reason']['code']}]: {m['reason']['message']}  (manifest {where})")
+        return 1
+    rows = m["rows"]
+    print(f"{path.name}: {rows['in']} rows in, {rows['scored']} scored, {rows['rejected']} rejected "
+          f"in {m['seconds']:.2f} s (model {m['model']['version']})")
+    for name, out in m["outputs"].items():
+        print(f"  {name:<9} {Path(args.out_dir) / out['key']}  ({out['bytes']:,} bytes, sha256 {out['sha256'][:12]})")
+    print(f"  manifest  {where}")
+    return 0
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -92,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.set_defaults(func=_serve)
+
+    c = sub.add_parser("score", help="score a CSV / JSON Lines / Parquet file (gzip accepted) with a bundle")
+    c.add_argument("--bundle", required=True, help="bundle folder")
+    c.add_argument("input", help="file to score (.csv, .jsonl, .ndjson, optionally .gz; or .parquet)")
+    c.add_argument("out_dir", help="folder for scored/, rejected/ and manifests/")
+    c.add_argument("--chunk-rows", type=int, default=5000, help="rows scored per chunk (default 5000)")
+    c.set_defaults(func=_score)
 
     d = sub.add_parser("demo", help="train, bundle, serve and call a model on the local emulation")
     d.add_argument("--workdir", default="demo-output", help="where the demo writes its files")

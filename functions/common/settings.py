@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,7 +22,7 @@ class InferenceSettings(BaseModel):
     retry_load_seconds: float = Field(default=30.0, ge=0)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> InferenceSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         env = os.environ if environ is None else environ
         values = {name: env[name.upper()] for name in cls.model_fields if env.get(name.upper())}
         try:
@@ -29,3 +30,13 @@ class InferenceSettings(BaseModel):
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
             raise ConfigurationError(f"bad or missing setting: {problems}") from None
+
+
+class BatchSettings(InferenceSettings):
+    """Batch scoring: the model settings plus file limits and the Distributed Map hand-off."""
+
+    max_rows: int = Field(default=1_000_000, gt=0)
+    chunk_rows: int = Field(default=5000, gt=0, le=100_000)
+    max_file_bytes: int | None = Field(default=5 * 1024**3, gt=0)
+    distributed_threshold_bytes: int = Field(default=256 * 1024**2, gt=0)
+    state_machine_arn: str | None = None

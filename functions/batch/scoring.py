@@ -1,0 +1,362 @@
+"""Score one file: stream it in chunks, write scored and rejected rows, commit a manifest last.
+
+The invariant ``rows in == scored + rejected`` holds for every run, and every rejected row
+carries its line number and the reason. Outputs are written through sinks that publish nothing
+until committed, and the manifest (the commit marker) is written last: a crash mid-file leaves
+no half-written output, and a retry of the same file version redoes the work from scratch.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+import numpy as np
+
+from ..common.bundle import Model
+from ..common.errors import InvalidInput
+from .formats import Chunk, CsvReader, FileFormat, JsonLinesReader, ParquetReader, WholeFileRejected, open_text_lines
+
+MANIFEST_PREFIX = "manifests/"
+SCORED_PREFIX = "scored/"
+REJECTED_PREFIX = "rejected/"
+INCOMING_PREFIX = "incoming/"
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> dict[str, Any]: ...
+    def abort(self) -> None: ...
+
+
+class Store(Protocol):
+    """Where files come from and go to: a local folder or an S3 bucket."""
+
+    def sink(self, key: str) -> Sink: ...
+    def read_json(self, key: str) -> dict[str, Any] | None: ...
+    def put_json(self, key: str, body: dict[str, Any]) -> None: ...
+    def local_path(self, stream: IO[bytes], suffix: str) -> str: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """The file version being scored: what identifies the work for idempotency."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    sequencer: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        ident = json.dumps([self.bucket, self.key, self.version_id, self.etag])
+        return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+    @property
+    def relative_key(self) -> str:
+        return self.key[len(INCOMING_PREFIX):] if self.key.startswith(INCOMING_PREFIX) else self.key
+
+
+@dataclass
+class Counts:
+    rows_in: int = 0
+    scored: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class RunResult:
+    manifest: dict[str, Any]
+    skipped: bool = False
+
+
+def manifest_key(source: Source) -> str:
+    return f"{MANIFEST_PREFIX}{source.relative_key}.json"
+
+
+def already_done(store: Store, source: Source) -> dict[str, Any] | None:
+    """The committed manifest if this version (or a newer one) was already scored."""
+    existing = store.read_json(manifest_key(source))
+    if not existing:
+        return None
+    if existing.get("run_id") == source.run_id:
+        return existing
+    newer = existing.get("source", {}).get("sequencer")
+    if newer and source.sequencer and _sequencer_order(newer) > _sequencer_order(source.sequencer):
+        return existing  # an older version's event arrived late: the newer result stands
+    return None
+
+
+def _sequencer_order(sequencer: str) -> tuple[int, str]:
+    return len(sequencer.lstrip("0")), sequencer.lstrip("0")
+
+
+def score_file(model: Model, store: Store, source: Source, stream: IO[bytes], *, chunk_rows: int = 5000,
+               max_file_bytes: int | None = None) -> RunResult:
+    """Score ``stream`` (the content of ``source``) into ``store``; idempotent per file version."""
+    done = already_done(store, source)
+    if done is not None:
+        return RunResult(done, skipped=True)
+    started, clock = now_iso(), time.perf_counter()
+    base = {"run_id": source.run_id, "source": source_dict(source), "started_at": started,
+            "model": {"name": model.manifest.name, "version": model.version}}
+    try:
+        fmt = FileFormat.from_key(source.key)
+        if max_file_bytes is not None and source.size is not None and source.size > max_file_bytes:
+            raise WholeFileRejected(f"file is {source.size} bytes; the limit is {max_file_bytes}",
+                                    code="file_too_large")
+        outputs, counts = _score(model, store, source, fmt, stream, chunk_rows)
+    except WholeFileRejected as exc:
+        manifest: dict[str, Any] = {**base, "status": "rejected", "reason": {"code": exc.code, "message": exc.message},
+                    "rows": {"in": 0, "scored": 0, "rejected": 0}, "outputs": {}}
+    else:
+        manifest = {**base, "status": "complete", "format": fmt.kind, "compression": "gzip" if fmt.gzip else None,
+                    "rows": {"in": counts.rows_in, "scored": counts.scored, "rejected": counts.rejected},
+                    "outputs": outputs}
+    manifest["finished_at"] = now_iso()
+    manifest["seconds"] = round(time.perf_counter() - clock, 3)
+    store.put_json(manifest_key(source), manifest)
+    return RunResult(manifest)
+
+
+def _score(model: Model, store: Store, source: Source, fmt: FileFormat, stream: IO[bytes],
+           chunk_rows: int) -> tuple[dict[str, Any], Counts]:
+    features = model.manifest.features
+    if fmt.kind == "parquet":
+        reader: Any = ParquetReader(store.local_path(stream, ".parquet"), features)
+    else:
+        lines = open_text_lines(stream, fmt)
+        reader = CsvReader(lines, features) if fmt.kind == "csv" else JsonLinesReader(lines, features)
+    writer = OutputWriter(model, store, source, fmt, reader)
+    try:
+        counts = Counts()
+        for chunk in reader.chunks(chunk_rows):
+            writer.write_chunk(chunk, score_chunk(model, chunk), counts)
+        if counts.rows_in == 0:
+            raise WholeFileRejected("file has a header but no rows", code="empty_file")
+        return writer.commit(counts), counts
+    except BaseException:
+        writer.abort()
+        raise
+
+
+@dataclass
+class ChunkResult:
+    good: np.ndarray  # indexes of scored records, in order
+    predictions: list[Any]
+    probabilities: np.ndarray | None
+    rejected: dict[int, str] = field(default_factory=dict)  # record index -> reason
+
+
+def score_chunk(model: Model, chunk: Chunk) -> ChunkResult:
+    """Validate every record against the model's schema and score the good ones in one call."""
+    rejected = {i: e for i, e in enumerate(chunk.errors) if e is not None}
+    names = model.manifest.feature_names
+    if chunk.numbers is not None:
+        finite = np.isfinite(chunk.numbers).all(axis=1)
+        for i in np.flatnonzero(~finite).tolist():
+            j = int(np.flatnonzero(~np.isfinite(chunk.numbers[i]))[0])
+            if not model.manifest.features[j].nullable:
+                rejected[i] = f"non_finite: feature {names[j]!r} must be finite (NaN and infinity are refused)"
+        good = np.array([i for i in range(len(chunk)) if i not in rejected], dtype=np.int64)
+        rows: Any = chunk.numbers[good].tolist()
+    else:
+        good, rows = _valid_rows(model, chunk, rejected)
+    if len(good) == 0:
+        return ChunkResult(good, [], None, rejected)
+    result = model.predict_feeds(model.schema.to_feeds(rows))
+    proba = None if result.probabilities is None else np.asarray(result.probabilities)
+    return ChunkResult(good, result.predictions, proba, rejected)
+
+
+def _valid_rows(model: Model, chunk: Chunk, rejected: dict[int, str]) -> tuple[np.ndarray, list[Any]]:
+    candidates = [i for i in range(len(chunk)) if i not in rejected]
+    rows = [chunk.cells[i] for i in candidates]
+    try:
+        model.schema.to_feeds(rows)  # the common case: every readable row is valid
+        return np.array(candidates, dtype=np.int64), rows
+    except InvalidInput:
+        pass
+    good, kept = [], []
+    for i, row in zip(candidates, rows, strict=True):
+        try:
+            model.schema.to_feeds([row])
+        except InvalidInput as exc:
+            rejected[i] = f"{exc.code}: {exc.message}"
+            continue
+        good.append(i)
+        kept.append(row)
+    return np.array(good, dtype=np.int64), kept
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+
+class OutputWriter:
+    """Scored rows in the input's own format (columns kept, predictions appended); rejected rows
+    with their line number and reason (CSV for CSV input, JSON Lines otherwise)."""
+
+    def __init__(self, model: Model, store: Store, source: Source, fmt: FileFormat, reader: Any) -> None:
+        self.fmt = fmt
+        self.classes = model.manifest.classes
+        rel = source.relative_key
+        self.scored_key = f"{SCORED_PREFIX}{rel}"
+        self.rejected_key = f"{REJECTED_PREFIX}{rel}" if fmt.kind == "csv" else f"{REJECTED_PREFIX}{rel}.jsonl"
+        if fmt.kind == "jsonl" and rel.lower().endswith(".gz"):
+            self.rejected_key = f"{REJECTED_PREFIX}{rel[:-3]}.rejected.jsonl.gz"
+        self.scored = _maybe_gzip(store.sink(self.scored_key), fmt.gzip)
+        self.rejected = _maybe_gzip(store.sink(self.rejected_key), fmt.gzip and fmt.kind != "parquet")
+        self.reader = reader
+        self.extra_columns = ["prediction"] + ([f"probability_{c}" for c in self.classes] if self.classes else [])
+        self._parquet: Any = None
+        if fmt.kind == "csv":
+            self.scored.write(reader.header_line + ("," + ",".join(_csv_escape(c) for c in self.extra_columns))
+                              .encode() + b"\n")
+            self.rejected.write(b"line,reason,row\n")
+
+    def write_chunk(self, chunk: Chunk, result: ChunkResult, counts: Counts) -> None:
+        counts.rows_in += len(chunk)
+        counts.scored += len(result.good)
+        counts.rejected += len(result.rejected)
+        if len(result.good):
+            self._write_scored(chunk, result)
+        for i in sorted(result.rejected):
+            self._write_rejected(chunk.line_numbers[i], result.rejected[i], chunk.raw[i])
+
+    def _write_scored(self, chunk: Chunk, result: ChunkResult) -> None:
+        preds, proba = result.predictions, result.probabilities
+        if self.fmt.kind == "csv":
+            suffixes = csv_suffixes(preds, proba)
+            body = "".join(f"{chunk.raw[i]},{s}\n" for i, s in zip(result.good.tolist(), suffixes, strict=True))
+            self.scored.write(body.encode("utf-8"))
+        elif self.fmt.kind == "jsonl":
+            lines = []
+            for k, i in enumerate(result.good.tolist()):
+                record = json.loads(chunk.raw[i])
+                record["prediction"] = preds[k]
+                if proba is not None and self.classes:
+                    record["probabilities"] = dict(zip(map(str, self.classes), proba[k].tolist(), strict=True))
+                lines.append(json.dumps(record))
+            self.scored.write(("\n".join(lines) + "\n").encode("utf-8"))
+        else:
+            self._write_parquet([chunk.raw[i] for i in result.good.tolist()], preds, proba)
+
+    def _write_parquet(self, records: list[dict[str, Any]], preds: list[Any], proba: np.ndarray | None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(records)
+        table = table.append_column("prediction", pa.array(preds))
+        if proba is not None and self.classes:
+            for j, c in enumerate(self.classes):
+                table = table.append_column(f"probability_{c}", pa.array(proba[:, j]))
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(_SinkFile(self.scored), table.schema)
+        self._parquet.write_table(table)
+
+    def _write_rejected(self, line: int, reason: str, raw: Any) -> None:
+        if self.fmt.kind == "csv":
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerow([line, reason, raw])
+            self.rejected.write(buffer.getvalue().encode("utf-8"))
+        else:
+            self.rejected.write((json.dumps({"line": line, "reason": reason, "row": raw}, default=str) + "\n")
+                                .encode("utf-8"))
+
+    def commit(self, counts: Counts) -> dict[str, Any]:
+        if self._parquet is not None:
+            self._parquet.close()
+        return {"scored": {"key": self.scored_key, **self.scored.commit()},
+                "rejected": {"key": self.rejected_key, **self.rejected.commit()}}
+
+    def abort(self) -> None:
+        for sink in (self.scored, self.rejected):
+            sink.abort()
+
+
+def csv_suffixes(preds: list[Any], proba: np.ndarray | None) -> list[str]:
+    labels = [_csv_escape(str(p)) if isinstance(p, str) else repr(p) if isinstance(p, float) else str(p)
+              for p in preds]
+    if proba is None:
+        return labels
+    cols = [np.char.mod("%.6g", proba[:, j]) for j in range(proba.shape[1])]
+    return [",".join((label, *parts)) for label, *parts in zip(labels, *cols, strict=True)]
+
+
+def _csv_escape(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
+
+
+class _GzipSink:
+    def __init__(self, inner: Sink) -> None:
+        import zlib
+
+        self._inner = inner
+        self._zip = zlib.compressobj(6, zlib.DEFLATED, 31)
+
+    def write(self, data: bytes) -> None:
+        out = self._zip.compress(data)
+        if out:
+            self._inner.write(out)
+
+    def commit(self) -> dict[str, Any]:
+        self._inner.write(self._zip.flush())
+        return self._inner.commit()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
+def _maybe_gzip(sink: Sink, gz: bool) -> Sink:
+    return _GzipSink(sink) if gz else sink
+
+
+class _SinkFile(io.RawIOBase):
+    """A write-only file over a sink, for pyarrow's ParquetWriter."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink, self._pos = sink, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._sink.write(chunk)
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._pos
+
+
+class HashingBuffer:
+    """Counts and hashes what goes through, so manifests can carry output checksums."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def update(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.bytes += len(data)
+
+    def summary(self) -> dict[str, Any]:
+        return {"sha256": self.sha256.hexdigest(), "bytes": self.bytes}
+
+
+def source_dict(source: Source) -> dict[str, Any]:
+    return {"bucket": source.bucket, "key": source.key, "version_id": source.version_id, "etag": source.etag,
+            "size": source.size, "sequencer": source.sequencer}
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,141 @@
+"""Stores for batch scoring: a local folder (the CLI) and an S3 bucket (the Lambda), same contract.
+
+A sink publishes nothing until ``commit``: locally a temporary file renamed into place, on S3 a
+single PUT or a multipart upload completed at the end (aborted on failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from .scoring import HashingBuffer
+
+PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB (all but the last)
+
+
+class LocalSink:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._file = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)  # noqa: SIM115 - closed in commit/abort
+        self._hash = HashingBuffer()
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._file.write(data)
+
+    def commit(self) -> dict[str, Any]:
+        self._file.close()
+        os.replace(self._file.name, self._path)
+        return self._hash.summary()
+
+    def abort(self) -> None:
+        self._file.close()
+        Path(self._file.name).unlink(missing_ok=True)
+
+
+class LocalStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def sink(self, key: str) -> LocalSink:
+        return LocalSink(self.root / key)
+
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        path = self.root / key
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put_json(self, key: str, body: dict[str, Any]) -> None:
+        sink = self.sink(key)
+        sink.write((json.dumps(body, indent=2) + "\n").encode())
+        sink.commit()
+
+    def local_path(self, stream: IO[bytes], suffix: str) -> str:
+        return _spool(stream, suffix)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        return sorted(str(p.relative_to(self.root)) for p in base.glob("*") if p.is_file()) if base.is_dir() else []
+
+
+class S3Sink:
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self._client, self._bucket, self._key = client, bucket, key
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._hash = HashingBuffer()
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._buffer += data
+        if len(self._buffer) >= PART_BYTES:
+            self._flush_part()
+
+    def _flush_part(self) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
+        number = len(self._parts) + 1
+        etag = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                        PartNumber=number, Body=bytes(self._buffer))["ETag"]
+        self._parts.append({"PartNumber": number, "ETag": etag})
+        self._buffer.clear()
+
+    def commit(self) -> dict[str, Any]:
+        if self._upload_id is None:
+            self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer))
+        else:
+            if self._buffer:
+                self._flush_part()
+            self._client.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                                   MultipartUpload={"Parts": self._parts})
+        return self._hash.summary()
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
+            self._upload_id = None
+
+
+class S3Store:
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client, self.bucket = client, bucket
+
+    def sink(self, key: str) -> S3Sink:
+        return S3Sink(self.client, self.bucket, key)
+
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return json.loads(body)
+
+    def put_json(self, key: str, body: dict[str, Any]) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=(json.dumps(body, indent=2) + "\n").encode(),
+                               ContentType="application/json")
+
+    def local_path(self, stream: IO[bytes], suffix: str) -> str:
+        return _spool(stream, suffix)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+
+def _spool(stream: IO[bytes], suffix: str) -> str:
+    """Formats that need random access (Parquet) are copied to local disk first, not to memory."""
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as handle:
+        shutil.copyfileobj(stream, handle, 1 << 20)
+    return handle.name
