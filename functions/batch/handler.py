@@ -88,12 +88,11 @@ def process_source(source: Source) -> dict[str, Any]:
     if _goes_to_distributed_map(source):
         return distributed.start(sfn_client(), settings.state_machine_arn or "", store, source)
     model = holder.load()
-    args: dict[str, Any] = {"Bucket": source.bucket, "Key": source.key}
-    if source.version_id:
-        args["VersionId"] = source.version_id
     if already_done(store, source) is not None:
         return {"status": "duplicate"}
-    body = s3_client().get_object(**args)["Body"]
+    body = _open_source(source)
+    if body is None:
+        return {"status": "superseded"}
     result = score_file(model, store, source, body, chunk_rows=settings.chunk_rows,
                         max_file_bytes=settings.max_file_bytes)
     manifest = result.manifest
@@ -106,6 +105,27 @@ def process_source(source: Source) -> dict[str, Any]:
     logger.info("file processed", extra={"key": source.key, "status": manifest["status"], "rows": manifest["rows"],
                                          "run_id": manifest["run_id"], "skipped": result.skipped})
     return {"status": manifest["status"], "skipped": result.skipped}
+
+
+def _open_source(source: Source) -> Any:
+    """The announced version's bytes: by version id, or (unversioned) only while the ETag still
+    matches, so a newer upload under the same key is never scored under the old event's name."""
+    from botocore.exceptions import ClientError
+
+    args: dict[str, Any] = {"Bucket": source.bucket, "Key": source.key}
+    if source.version_id:
+        args["VersionId"] = source.version_id
+    elif source.etag:
+        args["IfMatch"] = source.etag
+    try:
+        return s3_client().get_object(**args)["Body"]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "NoSuchVersion", "PreconditionFailed", "412", "404"):
+            logger.warning("announced object is gone or replaced; its own event covers the new one",
+                           extra={"key": source.key, "code": code})
+            return None
+        raise
 
 
 def _goes_to_distributed_map(source: Source) -> bool:

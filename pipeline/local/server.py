@@ -23,11 +23,15 @@ MAX_LOCAL_BODY = 64 * 1024 * 1024  # far above the handler's own limit, so the h
 
 def load_inference_handler(model_uri: str, **settings: str) -> ModuleType:
     """Import (or re-import) the inference handler with its settings in the environment."""
+    return load_function("functions.inference.handler", model_uri, **settings)
+
+
+def load_function(name: str, model_uri: str, **settings: str) -> ModuleType:
+    """Import (or re-import: a fresh execution environment) a function's handler module with its
+    settings in the environment, as Lambda does at cold start."""
     os.environ["MODEL_URI"] = model_uri
     for key, value in settings.items():
         os.environ[key.upper()] = value
-    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "slimserve-inference")
-    name = "functions.inference.handler"
     if name in sys.modules:
         return importlib.reload(sys.modules[name])
     return importlib.import_module(name)
