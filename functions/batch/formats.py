@@ -142,18 +142,29 @@ class CsvReader:
             if not lines:
                 return
             start, self._next_line = self._next_line, self._next_line + len(lines)
-            texts = [_decode(line, start + i) for i, line in enumerate(lines)]
-            kept = [(start + i, t) for i, t in enumerate(texts) if t.strip()]  # blank lines carry no row
-            if kept:
-                yield self._chunk(kept)
-
-    def _chunk(self, kept: list[tuple[int, str]]) -> Chunk:
-        chunk = Chunk(line_numbers=[n for n, _ in kept], raw=[t.rstrip("\r\n") for _, t in kept])
-        if self._all_numeric and not any('"' in t for t in chunk.raw):
             try:
-                parsed = np.loadtxt(chunk.raw, delimiter=",", dtype=np.float64, usecols=self._positions, ndmin=2,
-                                    comments=None)
-                if parsed.shape[0] == len(chunk) and all(t.count(",") == len(self.header) - 1 for t in chunk.raw):
+                block = b"".join(lines).decode("utf-8")  # one decode per chunk, not per line
+            except UnicodeDecodeError:
+                for i, line in enumerate(lines):
+                    _decode(line, start + i)  # names the first line that is not UTF-8
+                raise
+            texts = block.split("\n")
+            if texts[-1] == "":
+                texts.pop()
+            kept = [(start + i, t.rstrip("\r")) for i, t in enumerate(texts) if t and not t.isspace()]
+            if kept:
+                yield self._chunk(kept, quoted='"' in block)
+
+    def _chunk(self, kept: list[tuple[int, str]], quoted: bool) -> Chunk:
+        chunk = Chunk(line_numbers=[n for n, _ in kept], raw=[t for _, t in kept])
+        if self._all_numeric and not quoted:
+            # When the header is exactly the features, loadtxt itself refuses rows of another width.
+            exact = self._positions == list(range(len(self.header)))
+            try:
+                parsed = np.loadtxt(chunk.raw, delimiter=",", dtype=np.float64, ndmin=2, comments=None,
+                                    usecols=None if exact else self._positions)
+                if parsed.shape == (len(chunk), len(self._positions)) and (
+                        exact or all(t.count(",") == len(self.header) - 1 for t in chunk.raw)):
                     chunk.numbers = parsed
                     chunk.cells = [None] * len(chunk)
                     chunk.errors = [None] * len(chunk)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -139,8 +140,17 @@ def _score(model: Model, store: Store, source: Source, fmt: FileFormat, stream: 
     writer = OutputWriter(model, store, source, fmt, reader)
     try:
         counts = Counts()
-        for chunk in reader.chunks(chunk_rows):
-            writer.write_chunk(chunk, score_chunk(model, chunk), counts)
+        # One chunk in flight: onnxruntime (which releases the GIL) scores chunk k while this
+        # thread parses chunk k+1 and writes chunk k-1. Memory stays bounded to a few chunks.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-score") as pool:
+            pending: tuple[Chunk, Future[ChunkResult]] | None = None
+            for chunk in reader.chunks(chunk_rows):
+                job = pool.submit(score_chunk, model, chunk)
+                if pending is not None:
+                    writer.write_chunk(pending[0], pending[1].result(), counts)
+                pending = (chunk, job)
+            if pending is not None:
+                writer.write_chunk(pending[0], pending[1].result(), counts)
         if counts.rows_in == 0:
             raise WholeFileRejected("file has a header but no rows", code="empty_file")
         return writer.commit(counts), counts
@@ -152,7 +162,7 @@ def _score(model: Model, store: Store, source: Source, fmt: FileFormat, stream: 
 @dataclass
 class ChunkResult:
     good: np.ndarray  # indexes of scored records, in order
-    predictions: list[Any]
+    predictions: np.ndarray
     probabilities: np.ndarray | None
     rejected: dict[int, str] = field(default_factory=dict)  # record index -> reason
 
@@ -160,22 +170,19 @@ class ChunkResult:
 def score_chunk(model: Model, chunk: Chunk) -> ChunkResult:
     """Validate every record against the model's schema and score the good ones in one call."""
     rejected = {i: e for i, e in enumerate(chunk.errors) if e is not None}
-    names = model.manifest.feature_names
     if chunk.numbers is not None:
-        finite = np.isfinite(chunk.numbers).all(axis=1)
-        for i in np.flatnonzero(~finite).tolist():
-            j = int(np.flatnonzero(~np.isfinite(chunk.numbers[i]))[0])
-            if not model.manifest.features[j].nullable:
-                rejected[i] = f"non_finite: feature {names[j]!r} must be finite (NaN and infinity are refused)"
-        good = np.array([i for i in range(len(chunk)) if i not in rejected], dtype=np.int64)
-        rows: Any = chunk.numbers[good].tolist()
+        rejected.update(model.schema.matrix_problems(chunk.numbers))
+        keep = np.ones(len(chunk), dtype=bool)
+        keep[list(rejected)] = False
+        good = np.flatnonzero(keep)
+        feeds = model.schema.feeds_from_matrix(chunk.numbers[good])
     else:
         good, rows = _valid_rows(model, chunk, rejected)
+        feeds = model.schema.to_feeds(rows) if len(good) else {}
     if len(good) == 0:
-        return ChunkResult(good, [], None, rejected)
-    result = model.predict_feeds(model.schema.to_feeds(rows))
-    proba = None if result.probabilities is None else np.asarray(result.probabilities)
-    return ChunkResult(good, result.predictions, proba, rejected)
+        return ChunkResult(good, np.array([]), None, rejected)
+    predictions, proba = model.score(feeds)
+    return ChunkResult(good, predictions, proba, rejected)
 
 
 def _valid_rows(model: Model, chunk: Chunk, rejected: dict[int, str]) -> tuple[np.ndarray, list[Any]]:
@@ -241,7 +248,7 @@ class OutputWriter:
             lines = []
             for k, i in enumerate(result.good.tolist()):
                 record = json.loads(chunk.raw[i])
-                record["prediction"] = preds[k]
+                record["prediction"] = preds[k].item() if isinstance(preds[k], np.generic) else preds[k]
                 if proba is not None and self.classes:
                     record["probabilities"] = dict(zip(map(str, self.classes), proba[k].tolist(), strict=True))
                 lines.append(json.dumps(record))
@@ -249,12 +256,12 @@ class OutputWriter:
         else:
             self._write_parquet([chunk.raw[i] for i in result.good.tolist()], preds, proba)
 
-    def _write_parquet(self, records: list[dict[str, Any]], preds: list[Any], proba: np.ndarray | None) -> None:
+    def _write_parquet(self, records: list[dict[str, Any]], preds: np.ndarray, proba: np.ndarray | None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist(records)
-        table = table.append_column("prediction", pa.array(preds))
+        table = table.append_column("prediction", pa.array(preds.tolist()))
         if proba is not None and self.classes:
             for j, c in enumerate(self.classes):
                 table = table.append_column(f"probability_{c}", pa.array(proba[:, j]))
@@ -282,9 +289,15 @@ class OutputWriter:
             sink.abort()
 
 
-def csv_suffixes(preds: list[Any], proba: np.ndarray | None) -> list[str]:
-    labels = [_csv_escape(str(p)) if isinstance(p, str) else repr(p) if isinstance(p, float) else str(p)
-              for p in preds]
+def csv_suffixes(preds: np.ndarray, proba: np.ndarray | None) -> list[str]:
+    values = preds.tolist()
+    first = values[0] if values else None
+    if isinstance(first, str):
+        labels = [_csv_escape(str(p)) for p in values]
+    elif isinstance(first, float):
+        labels = [repr(p) for p in values]  # regression: shortest exact text of each float
+    else:
+        labels = [str(p) for p in values]
     if proba is None:
         return labels
     cols = [np.char.mod("%.6g", proba[:, j]) for j in range(proba.shape[1])]

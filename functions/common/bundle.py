@@ -144,11 +144,16 @@ class Model:
         return self.predict_feeds(self.schema.to_feeds(instances))
 
     def predict_feeds(self, feeds: dict[str, np.ndarray]) -> Prediction:
+        predictions, proba = self.score(feeds)
+        return Prediction(predictions=predictions.tolist(), probabilities=None if proba is None else proba.tolist())
+
+    def score(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (class labels or values) and class probabilities (classifiers) as arrays."""
         (out,) = self.session.run(self._outputs, feeds)
         if self._classes is None:
-            return Prediction(predictions=np.asarray(out, dtype=np.float64).reshape(-1).tolist(), probabilities=None)
+            return np.asarray(out, dtype=np.float64).reshape(-1), None
         proba = np.asarray(out, dtype=np.float64)
-        return Prediction(predictions=self._classes[first_max(proba)].tolist(), probabilities=proba.tolist())
+        return self._classes[first_max(proba)], proba
 
 
 def first_max(proba: np.ndarray) -> np.ndarray:

@@ -88,6 +88,29 @@ class RowSchema:
         raise InvalidInput(f"unknown feature {extra[0]!r}: the model takes {self.names}",
                            code="unknown_feature", field=f"instances[{i}].{extra[0]}")
 
+    # -- matrices (batch files already parsed as numbers) --------------------------------------
+
+    def matrix_problems(self, matrix: np.ndarray) -> dict[int, str]:
+        """Rows of an all-numeric matrix that the schema refuses, with the reason for each."""
+        problems: dict[int, str] = {}
+        finite = np.isfinite(matrix)
+        for i in np.flatnonzero(~finite.all(axis=1)).tolist():
+            j = int(np.flatnonzero(~finite[i])[0])
+            problems[i] = f"non_finite: feature {self.names[j]!r} must be finite (NaN and infinity are refused)"
+        if self._dtype == np.float32:
+            big = finite & (np.abs(np.where(finite, matrix, 0.0)) > _FLOAT32_MAX)
+            for i in np.flatnonzero(big.any(axis=1)).tolist():
+                j = int(np.flatnonzero(big[i])[0])
+                problems.setdefault(i, f"out_of_range: feature {self.names[j]!r} is out of range for float32")
+        return problems
+
+    def feeds_from_matrix(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        """ONNX feeds from rows that passed :meth:`matrix_problems` (all features numeric)."""
+        values = matrix.astype(self._dtype, copy=False)
+        if self.signature.input_mode == "tensor":
+            return {self.signature.inputs[0]: values}
+        return {name: values[:, [j]] for j, name in enumerate(self.signature.inputs)}
+
     # -- columns ----------------------------------------------------------------------------
 
     def _all_numbers_fast(self, rows: list[Sequence[Any]]) -> np.ndarray | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synth_helpers import MODEL_CONTEXT, Synth, synthesize
+from synth_helpers import BATCH_CONTEXT, MODEL_CONTEXT, Synth, synthesize
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,9 @@ def default_synth(synth_once: Callable[..., Synth]) -> Synth:
 def api_key_synth(synth_once: Callable[..., Synth]) -> Synth:
     """The app with API keys and a usage plan, on arm64 (both set through CDK context strings)."""
     return synth_once(**MODEL_CONTEXT, **{"slimserve:apiKeyRequired": "true", "slimserve:architecture": "arm64"})
+
+
+@pytest.fixture(scope="module")
+def batch_synth(synth_once: Callable[..., Synth]) -> Synth:
+    """The default app with batch scoring switched on (the one extra CDK context key)."""
+    return synth_once(**BATCH_CONTEXT)

@@ -23,6 +23,8 @@ from cdk.app import STACK_ID, build_app  # noqa: E402
 # Tests set the model through context, so a changed default in cdk.json cannot move their target.
 MODEL_CONTEXT = {"slimserve:modelName": "churn", "slimserve:modelVersion": "7"}
 MODEL_PREFIX = "models/churn/7/"
+# Batch scoring is opt-in (`-c slimserve:batchScoring=true`); this variant switches it on.
+BATCH_CONTEXT = {**MODEL_CONTEXT, "slimserve:batchScoring": "true"}
 
 
 @dataclass(frozen=True)
