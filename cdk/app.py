@@ -15,6 +15,7 @@ from aws_cdk import App, Validations
 from aws_cdk import aws_lambda as lambda_
 from cdk_nag import AwsSolutionsChecks
 
+from .constructs.batch_scoring import BatchScoringSettings
 from .stacks.serving_stack import ServingStack, ServingStackProps
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,7 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None) -> Serving
         api_key_required=_as_bool(ctx("apiKeyRequired", False), CTX + "apiKeyRequired"),
         architecture=_architecture(ctx("architecture", "x86_64")),
         layer_dir=Path(layer) if layer else defaults.layer_dir,
+        batch=BatchScoringSettings() if _as_bool(ctx("batchScoring", False), CTX + "batchScoring") else None,
     )
 
 

@@ -1,4 +1,4 @@
-"""ServingStack: model store + serving API. Composes constructs; builds nothing itself."""
+"""ServingStack: model store + serving API (+ batch scoring when enabled). Composes constructs only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aws_cdk import Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
+from ..constructs.batch_scoring import BatchScoring, BatchScoringProps, BatchScoringSettings
 from ..constructs.model_store import ModelStore, ModelStoreProps
 from ..constructs.serving_api import DEFAULT_LAYER_DIR, ServingApi, ServingApiProps
 
@@ -28,6 +29,8 @@ class ServingStackProps:
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
     layer_dir: Path = DEFAULT_LAYER_DIR
     model_store: ModelStoreProps = field(default_factory=ModelStoreProps)
+    batch: BatchScoringSettings | None = None
+    """Batch scoring (S3 incoming/ → SQS → Lambda, Distributed Map for big CSVs); None leaves it out."""
 
     def resolved_prefix(self) -> str:
         if self.model_prefix is not None:
@@ -50,3 +53,15 @@ class ServingStack(Stack):
             architecture=props.architecture,
             layer_dir=props.layer_dir,
         ))
+        self.batch: BatchScoring | None = None
+        if props.batch is not None:
+            # Same model pin, layer and log bucket as serving: one deploy scores online and in batch alike.
+            self.batch = BatchScoring(self, "Batch", BatchScoringProps(
+                model_bucket=self.model_store.bucket,
+                model_prefix=props.resolved_prefix(),
+                model_manifest_sha256=props.model_manifest_sha256,
+                layer=self.serving.layer,
+                access_log_bucket=self.model_store.access_log_bucket,
+                architecture=props.architecture,
+                settings=props.batch,
+            ))

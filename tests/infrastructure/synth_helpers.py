@@ -21,9 +21,10 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
 from cdk.app import STACK_ID, build_app  # noqa: E402
 
 # Tests set the model through context, so a changed default in cdk.json cannot move their target.
-MODEL_CONTEXT = {"slimserve:modelName": "churn", "slimserve:modelVersion": "7"}
+# The default variant is the serving stack alone (`-c slimserve:batchScoring=false`); cdk.json
+# switches batch scoring on for a plain `cdk deploy`, and BATCH_CONTEXT tests that stack.
+MODEL_CONTEXT = {"slimserve:modelName": "churn", "slimserve:modelVersion": "7", "slimserve:batchScoring": "false"}
 MODEL_PREFIX = "models/churn/7/"
-# Batch scoring is opt-in (`-c slimserve:batchScoring=true`); this variant switches it on.
 BATCH_CONTEXT = {**MODEL_CONTEXT, "slimserve:batchScoring": "true"}
 
 

@@ -36,7 +36,7 @@ BATCH_ACKNOWLEDGEMENTS = {
         f"AwsSolutions-IAM5[Resource::{BUCKET}/{prefix}*]" for prefix in ("incoming/", "scored/", "rejected/",
                                                                             "manifests/")},
     "/Batch/ScoreChunkRole": GRANT_READ | XRAY_AND_PUT | {f"AwsSolutions-IAM5[Resource::{BUCKET}/runs/*]"},
-    "/Batch/FinalizeRole": XRAY_AND_PUT | {
+    "/Batch/FinalizeRole": GRANT_READ | XRAY_AND_PUT | {
         f"AwsSolutions-IAM5[Resource::{BUCKET}/runs/*]", f"AwsSolutions-IAM5[Resource::{BUCKET}/manifests/*]"},
     "/Batch/StateMachineRole": {
         "AwsSolutions-IAM5[Resource::*]",

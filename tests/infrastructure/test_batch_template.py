@@ -121,8 +121,8 @@ def _alarms_on(synth: Synth, metric_name: str) -> list[dict[str, Any]]:
 
 # --- opt-in --------------------------------------------------------------------------------------
 
-def test_batch_scoring_is_opt_in(default_synth: Synth) -> None:
-    """Without `slimserve:batchScoring=true` the stack is exactly the serving stack."""
+def test_batch_scoring_can_be_switched_off(default_synth: Synth) -> None:
+    """With `slimserve:batchScoring=false` the stack is exactly the serving stack."""
     assert not default_synth.resources("AWS::SQS::Queue")
     assert not default_synth.resources("AWS::StepFunctions::StateMachine")
     assert not default_synth.resources("Custom::S3BucketNotifications")
@@ -142,7 +142,8 @@ def test_scoring_bucket_is_private_encrypted_versioned_retained_and_access_logge
     assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
     assert bucket["DeletionPolicy"] == "Retain"
     # The same access-log bucket as the model bucket, under its own prefix.
-    model_logging = batch_synth.template["Resources"][_model_bucket_id(batch_synth)]["Properties"]["LoggingConfiguration"]
+    model_bucket = batch_synth.template["Resources"][_model_bucket_id(batch_synth)]
+    model_logging = model_bucket["Properties"]["LoggingConfiguration"]
     assert props["LoggingConfiguration"] == {"DestinationBucketName": model_logging["DestinationBucketName"],
                                              "LogFilePrefix": "scoring-bucket/"}
 
@@ -319,8 +320,8 @@ def test_batch_function_cannot_write_incoming(batch_synth: Synth) -> None:
     assert "incoming/*" not in _s3_grants(batch_synth, role_id, _scoring_bucket_id(batch_synth), write=True)
 
 
-@pytest.mark.parametrize("handler", [HANDLER, MAP_HANDLER])
-def test_scoring_functions_read_only_the_model_prefix(batch_synth: Synth, handler: str) -> None:
+@pytest.mark.parametrize("handler", [HANDLER, MAP_HANDLER, FINALIZE_HANDLER])
+def test_batch_functions_read_only_the_model_prefix(batch_synth: Synth, handler: str) -> None:
     role_id = _role_id(_function(batch_synth, handler)[1])
     model_id = _model_bucket_id(batch_synth)
     assert _s3_grants(batch_synth, role_id, model_id, write=False) == {f"{MODEL_PREFIX}*"}
@@ -329,12 +330,11 @@ def test_scoring_functions_read_only_the_model_prefix(batch_synth: Synth, handle
 
 def test_finalize_lists_only_under_runs(batch_synth: Synth) -> None:
     role_id = _role_id(_function(batch_synth, FINALIZE_HANDLER)[1])
+    scoring_arn = {"Fn::GetAtt": [_scoring_bucket_id(batch_synth), "Arn"]}
     lists = [s for s in _s3_statements(batch_synth, role_id)
-             if any(a.startswith("s3:List") for a in _as_list(s["Action"]))]
-    assert lists == [{"Action": "s3:ListBucket", "Effect": "Allow",
-                      "Resource": {"Fn::GetAtt": [_scoring_bucket_id(batch_synth), "Arn"]},
+             if scoring_arn in _as_list(s["Resource"]) and any(a.startswith("s3:List") for a in _as_list(s["Action"]))]
+    assert lists == [{"Action": "s3:ListBucket", "Effect": "Allow", "Resource": scoring_arn,
                       "Condition": {"StringLike": {"s3:prefix": ["runs/*"]}}}]
-    assert not _s3_grants(batch_synth, role_id, _model_bucket_id(batch_synth), write=False)
 
 
 def test_batch_function_may_start_only_its_state_machine(batch_synth: Synth) -> None:
@@ -384,6 +384,7 @@ def test_definition_starts_with_a_distributed_map_reading_the_csv_key(batch_synt
     assert reader["Parameters"] == {"Bucket": f"<Ref:{_scoring_bucket_id(batch_synth)}>", "Key.$": "$.key"}
     assert state["ItemBatcher"] == {
         "MaxItemsPerBatch": 5000,
+        "MaxInputBytesPerBatch": 240 * 1024,  # under the 256 KiB cap on a child input
         "BatchInput": {"bucket.$": "$.bucket", "key.$": "$.key", "version_id.$": "$.version_id",
                        "run_id.$": "$.run_id"},
     }
