@@ -68,8 +68,50 @@ def run_demo(workdir: Path) -> int:
         finally:
             server.shutdown()
             server.server_close()
+        print("== 4. batch: upload a messy CSV to s3://.../incoming/, S3 -> SQS -> batch Lambda")
+        _batch(uri, messy_csv(holdout.drop(columns=["target"])))
     print("== done: the same handler runs on Lambda behind API Gateway (see README: Deploy)")
     return 0
+
+
+def messy_csv(rows: Any) -> bytes:
+    """A real file as it arrives: mostly good rows, some broken ones, a blank line."""
+    lines = rows.to_csv(index=False).splitlines()
+    lines[4] = "n/a," + lines[4].split(",", 1)[1]
+    lines[9] = lines[9].rsplit(",", 2)[0]
+    lines[14] = "inf," + lines[14].split(",", 1)[1]
+    lines[20] = ""
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _batch(model_uri: str, body: bytes) -> None:
+    import csv
+    import io
+
+    import boto3
+
+    from .local.apigw import LambdaContext
+    from .local.emulation import REGION, create_scoring_resources, sqs_event
+    from .local.server import load_function
+
+    s3, sqs = boto3.client("s3", region_name=REGION), boto3.client("sqs", region_name=REGION)
+    resources = create_scoring_resources(s3, sqs)
+    bucket, queue = resources["bucket"], resources["queue_url"]
+    sqs.purge_queue(QueueUrl=queue)  # S3's test event
+    batch = load_function("functions.batch.handler", model_uri, SCORING_BUCKET=bucket, STATE_MACHINE_ARN="")
+    s3.put_object(Bucket=bucket, Key="incoming/holdout-messy.csv", Body=body)
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    response = batch.lambda_handler(sqs_event(messages), LambdaContext(function_name="slimserve-batch"))
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="manifests/holdout-messy.csv.json")["Body"].read())
+    rows = manifest["rows"]
+    print(f"   SQS batch response {json.dumps(response)}; manifest status {manifest['status']}")
+    print(f"   rows in {rows['in']} = scored {rows['scored']} + rejected {rows['rejected']}")
+    rejected = s3.get_object(Bucket=bucket, Key="rejected/holdout-messy.csv")["Body"].read().decode()
+    for record in csv.DictReader(io.StringIO(rejected)):
+        print(f"   rejected line {record['line']}: {record['reason']}")
+    again = batch.lambda_handler(sqs_event(messages), LambdaContext(function_name="slimserve-batch"))
+    versions = s3.list_object_versions(Bucket=bucket, Prefix="scored/holdout-messy.csv")["Versions"]
+    print(f"   redelivered the same message: {json.dumps(again)}, scored/ still has {len(versions)} version")
 
 
 def _calls(base: str, rows: Any, truth: Any) -> None:

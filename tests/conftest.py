@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ SEED = 3
 @pytest.fixture(autouse=True)
 def _quiet_sklearn() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+
+
+@pytest.fixture(autouse=True)
+def _own_environment() -> Iterator[None]:
+    """Functions read settings from the environment, as on Lambda: no test leaks its settings."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def breast_cancer() -> pd.DataFrame:

@@ -153,3 +153,19 @@ def test_distributed_map_batches_and_finalize_give_one_manifest(aws: dict[str, A
     assert manifest["mode"] == "distributed_map" and manifest["parts"] == 3
     assert sum(len(get(aws, p["key"]).decode().splitlines()) - 1 for p in manifest["outputs"]["scored_parts"]) == \
         result["rows"]["scored"]
+
+
+def test_a_message_that_keeps_failing_ends_in_the_dlq(aws: dict[str, Any]) -> None:
+    """The queue's redrive policy (3 receives) parks a poison message where its alarm watches."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    module = batch_function(aws)
+    aws["sqs"].send_message(QueueUrl=aws["queue_url"], MessageBody="not an S3 event")
+    for _ in range(3):
+        messages = aws["sqs"].receive_message(QueueUrl=aws["queue_url"], VisibilityTimeout=0).get("Messages", [])
+        assert len(messages) == 1
+        with pytest.raises(BatchProcessingError):
+            module.lambda_handler(sqs_event(messages), LambdaContext())
+    assert not aws["sqs"].receive_message(QueueUrl=aws["queue_url"]).get("Messages")
+    parked = aws["sqs"].receive_message(QueueUrl=aws["dlq_url"]).get("Messages", [])
+    assert [m["Body"] for m in parked] == ["not an S3 event"]
