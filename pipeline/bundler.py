@@ -67,7 +67,7 @@ def build_bundle(estimator: Any, sample: pd.DataFrame, out_dir: str | Path, *, n
         code = "parity_failed" if any("disagree" in f for f in failures) else "conversion_failed"
         raise BundleBuildError("bundle refused; " + "; ".join(failures), code=code)
     metrics = {"sample": _metrics(task, y, onnx_scores, classes)} if y is not None else {}
-    manifest = draft.model_copy(update={"parity": parity, "metrics": metrics})
+    manifest = draft.model_copy(update={"parity": parity, "metrics": metrics, "target": target})
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,57 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from functions.common.bundle import directory_reader
+    from functions.validation.gate import GateConfig
+    from functions.validation.service import REPORT_FILE, report_json, validate
+
+    settings = {"target": args.target, "primary_metric": args.primary_metric, "slices": args.slice or [],
+                "tolerance": args.tolerance, "latency_budget_ms": args.latency_budget_ms,
+                "size_budget_bytes": args.size_budget_bytes, "max_parity_diff": args.max_parity_diff,
+                "min_slice_rows": args.min_slice_rows}
+    config = GateConfig.model_validate({k: v for k, v in settings.items() if v is not None})
+    holdout = Path(args.holdout)
+    if not holdout.is_file():
+        print(f"error: holdout {holdout} is not a file", file=sys.stderr)
+        return 2
+    with holdout.open("rb") as stream:
+        report = validate(directory_reader(args.candidate),
+                          directory_reader(args.champion) if args.champion else None, (stream, holdout.name), config)
+    out = Path(args.report) if args.report else Path(args.candidate) / REPORT_FILE
+    if out.parent.is_dir():
+        out.write_text(report_json(report))
+    print(render_verdict(report))
+    print(f"report: {out}" if out.parent.is_dir() else "")
+    return 0 if report["admitted"] else 1
+
+
+def render_verdict(report: dict) -> str:  # type: ignore[type-arg]
+    lines = []
+    cand, champ = report.get("candidate") or {}, report.get("champion") or {}
+    lines.append(f"candidate {cand.get('name', '?')} {cand.get('version', '?')}"
+                 + (f" vs champion {champ['version']}" if champ else " (no champion)")
+                 + (f" on {report['rows']} holdout rows" if "rows" in report else ""))
+    metrics = report.get("metrics") or {}
+    if metrics:
+        names = list(metrics["candidate"])
+        lines.append(f"  {'metric':<10}" + "".join(f"{who:>12}" for who in metrics))
+        for name in names:
+            mark = " *" if name == report.get("primary_metric") else ""
+            lines.append(f"  {name + mark:<10}" + "".join(f"{metrics[who].get(name, float('nan')):>12.4f}"
+                                                          for who in metrics))
+    for name, s in (report.get("slices") or {}).items():
+        lines.append(f"  slice {name:<18} rows {s['rows']:>6}  candidate {s['candidate']:.4f}  "
+                     f"champion {s['champion']:.4f}")
+    lines.append(f"  {'check':<16}{'result':<8}detail")
+    for check in report["checks"]:
+        result = "pass" if check["passed"] else "FAIL"
+        lines.append(f"  {check['check']:<16}{result:<8}{check['detail']}")
+    lines.append(f"verdict: {'ADMITTED' if report['admitted'] else 'REFUSED'}"
+                 + ("" if report["admitted"] else f" ({', '.join(report['reasons'])})"))
+    return "\n".join(lines)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -142,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out_dir", help="folder for scored/, rejected/ and manifests/")
     c.add_argument("--chunk-rows", type=int, default=5000, help="rows scored per chunk (default 5000)")
     c.set_defaults(func=_score)
+
+    v = sub.add_parser("validate", help="the validation gate: admit a candidate only if it has earned it")
+    v.add_argument("--candidate", required=True, help="candidate bundle folder")
+    v.add_argument("--champion", help="champion bundle folder (omit for a first model)")
+    v.add_argument("--holdout", required=True, help="held-out rows with labels (.csv, .jsonl, .parquet)")
+    v.add_argument("--target", help="label column (default: the bundle's target)")
+    v.add_argument("--slice", action="append", help="holdout column to check slice by slice (repeatable)")
+    v.add_argument("--primary-metric", help="roc_auc (binary default), macro_f1, accuracy, log_loss, rmse, mae, r2")
+    v.add_argument("--tolerance", type=float, help="how much worse than the champion is acceptable (0.005)")
+    v.add_argument("--latency-budget-ms", type=float, help="p99 single-row latency budget (5 ms)")
+    v.add_argument("--size-budget-bytes", type=int, help="bundle size budget (50 MiB)")
+    v.add_argument("--max-parity-diff", type=float, help="sklearn/ONNX parity budget (1e-4)")
+    v.add_argument("--min-slice-rows", type=int, help="slices with fewer rows are not judged (30)")
+    v.add_argument("--report", help="where to write the JSON report (default: next to the candidate bundle)")
+    v.set_defaults(func=_validate)
 
     d = sub.add_parser("demo", help="train, bundle, serve and call a model on the local emulation")
     d.add_argument("--workdir", default="demo-output", help="where the demo writes its files")

@@ -67,6 +67,7 @@ class Manifest(_Strict):
     sizes: dict[str, int] = Field(default_factory=dict)
     parity: Parity
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    target: str | None = Field(default=None, description="label column of the training data")
     training_data_fingerprint: str | None = None
     lineage: dict[str, str] = Field(default_factory=dict)
     thresholds: dict[str, float] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The validation gate: a candidate bundle reaches users only when it has earned it."""

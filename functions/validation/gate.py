@@ -1,0 +1,291 @@
+"""The gate's logic: score the holdout with the candidate, the champion and a trivial baseline
+(onnxruntime and numpy only), then admit the candidate only if every check passes.
+
+Every refusal has its own reason code: holdout_empty, holdout_mislabelled, bundle_invalid,
+incompatible_schema, not_better_than_baseline, worse_than_champion, worse_on_slice,
+parity_failed, over_latency_budget, over_size_budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..batch.formats import CsvReader, FileFormat, JsonLinesReader, ParquetReader, WholeFileRejected, open_text_lines
+from ..common import metrics as m
+from ..common.bundle import Model
+from ..common.errors import InvalidInput
+from ..common.manifest import Feature, Manifest
+
+
+class GateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str | None = Field(default=None, description="holdout label column (default: the bundle's target)")
+    primary_metric: str | None = Field(default=None, description="default roc_auc (binary), macro_f1, rmse")
+    tolerance: float = Field(default=0.005, ge=0, description="how much worse than the champion is still fine")
+    slices: list[str] = Field(default_factory=list, description="holdout columns to check slice by slice")
+    min_slice_rows: int = Field(default=30, ge=1)
+    max_parity_diff: float = Field(default=1e-4, gt=0)
+    latency_budget_ms: float = Field(default=5.0, gt=0, description="p99 single-row onnxruntime latency")
+    size_budget_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    latency_samples: int = Field(default=300, ge=20)
+
+
+@dataclass
+class Holdout:
+    rows: list[list[Any]]
+    labels: np.ndarray
+    slices: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class GateRefusal(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    reason: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "passed": self.passed, "reason": None if self.passed else self.reason,
+                "detail": self.detail}
+
+
+# -- holdout -----------------------------------------------------------------------------------------
+
+def read_holdout(stream: IO[bytes], name: str, manifest: Manifest, config: GateConfig,
+                 spool: Any = None) -> Holdout:
+    """Rows (feature cells), labels and slice values from a CSV / JSON Lines / Parquet holdout."""
+    target = config.target or manifest.target
+    if not target:
+        raise GateRefusal("holdout_mislabelled", "no target column: set one in the gate config or the bundle")
+    extra = [target, *config.slices]
+    columns = [*manifest.features, *(Feature.model_construct(name=c, type="category", nullable=True, categories=[],
+                                                             minimum=None, maximum=None) for c in extra)]
+    try:
+        fmt = FileFormat.from_key(name)
+        if fmt.kind == "parquet":
+            reader: Any = ParquetReader(spool(stream) if spool else _spool(stream), columns)
+        else:
+            lines = open_text_lines(stream, fmt)
+            reader = CsvReader(lines, columns) if fmt.kind == "csv" else JsonLinesReader(lines, columns)
+        cells = [c for chunk in reader.chunks(5000) for c, e in zip(chunk.cells, chunk.errors, strict=True)
+                 if _keep(c, e, len(manifest.features))]
+    except WholeFileRejected as exc:
+        reason = "holdout_empty" if exc.code == "empty_file" else "holdout_mislabelled" if target in exc.message \
+            else "incompatible_schema"
+        raise GateRefusal(reason, f"holdout: {exc.message}") from None
+    if not cells:
+        raise GateRefusal("holdout_empty", "the holdout has no rows")
+    n = len(manifest.features)
+    labels = _labels([c[n] for c in cells], manifest)
+    slices = {s: np.array([str(c[n + 1 + k]) for c in cells], dtype=object) for k, s in enumerate(config.slices)}
+    return Holdout(rows=[c[:n] for c in cells], labels=labels, slices=slices)
+
+
+def _keep(cells: list[Any] | None, error: str | None, n: int) -> bool:
+    if error is not None or cells is None:
+        raise GateRefusal("incompatible_schema", f"holdout row unreadable for this model: {error}")
+    return True
+
+
+def _labels(values: list[Any], manifest: Manifest) -> np.ndarray:
+    if any(v is None for v in values):
+        raise GateRefusal("holdout_mislabelled", "some holdout rows have no label")
+    if manifest.task == "regression":
+        try:
+            return np.array([float(v) for v in values])
+        except (TypeError, ValueError):
+            raise GateRefusal("holdout_mislabelled", "regression labels must be numbers") from None
+    by_text = {_label_text(c): c for c in manifest.classes or []}
+    unknown = sorted({_label_text(v) for v in values} - set(by_text))
+    if unknown:
+        raise GateRefusal("holdout_mislabelled", f"labels {unknown[:5]} are not classes of the model "
+                                                 f"{list(by_text)}")
+    labels = np.array([by_text[_label_text(v)] for v in values], dtype=object)
+    if len(set(labels.tolist())) < 2:
+        raise GateRefusal("holdout_mislabelled", "the holdout has a single class: nothing can be compared")
+    return labels
+
+
+def _label_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _spool(stream: IO[bytes]) -> str:
+    import shutil
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".parquet", delete=False) as handle:
+        shutil.copyfileobj(stream, handle)
+    return handle.name
+
+
+# -- scoring -----------------------------------------------------------------------------------------
+
+@dataclass
+class Scores:
+    labels: np.ndarray
+    proba: np.ndarray | None
+
+
+def score(model: Model, holdout: Holdout, who: str) -> Scores:
+    try:
+        feeds = model.schema.to_feeds(holdout.rows)
+    except InvalidInput as exc:
+        raise GateRefusal("incompatible_schema", f"{who} cannot read the holdout: {exc.message} ({exc.field})") \
+            from None
+    labels, proba = model.score(feeds)
+    return Scores(labels, proba)
+
+
+def baseline(manifest: Manifest, holdout: Holdout) -> Scores:
+    """The trivial model: class frequencies (classification) or the mean (regression)."""
+    n = len(holdout.labels)
+    if manifest.task == "regression":
+        return Scores(np.full(n, float(np.mean(holdout.labels.astype(float)))), None)
+    classes = list(manifest.classes or [])
+    prior = np.array([np.mean(holdout.labels == c) for c in classes])
+    return Scores(np.array([classes[int(np.argmax(prior))]] * n, dtype=object), np.tile(prior, (n, 1)))
+
+
+def evaluate(manifest: Manifest, labels: np.ndarray, scores: Scores,
+             mask: np.ndarray | None = None) -> dict[str, float]:
+    y, predicted = (labels, scores.labels) if mask is None else (labels[mask], scores.labels[mask])
+    if manifest.task == "regression":
+        return m.regression_metrics(y.astype(float), predicted.astype(float))
+    assert scores.proba is not None
+    proba = scores.proba if mask is None else scores.proba[mask]
+    return m.classification_metrics(y, predicted, proba, list(manifest.classes or []))
+
+
+def primary_metric(manifest: Manifest, config: GateConfig) -> str:
+    if config.primary_metric:
+        return config.primary_metric
+    if manifest.task == "regression":
+        return "rmse"
+    return "roc_auc" if len(manifest.classes or []) == 2 else "macro_f1"
+
+
+def p99_latency_ms(model: Model, holdout: Holdout, samples: int) -> float:
+    feeds = [model.schema.to_feeds([holdout.rows[i % len(holdout.rows)]]) for i in range(min(samples, 50))]
+    for f in feeds[:10]:
+        model.score(f)  # warm-up
+    timings = []
+    for i in range(samples):
+        start = time.perf_counter()
+        model.score(feeds[i % len(feeds)])
+        timings.append((time.perf_counter() - start) * 1e3)
+    return float(np.percentile(timings, 99))
+
+
+# -- the verdict -------------------------------------------------------------------------------------
+
+def judge(candidate: Model, champion: Model | None, holdout: Holdout, config: GateConfig,
+          bundle_bytes: int) -> dict[str, Any]:
+    manifest = candidate.manifest
+    metric = primary_metric(manifest, config)
+    lower = metric in m.LOWER_IS_BETTER
+    checks: list[Check] = []
+    schema_issue = _schema_issue(candidate.manifest, champion.manifest) if champion else None
+    checks.append(Check("schema", schema_issue is None, "incompatible_schema",
+                        schema_issue or "same features, types and categories as the champion"))
+    cand_scores = score(candidate, holdout, "the candidate")
+    results: dict[str, Any] = {"candidate": evaluate(manifest, holdout.labels, cand_scores),
+                               "baseline": evaluate(manifest, holdout.labels, baseline(manifest, holdout))}
+    if metric not in results["candidate"]:
+        raise GateRefusal("incompatible_schema", f"unknown primary metric {metric!r}")
+    cand, base = results["candidate"][metric], results["baseline"][metric]
+    checks.append(Check("beats_baseline", _better(cand, base, 0.0, lower), "not_better_than_baseline",
+                        f"{metric} {cand:.4f} vs trivial baseline {base:.4f}"))
+    slices: dict[str, Any] = {}
+    if champion is not None and schema_issue is None:
+        champ_scores = score(champion, holdout, "the champion")
+        results["champion"] = evaluate(champion.manifest, holdout.labels, champ_scores)
+        champ = results["champion"][metric]
+        checks.append(Check("vs_champion", _not_worse(cand, champ, config.tolerance, lower), "worse_than_champion",
+                            f"{metric} {cand:.4f} vs champion {champ:.4f} (tolerance {config.tolerance})"))
+        slices, worse = _slices(manifest, holdout, cand_scores, champ_scores, metric, config, lower)
+        checks.append(Check("slices", not worse, "worse_on_slice",
+                            f"worse on {worse}" if worse else f"no slice worse beyond {config.tolerance}"
+                            + ("" if slices else " (no slices declared)")))
+    parity = manifest.parity.max_abs_diff
+    checks.append(Check("parity", parity <= config.max_parity_diff, "parity_failed",
+                        f"sklearn/ONNX max abs diff {parity:.3g} (budget {config.max_parity_diff:g})"))
+    latency = p99_latency_ms(candidate, holdout, config.latency_samples)
+    checks.append(Check("latency", latency <= config.latency_budget_ms, "over_latency_budget",
+                        f"p99 single-row {latency:.3f} ms (budget {config.latency_budget_ms} ms)"))
+    checks.append(Check("size", bundle_bytes <= config.size_budget_bytes, "over_size_budget",
+                        f"bundle {bundle_bytes:,} bytes (budget {config.size_budget_bytes:,})"))
+    failed = [c for c in checks if not c.passed]
+    return {"admitted": not failed, "reasons": [c.reason for c in failed],
+            "summary": "admitted" if not failed else "refused: " + ", ".join(c.reason for c in failed),
+            "primary_metric": metric, "rows": len(holdout.labels), "metrics": results, "slices": slices,
+            "latency_p99_ms": latency, "bundle_bytes": bundle_bytes, "checks": [c.as_dict() for c in checks],
+            "candidate": {"name": manifest.name, "version": manifest.version},
+            "champion": None if champion is None else {"name": champion.manifest.name,
+                                                       "version": champion.manifest.version}}
+
+
+def refused(reason: str, detail: str, candidate: Manifest | None) -> dict[str, Any]:
+    return {"admitted": False, "reasons": [reason], "summary": f"refused: {reason}",
+            "checks": [Check(reason, False, reason, detail).as_dict()],
+            "candidate": None if candidate is None else {"name": candidate.name, "version": candidate.version}}
+
+
+def _better(a: float, b: float, margin: float, lower: bool) -> bool:
+    return a < b - margin if lower else a > b + margin
+
+
+def _not_worse(a: float, b: float, tolerance: float, lower: bool) -> bool:
+    return a <= b + tolerance if lower else a >= b - tolerance
+
+
+def _slices(manifest: Manifest, holdout: Holdout, cand: Scores, champ: Scores, metric: str, config: GateConfig,
+            lower: bool) -> tuple[dict[str, Any], list[str]]:
+    report: dict[str, Any] = {}
+    worse: list[str] = []
+    for column, values in holdout.slices.items():
+        for value in sorted(set(values.tolist())):
+            mask = values == value
+            if mask.sum() < config.min_slice_rows:
+                continue
+            c, h = evaluate(manifest, holdout.labels, cand, mask), evaluate(manifest, holdout.labels, champ, mask)
+            name = f"{column}={value}"
+            report[name] = {"rows": int(mask.sum()), "candidate": c[metric], "champion": h[metric]}
+            if not (np.isnan(c[metric]) or np.isnan(h[metric])) and not _not_worse(c[metric], h[metric],
+                                                                                     config.tolerance, lower):
+                worse.append(name)
+    return report, worse
+
+
+def _schema_issue(candidate: Manifest, champion: Manifest) -> str | None:
+    if candidate.task != champion.task:
+        return f"task {candidate.task} vs champion's {champion.task}"
+    if candidate.feature_names != champion.feature_names:
+        return f"features {candidate.feature_names} differ from the champion's {champion.feature_names} " \
+               "(names and order are the API contract)"
+    for new, old in zip(candidate.features, champion.features, strict=True):
+        if new.type != old.type:
+            return f"feature {new.name!r} is {new.type}, was {old.type}"
+        lost = sorted(set(old.categories or []) - set(new.categories or []))
+        if lost:
+            return f"feature {new.name!r} no longer accepts categories {lost[:5]}"
+        if old.nullable and not new.nullable:
+            return f"feature {new.name!r} no longer accepts null"
+    if candidate.classes != champion.classes:
+        return f"classes {candidate.classes} vs champion's {champion.classes}"
+    return None
+

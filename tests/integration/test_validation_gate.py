@@ -1,0 +1,218 @@
+"""The validation gate on real bundles: a better candidate passes; each failure has its own reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pandas as pd
+import pytest
+
+from functions.common.bundle import directory_reader
+from functions.validation.gate import GateConfig
+from functions.validation.service import validate
+from pipeline.bundler import build_bundle
+from pipeline.cli import main as cli
+from tests.conftest import mixed_pipeline
+
+SEED = 11
+
+
+def gate_frame(n: int, seed: int) -> pd.DataFrame:
+    """Churn-like rows; region 'west' is a small slice (about 5%)."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "age": rng.integers(18, 90, n).astype(float),
+        "plan": rng.choice(["basic", "plus", "pro"], n),
+        "income": rng.normal(50_000, 12_000, n),
+        "region": rng.choice(["north", "south", "east", "west"], n, p=[0.35, 0.35, 0.25, 0.05]),
+    })
+    score = (frame["age"] - 50) / 12 + (frame["plan"] == "pro") * 1.2 + (frame["income"] - 50_000) / 20_000
+    frame["churn"] = np.where(score + rng.normal(0, 0.6, n) > 0, "yes", "no")
+    return frame
+
+
+def fit_bundle(out: Path, frame: pd.DataFrame, final: Any, version: str) -> Path:
+    X, y = frame.drop(columns=["churn"]), frame["churn"]
+    build_bundle(mixed_pipeline(final).fit(X, y), frame, out, name="churn", version=version, target="churn")
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    root = tmp_path_factory.mktemp("gate")
+    train = gate_frame(3000, SEED)
+    flipped = train.copy()
+    west = flipped["region"] == "west"
+    flipped.loc[west, "churn"] = np.where(flipped.loc[west, "churn"] == "yes", "no", "yes")
+    strong = lambda: HistGradientBoostingClassifier(max_iter=80, random_state=SEED)  # noqa: E731
+    return {
+        "weak": fit_bundle(root / "weak", train, DecisionTreeClassifier(max_depth=1, random_state=SEED), "v1"),
+        "strong": fit_bundle(root / "strong", train, strong(), "v2"),
+        "strong_again": fit_bundle(root / "strong_again", train, strong(), "v3"),
+        "bad_on_west": fit_bundle(root / "west", flipped, strong(), "v4"),
+    }
+
+
+@pytest.fixture(scope="module")
+def holdout_csv() -> bytes:
+    return gate_frame(3000, SEED + 1).to_csv(index=False).encode()
+
+
+def verdict(candidate: Path, champion: Path | None, holdout: bytes, name: str = "holdout.csv",
+            **config: Any) -> dict[str, Any]:
+    return validate(directory_reader(candidate), directory_reader(champion) if champion else None,
+                    (io.BytesIO(holdout), name), GateConfig(**config))
+
+
+def test_a_better_candidate_passes(bundles: dict[str, Path], holdout_csv: bytes) -> None:
+    report = verdict(bundles["strong"], bundles["weak"], holdout_csv, slices=["region"])
+    assert report["admitted"], report["checks"]
+    metrics = report["metrics"]
+    assert metrics["candidate"]["roc_auc"] > metrics["champion"]["roc_auc"] > metrics["baseline"]["roc_auc"]
+    assert {"region=north", "region=west"} <= set(report["slices"])
+
+
+def test_first_model_without_champion_passes(bundles: dict[str, Path], holdout_csv: bytes) -> None:
+    report = verdict(bundles["strong"], None, holdout_csv)
+    assert report["admitted"] and "champion" not in report["metrics"]
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("worse_than_champion", "worse_than_champion"),
+    ("worse_on_one_slice", "worse_on_slice"),
+    ("broken_parity", "parity_failed"),
+    ("over_size", "over_size_budget"),
+    ("over_latency", "over_latency_budget"),
+    ("incompatible_schema", "incompatible_schema"),
+    ("tampered_bundle", "bundle_invalid"),
+    ("corrupt_manifest", "bundle_invalid"),
+    ("empty_holdout", "holdout_empty"),
+    ("unknown_labels", "holdout_mislabelled"),
+    ("no_label_column", "holdout_mislabelled"),
+    ("one_class_holdout", "holdout_mislabelled"),
+    ("worse_than_baseline", "not_better_than_baseline"),
+])
+def test_each_failure_is_refused_with_its_own_reason(case: str, reason: str, bundles: dict[str, Path],
+                                                     holdout_csv: bytes, rf_bundle: Path, tmp_path: Path) -> None:
+    candidate, champion, holdout, config = bundles["strong"], bundles["strong_again"], holdout_csv, {}
+    if case == "worse_than_champion":
+        candidate, champion = bundles["weak"], bundles["strong"]
+    elif case == "worse_on_one_slice":
+        candidate, config = bundles["bad_on_west"], {"slices": ["region"], "tolerance": 0.08}
+    elif case == "broken_parity":
+        config = {"max_parity_diff": 1e-12}  # the bundle's measured parity (~1e-7) is over this budget
+    elif case == "over_size":
+        config = {"size_budget_bytes": 1000}
+    elif case == "over_latency":
+        config = {"latency_budget_ms": 1e-6}
+    elif case == "incompatible_schema":
+        champion = rf_bundle
+    elif case == "tampered_bundle":
+        candidate = Path(shutil.copytree(candidate, tmp_path / "t"))
+        data = bytearray((candidate / "model.onnx").read_bytes())
+        data[-10] ^= 0xFF
+        (candidate / "model.onnx").write_bytes(bytes(data))
+    elif case == "corrupt_manifest":
+        candidate = Path(shutil.copytree(candidate, tmp_path / "c"))
+        (candidate / "manifest.json").write_text("{ not json")
+    elif case == "empty_holdout":
+        holdout = holdout_csv.splitlines(keepends=True)[0]
+    elif case == "unknown_labels":
+        holdout = holdout_csv.replace(b",yes\n", b",maybe\n", 5)
+    elif case == "no_label_column":
+        holdout = pd.read_csv(io.BytesIO(holdout_csv)).drop(columns=["churn"]).to_csv(index=False).encode()
+    elif case == "one_class_holdout":
+        frame = pd.read_csv(io.BytesIO(holdout_csv))
+        holdout = frame[frame["churn"] == "yes"].to_csv(index=False).encode()
+    elif case == "worse_than_baseline":
+        frame = pd.read_csv(io.BytesIO(holdout_csv))
+        frame["churn"] = np.where(frame["churn"] == "yes", "no", "yes")  # a holdout the model gets backwards
+        holdout, champion = frame.to_csv(index=False).encode(), None
+    report = verdict(candidate, champion, holdout, **config)
+    assert not report["admitted"]
+    assert report["reasons"] == [reason], report["checks"]
+
+
+def test_slice_refusal_names_the_slice_and_overall_is_within_tolerance(bundles: dict[str, Path],
+                                                                      holdout_csv: bytes) -> None:
+    report = verdict(bundles["bad_on_west"], bundles["strong_again"], holdout_csv, slices=["region"], tolerance=0.08)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["vs_champion"]["passed"] and not checks["slices"]["passed"]
+    assert "region=west" in checks["slices"]["detail"] and "region=north" not in checks["slices"]["detail"]
+
+
+def test_verdict_is_reproducible(bundles: dict[str, Path], holdout_csv: bytes) -> None:
+    first = verdict(bundles["strong"], bundles["weak"], holdout_csv, slices=["region"])
+    second = verdict(bundles["strong"], bundles["weak"], holdout_csv, slices=["region"])
+    assert first["metrics"] == second["metrics"] and first["slices"] == second["slices"]
+    assert first["reasons"] == second["reasons"]
+
+
+def test_parquet_and_jsonl_holdouts(bundles: dict[str, Path], holdout_csv: bytes) -> None:
+    frame = pd.read_csv(io.BytesIO(holdout_csv))
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet)
+    jsonl = frame.to_json(orient="records", lines=True).encode()
+    by_csv = verdict(bundles["strong"], None, holdout_csv)["metrics"]
+    assert verdict(bundles["strong"], None, parquet.getvalue(), "h.parquet")["metrics"] == by_csv
+    assert verdict(bundles["strong"], None, jsonl, "h.jsonl")["metrics"] == by_csv
+
+
+def test_cli_prints_the_verdict_and_writes_the_report(bundles: dict[str, Path], holdout_csv: bytes,
+                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "holdout.csv").write_bytes(holdout_csv)
+    report = tmp_path / "report.json"
+    code = cli(["validate", "--candidate", str(bundles["weak"]), "--champion", str(bundles["strong"]),
+                "--holdout", str(tmp_path / "holdout.csv"), "--slice", "region", "--report", str(report)])
+    out = capsys.readouterr().out
+    assert code == 1 and "verdict: REFUSED (worse_than_champion" in out and "roc_auc *" in out
+    assert json.loads(report.read_text())["reasons"][0] == "worse_than_champion"
+
+
+@pytest.fixture
+def aws(bundles: dict[str, Path], holdout_csv: bytes) -> Iterator[dict[str, Any]]:
+    from functions.common.registry import Registry, create_table
+    from pipeline.local.emulation import REGION, emulated_account, upload_bundle
+
+    with emulated_account():
+        s3, ddb = boto3.client("s3", region_name=REGION), boto3.client("dynamodb", region_name=REGION)
+        uris = {name: upload_bundle(s3, path) for name, path in bundles.items()}
+        s3.put_object(Bucket="slimserve-models-local", Key="holdout/churn.csv", Body=holdout_csv)
+        create_table(ddb, "models")
+        yield {"s3": s3, "uris": uris, "registry": Registry(ddb, "models")}
+
+
+def test_lambda_uses_the_registry_champion_writes_the_report_and_records_the_verdict(aws: dict[str, Any]) -> None:
+    from functions.common.registry import ModelEntry
+    from pipeline.local.apigw import LambdaContext
+    from pipeline.local.server import load_function
+
+    reg = aws["registry"]
+    champion = reg.register(ModelEntry(model="churn", version="v2", bundle_uri=aws["uris"]["strong"]))
+    reg.promote(champion, "first release")
+    module = load_function("functions.validation.handler", "", REGISTRY_TABLE="models")
+    module.registry.cache_clear()
+    module.s3_client.cache_clear()
+    holdout = "s3://slimserve-models-local/holdout/churn.csv"
+    result = module.lambda_handler({"candidate_uri": aws["uris"]["weak"], "holdout_uri": holdout},
+                                   LambdaContext(function_name="slimserve-validation"))
+    assert result["admitted"] is False and result["reasons"] == ["worse_than_champion"]
+    assert result["champion_uri"] == aws["uris"]["strong"]
+    key = result["report_uri"].split("slimserve-models-local/")[1]
+    report = json.loads(aws["s3"].get_object(Bucket="slimserve-models-local", Key=key)["Body"].read())
+    assert report["champion"]["version"] == "v2"
+    entry = reg.get("churn", "v1")
+    assert entry.status == "rejected" and entry.verdict["reasons"] == ["worse_than_champion"]
+    better = module.lambda_handler({"candidate_uri": aws["uris"]["strong_again"], "holdout_uri": holdout},
+                                   LambdaContext())
+    assert better["admitted"] and reg.get("churn", "v3").status == "candidate"
