@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -161,6 +162,38 @@ def render_verdict(report: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
+def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import os
+
+    import boto3
+
+    from functions.common.registry import Registry
+
+    table = args.table or os.environ.get("SLIMSERVE_REGISTRY_TABLE")
+    if not table:
+        raise SystemExit("error: name the registry table with --table or SLIMSERVE_REGISTRY_TABLE")
+    return Registry(boto3.client("dynamodb", endpoint_url=args.endpoint_url), table)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    entries = _registry(args).list(args.model)
+    if not entries:
+        print("no models registered" + (f" under {args.model!r}" if args.model else ""))
+        return 0
+    print(f"{'model':<16}{'version':<28}{'status':<12}{'verdict':<34}{'updated':<26}")
+    for e in entries:
+        verdict = e.verdict.get("summary", "") if e.verdict else ""
+        print(f"{e.model:<16}{e.version:<28}{e.status:<12}{verdict[:32]:<34}{e.updated_at:<26}")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    print(json.dumps(asdict(_registry(args).get(args.model, args.version)), indent=2))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -208,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--min-slice-rows", type=int, help="slices with fewer rows are not judged (30)")
     v.add_argument("--report", help="where to write the JSON report (default: next to the candidate bundle)")
     v.set_defaults(func=_validate)
+
+    models = sub.add_parser("models", help="the model registry (DynamoDB)")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    for name, helptext in (("list", "every version with its status and verdict"),
+                           ("show", "one version in full")):
+        p = models_sub.add_parser(name, help=helptext)
+        p.add_argument("--table", help="registry table (default: $SLIMSERVE_REGISTRY_TABLE)")
+        p.add_argument("--endpoint-url", help="DynamoDB endpoint (e.g. a local emulator)")
+        if name == "list":
+            p.add_argument("--model", help="only this model")
+            p.set_defaults(func=_models_list)
+        else:
+            p.add_argument("version", help="model version")
+            p.add_argument("--model", required=True, help="model name")
+            p.set_defaults(func=_models_show)
 
     d = sub.add_parser("demo", help="train, bundle, serve and call a model on the local emulation")
     d.add_argument("--workdir", default="demo-output", help="where the demo writes its files")

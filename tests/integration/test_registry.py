@@ -123,3 +123,18 @@ def test_illegal_transitions_are_refused(registry: Registry) -> None:
         registry.promote(rejected, "sneak in")
     with pytest.raises(RegistryConflict):
         registry.transition(rejected, "canary", "sneak in")
+
+
+def test_models_list_and_show_commands(registry: Registry, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main as cli
+
+    register(registry, "v1")
+    registry.promote(registry.get("churn", "v1"), "first release")
+    register(registry, "v2")
+    assert cli(["models", "list", "--table", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "v1" in out and "champion" in out and "v2" in out and "candidate" in out
+    assert cli(["models", "show", "v1", "--model", "churn", "--table", "models"]) == 0
+    shown = capsys.readouterr().out
+    assert '"status": "champion"' in shown and '"reason": "first release"' in shown
+    assert cli(["models", "show", "v9", "--model", "churn", "--table", "models"]) == 2  # unknown version
