@@ -194,6 +194,33 @@ def _models_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .training.data import DataRefused
+    from .training.local import train_locally
+
+    extra = ["--teacher", args.teacher, "--student", args.student, "--temperature", str(args.temperature),
+             "--augment", str(args.augment), "--name", args.name]
+    if args.on == "sagemaker":
+        print("error: --on sagemaker is not available yet: run locally (--on local)", file=sys.stderr)
+        return 2
+    try:
+        result = train_locally(Path(args.data), args.target, Path(args.out), task=args.task, seed=args.seed,
+                               extra_args=extra)
+    except DataRefused as exc:
+        print(f"error [data_refused]: {exc}", file=sys.stderr)
+        return 2
+    print(f"trained a {result['task']} model on {result['rows']} rows; teacher on {result['teacher']['device']}; "
+          f"steps (s): {result['timings']}")
+    metrics = result["metrics"]
+    names = [k for k in metrics if k.startswith("holdout_")]
+    columns = list(metrics[names[0]])
+    print(f"  {'holdout':<18}" + "".join(f"{c:>10}" for c in columns))
+    for name in names:
+        print(f"  {name[8:]:<18}" + "".join(f"{metrics[name].get(c, float('nan')):>10.4f}" for c in columns))
+    print(f"bundle {result['version']}: {result['bundle']}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -256,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("version", help="model version")
             p.add_argument("--model", required=True, help="model name")
             p.set_defaults(func=_models_show)
+
+    t = sub.add_parser("train", help="validate data, train a teacher, distil a student, export a bundle")
+    t.add_argument("--data", required=True, help="CSV or Parquet table with the target column")
+    t.add_argument("--target", required=True, help="label column")
+    t.add_argument("--task", choices=["classification", "regression"], help="default: inferred from the target")
+    t.add_argument("--out", required=True, help="output folder (bundle in OUT/bundle)")
+    t.add_argument("--seed", type=int, default=7, help="split and model seed: same data and seed, same metrics")
+    t.add_argument("--teacher", default="hgb", choices=["hgb", "xgboost", "mlp"])
+    t.add_argument("--student", default="hgb", choices=["hgb", "logreg", "tree", "mlp"])
+    t.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
+    t.add_argument("--augment", type=int, default=1, help="teacher-labelled copies of the rows, jittered")
+    t.add_argument("--name", default="model", help="model name in the bundle")
+    t.add_argument("--on", choices=["local", "sagemaker"], default="local")
+    t.set_defaults(func=_train)
 
     d = sub.add_parser("demo", help="train, bundle, serve and call a model on the local emulation")
     d.add_argument("--workdir", default="demo-output", help="where the demo writes its files")

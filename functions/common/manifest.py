@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -71,6 +71,7 @@ class Manifest(_Strict):
     training_data_fingerprint: str | None = None
     lineage: dict[str, str] = Field(default_factory=dict)
     thresholds: dict[str, float] = Field(default_factory=dict)
+    profile: dict[str, Any] = Field(default_factory=dict, description="training feature distributions, for drift")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

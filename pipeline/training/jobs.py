@@ -1,0 +1,154 @@
+"""The four training steps, each a SageMaker script-mode job that also runs locally.
+
+validate data -> teacher -> distil -> export. Inputs arrive as channels (``SM_CHANNEL_TRAIN``,
+``SM_CHANNEL_VALIDATION``, ``SM_CHANNEL_HOLDOUT``, ``SM_CHANNEL_TEACHER``, ``SM_CHANNEL_STUDENT``),
+hyperparameters as arguments, outputs go to ``SM_MODEL_DIR``. Models pass between steps as
+joblib files inside the training environment only; what leaves it is the ONNX bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from .contract import JobPaths, data_file, fingerprint, read_table
+from .data import DataRefused, validate_data
+from .models import STUDENTS, TEACHERS, distil, make_student, make_teacher
+
+
+def parser(step: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"slimserve-{step}", description=f"slimserve training step: {step}")
+    p.add_argument("--target", required=True)
+    p.add_argument("--task", choices=["classification", "regression"])
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--teacher", choices=TEACHERS, default="hgb")
+    p.add_argument("--student", choices=STUDENTS, default="hgb")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--augment", type=int, default=1, help="augmented copies of the training rows")
+    p.add_argument("--augment-scale", type=float, default=0.1)
+    p.add_argument("--max-iter", type=int, default=400, help="teacher boosting rounds / epochs")
+    p.add_argument("--student-iter", type=int, default=60)
+    p.add_argument("--student-depth", type=int, default=4)
+    p.add_argument("--name", default="model")
+    p.add_argument("--version")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    return p
+
+
+def _frame(paths: JobPaths, channel: str) -> tuple[pd.DataFrame, Path]:
+    path = data_file(paths.channel(channel))
+    return read_table(path), path
+
+
+def _xy(frame: pd.DataFrame, target: str) -> tuple[pd.DataFrame, pd.Series]:
+    return frame.drop(columns=[target]), frame[target]
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_iter": args.max_iter, "student_iter": args.student_iter, "student_depth": args.student_depth}
+
+
+def run_validate(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
+    frame, path = _frame(paths, "train")
+    report = validate_data(frame, args.target, args.task)
+    report["fingerprint"] = fingerprint(path)
+    _write_json(paths.model_dir / "data-report.json", report)
+    if report["fatal"]:
+        raise DataRefused("; ".join(report["fatal"]))
+    return report
+
+
+def run_teacher(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
+    train, _ = _frame(paths, "train")
+    X, y = _xy(train, args.target)
+    task = args.task or validate_data(train, args.target)["task"]
+    teacher, device = make_teacher(args.teacher, task, X, args.seed, _params(args))
+    started = time.perf_counter()
+    teacher.fit(X, y)
+    info = {"teacher": args.teacher, "device": device, "task": task, "seconds": time.perf_counter() - started,
+            "rows": len(X)}
+    paths.model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(teacher, paths.model_dir / "teacher.joblib")
+    _write_json(paths.model_dir / "teacher.json", info)
+    return info
+
+
+def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
+    train, _ = _frame(paths, "train")
+    X, _ = _xy(train, args.target)
+    teacher_dir = paths.channel("teacher")
+    teacher = joblib.load(teacher_dir / "teacher.joblib")  # our own artefact from the teacher job
+    task = json.loads((teacher_dir / "teacher.json").read_text())["task"]
+    student = make_student(args.student, task, X, args.seed, _params(args))
+    info = distil(teacher, student, X, task, temperature=args.temperature, augment_copies=args.augment,
+                  augment_scale=args.augment_scale, seed=args.seed)
+    info.update({"student": args.student, "temperature": args.temperature, "augment": args.augment, "task": task})
+    paths.model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(student, paths.model_dir / "student.joblib")
+    _write_json(paths.model_dir / "student.json", info)
+    return info
+
+
+def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
+    from pipeline.bundler import build_bundle
+
+    from .evaluation import feature_profile, holdout_metrics
+
+    train, train_path = _frame(paths, "train")
+    holdout, _ = _frame(paths, "holdout")
+    student_dir, teacher_dir = paths.channel("student"), paths.channel("teacher")
+    student, teacher = joblib.load(student_dir / "student.joblib"), joblib.load(teacher_dir / "teacher.joblib")
+    task = json.loads((student_dir / "student.json").read_text())["task"]
+    sample = train.sample(min(len(train), 2000), random_state=args.seed)
+    lineage = {"teacher": args.teacher, "student": args.student, "code_version": code_version(),
+               "hyperparameters": json.dumps({k: v for k, v in vars(args).items() if k not in ("version",)},
+                                             sort_keys=True, default=str)}
+    result = build_bundle(student, sample, paths.model_dir / "bundle", name=args.name, version=args.version,
+                          target=args.target, tolerance=args.tolerance, lineage=lineage)
+    metrics = holdout_metrics(task, holdout, args.target, teacher=teacher, student=student)
+    manifest = result.manifest.model_copy(update={
+        "metrics": {**result.manifest.metrics, **metrics}, "training_data_fingerprint": fingerprint(train_path),
+        "profile": feature_profile(train.drop(columns=[args.target]), result.manifest.features)})
+    (paths.model_dir / "bundle" / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+    return {"bundle": str(paths.model_dir / "bundle"), "version": manifest.version, "metrics": manifest.metrics}
+
+
+def code_version() -> str:
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=False, timeout=5)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"slimserve {version('slimserve')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body, indent=2, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+STEPS = {"validate": run_validate, "teacher": run_teacher, "distil": run_distil, "export": run_export}
+
+
+def main(step: str, argv: list[str] | None = None) -> dict[str, Any]:
+    args, _ = parser(step).parse_known_args(argv)  # SageMaker may pass extra hyperparameters
+    return STEPS[step](args, JobPaths.from_env())
