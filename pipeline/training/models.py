@@ -141,7 +141,7 @@ def distil(teacher: Any, student: Pipeline, X: pd.DataFrame, task: str, *, tempe
     started = time.perf_counter()
     X_all = pd.concat([X, augment(X, augment_copies, augment_scale, seed)], ignore_index=True)
     if task == "regression":
-        student.fit(X_all, teacher.predict(X_all))
+        student.fit(X_all, teacher.predict(X_all))  # the teacher's predictions are the soft targets
         return {"rows": len(X_all), "seconds": time.perf_counter() - started}
     classes = teacher.classes_
     soft = soften(teacher.predict_proba(X_all), temperature)
@@ -149,6 +149,9 @@ def distil(teacher: Any, student: Pipeline, X: pd.DataFrame, task: str, *, tempe
     rows = np.concatenate([np.flatnonzero(keep[:, j]) for j in range(len(classes))])
     labels = np.concatenate([np.full(int(keep[:, j].sum()), j) for j in range(len(classes))])
     weights = soft[rows, labels]
-    final = student.steps[-1][0]
-    student.fit(X_all.iloc[rows], np.asarray(classes)[labels], **{f"{final}__sample_weight": weights})
+    # Preprocessing learns from the rows as they are (not from the per-class copies); only the
+    # final estimator sees the weighted copies.
+    features = student[:-1].fit_transform(X_all) if len(student.steps) > 1 else X_all
+    student.steps[-1][1].fit(features[rows] if isinstance(features, np.ndarray) else features.iloc[rows],
+                             np.asarray(classes)[labels], sample_weight=weights)
     return {"rows": len(X_all), "weighted_rows": len(rows), "seconds": time.perf_counter() - started}

@@ -1,0 +1,138 @@
+"""Training and distillation: data checks, determinism, the script-mode contract, a servable bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from functions.common.bundle import directory_reader, load_model
+from pipeline.training.data import DataRefused, split, validate_data
+from pipeline.training.local import train_locally
+from pipeline.training.models import distil, make_student, make_teacher, soften
+from tests.conftest import breast_cancer, mixed_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--max-iter", "40", "--student-iter", "20", "--augment", "0"]
+
+
+def test_data_report_flags_leaks_constants_and_tiny_classes() -> None:
+    frame = mixed_frame(300)
+    frame["copy"] = frame["churn"]
+    frame["constant"] = 1.0
+    report = validate_data(frame, "churn")
+    assert report["task"] == "classification" and any("'copy' leaks" in f for f in report["fatal"])
+    assert report["columns"]["constant"]["dropped"] == "constant"
+    tiny = mixed_frame(300)
+    tiny.loc[tiny.index[:-5], "churn"] = "no"
+    tiny.loc[tiny.index[-5:], "churn"] = "yes"
+    assert any("only 5 rows" in f for f in validate_data(tiny, "churn")["fatal"])
+    one_class = mixed_frame(100).assign(churn="no")
+    assert any("fewer than two classes" in f for f in validate_data(one_class, "churn")["fatal"])
+    with pytest.raises(DataRefused, match="not in the data"):
+        validate_data(frame, "nope")
+
+
+def test_split_is_deterministic_and_stratified() -> None:
+    frame = breast_cancer()
+    a, b = split(frame, "target", "classification", 5), split(frame, "target", "classification", 5)
+    assert all(a[k].index.equals(b[k].index) for k in a)
+    assert sum(len(p) for p in a.values()) == len(frame)
+    assert abs(a["holdout"]["target"].mean() - frame["target"].mean()) < 0.03
+
+
+def test_soften_keeps_argmax_and_spreads_mass() -> None:
+    proba = np.array([[0.9, 0.08, 0.02], [0.2, 0.7, 0.1]])
+    warm = soften(proba, 3.0)
+    assert np.allclose(warm.sum(axis=1), 1) and (warm.argmax(axis=1) == proba.argmax(axis=1)).all()
+    assert (warm.max(axis=1) < proba.max(axis=1)).all()
+
+
+def test_distilled_student_mimics_the_teacher_better_than_a_hard_label_student() -> None:
+    frame = mixed_frame(1500)
+    X, y = frame.drop(columns=["churn"]), frame["churn"]
+    teacher, _ = make_teacher("hgb", "classification", X, 0, {"max_iter": 30})
+    teacher.fit(X, y)
+
+    def student() -> object:  # unregularised and converged: the soft-label optimum is exact
+        from sklearn.linear_model import LogisticRegression
+
+        model = make_student("logreg", "classification", X, 0, {})
+        model.steps[-1] = ("logisticregression", LogisticRegression(C=np.inf, tol=1e-10, max_iter=20_000))
+        return model
+
+    soft = student()
+    distil(teacher, soft, X, "classification")
+    hard = student().fit(X, y)
+    target = teacher.predict_proba(X)
+
+    def cross_entropy_to_teacher(model: object) -> float:  # what distillation minimises
+        return float(-np.mean(np.sum(target * np.log(np.clip(model.predict_proba(X), 1e-12, 1)), axis=1)))
+
+    assert cross_entropy_to_teacher(soft) < cross_entropy_to_teacher(hard)
+
+
+def test_train_gives_a_servable_bundle_and_the_same_metrics_for_the_same_seed(tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    mixed_frame(600).to_csv(data, index=False)
+    first = train_locally(data, "churn", tmp_path / "a", seed=3, extra_args=FAST)
+    second = train_locally(data, "churn", tmp_path / "b", seed=3, extra_args=FAST)
+    assert first["metrics"] == second["metrics"]
+    assert {"holdout_teacher", "holdout_student", "holdout_baseline"} <= set(first["metrics"])
+    model = load_model(directory_reader(first["bundle"]))
+    manifest = model.manifest
+    assert manifest.training_data_fingerprint and manifest.lineage["teacher"] == "hgb"
+    assert json.loads(manifest.lineage["hyperparameters"])["seed"] == 3
+    assert set(manifest.profile) == set(manifest.feature_names)
+    assert manifest.profile["plan"]["type"] == "category" and len(manifest.profile["age"]["proportions"]) > 1
+    result = model.predict([{"age": 40.0, "plan": "pro", "income": None, "region": "north"}])
+    assert result.predictions[0] in ("yes", "no")
+
+
+def test_regression_chain(tmp_path: Path) -> None:
+    from sklearn.datasets import load_diabetes
+
+    data = tmp_path / "d.parquet"
+    load_diabetes(as_frame=True).frame.to_parquet(data)
+    result = train_locally(data, "target", tmp_path / "out", task="regression", extra_args=FAST)
+    assert result["task"] == "regression"
+    assert result["metrics"]["holdout_student"]["rmse"] < result["metrics"]["holdout_baseline"]["rmse"]
+
+
+def test_refused_data_stops_the_chain(tmp_path: Path) -> None:
+    data = tmp_path / "leaky.csv"
+    mixed_frame(200).assign(leak=lambda f: f["churn"]).to_csv(data, index=False)
+    with pytest.raises(DataRefused, match="leaks the target"):
+        train_locally(data, "churn", tmp_path / "out", extra_args=FAST)
+
+
+def test_entry_point_honours_the_sagemaker_contract(tmp_path: Path) -> None:
+    train = tmp_path / "input" / "data" / "train"
+    train.mkdir(parents=True)
+    mixed_frame(300).to_csv(train / "part-0.csv", index=False)
+    env = {**os.environ, "SM_MODEL_DIR": str(tmp_path / "model"), "SM_CHANNEL_TRAIN": str(train),
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "pipeline/training/teacher_job.py", "--target", "churn", "--max-iter", "20",
+                           "--sagemaker_program", "teacher_job.py"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "model" / "teacher.json").read_text())
+    assert info["device"] in ("cpu", "cuda") and info["rows"] == 300
+    assert (tmp_path / "model" / "teacher.joblib").is_file()
+
+
+def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main as cli
+
+    data = tmp_path / "bc.csv"
+    breast_cancer().to_csv(data, index=False)
+    assert cli(["train", "--data", str(data), "--target", "target", "--out", str(tmp_path / "o"), "--augment", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher" in out and "student" in out and "baseline" in out and (tmp_path / "o/bundle/model.onnx").is_file()
+    pd.read_csv(data)  # the input is untouched
