@@ -132,7 +132,8 @@ def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
     data = tmp_path / "bc.csv"
     breast_cancer().to_csv(data, index=False)
-    assert cli(["train", "--data", str(data), "--target", "target", "--out", str(tmp_path / "o"), "--augment", "0"]) == 0
+    out_dir = str(tmp_path / "o")
+    assert cli(["train", "--data", str(data), "--target", "target", "--out", out_dir, "--augment", "0"]) == 0
     out = capsys.readouterr().out
     assert "teacher" in out and "student" in out and "baseline" in out and (tmp_path / "o/bundle/model.onnx").is_file()
     pd.read_csv(data)  # the input is untouched
