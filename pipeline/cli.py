@@ -201,8 +201,7 @@ def _train(args: argparse.Namespace) -> int:
     extra = ["--teacher", args.teacher, "--student", args.student, "--temperature", str(args.temperature),
              "--augment", str(args.augment), "--name", args.name]
     if args.on == "sagemaker":
-        print("error: --on sagemaker is not available yet: run locally (--on local)", file=sys.stderr)
-        return 2
+        return _train_on_sagemaker(args, extra)
     try:
         result = train_locally(Path(args.data), args.target, Path(args.out), task=args.task, seed=args.seed,
                                extra_args=extra)
@@ -218,6 +217,31 @@ def _train(args: argparse.Namespace) -> int:
     for name in names:
         print(f"  {name[8:]:<18}" + "".join(f"{metrics[name].get(c, float('nan')):>10.4f}" for c in columns))
     print(f"bundle {result['version']}: {result['bundle']}")
+    return 0
+
+
+def _train_on_sagemaker(args: argparse.Namespace, extra: list[str]) -> int:
+    import boto3
+
+    from .training.sagemaker_jobs import SageMakerPlan, launch, run_id_for
+
+    if not (args.data.startswith("s3://") and args.out.startswith("s3://") and args.role):
+        print("error: --on sagemaker needs --data s3://.../ (with train/, validation/, holdout/), --out s3://... "
+              "and --role ARN", file=sys.stderr)
+        return 2
+    region = args.region or boto3.session.Session().region_name or "us-east-1"
+    run_id = run_id_for(args.data)
+    hyper = {"target": args.target, "seed": str(args.seed), **dict(zip(extra[::2], extra[1::2], strict=True))}
+    hyper = {k.lstrip("-"): v for k, v in hyper.items()}
+    if args.task:
+        hyper["task"] = args.task
+    plan = SageMakerPlan(data_uri=args.data, output_uri=args.out, role_arn=args.role, region=region, run_id=run_id,
+                         source_uri=f"{args.out.rstrip('/')}/{run_id}/sourcedir.tar.gz", hyperparameters=hyper)
+    sent = launch(plan, boto3.client("sagemaker", region_name=region), boto3.client("s3", region_name=region))
+    for request in sent:
+        print(f"{request['TrainingJobName']}: {request['ResourceConfig']['InstanceType']} "
+              f"{request['AlgorithmSpecification']['TrainingImage']}")
+    print(f"bundle: {plan.model_artifact('export')} (bundle/ inside)")
     return 0
 
 
@@ -296,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", type=int, default=1, help="teacher-labelled copies of the rows, jittered")
     t.add_argument("--name", default="model", help="model name in the bundle")
     t.add_argument("--on", choices=["local", "sagemaker"], default="local")
+    t.add_argument("--role", help="SageMaker execution role ARN (--on sagemaker)")
+    t.add_argument("--region", help="AWS region (--on sagemaker; default: the session's)")
     t.set_defaults(func=_train)
 
     d = sub.add_parser("demo", help="train, bundle, serve and call a model on the local emulation")

@@ -43,6 +43,18 @@ def parser(step: str) -> argparse.ArgumentParser:
     return p
 
 
+def _artefacts(paths: JobPaths, channel: str) -> Path:
+    """A channel holding another job's output: SageMaker hands over model.tar.gz, unpack it once."""
+    import tarfile
+
+    folder = paths.channel(channel)
+    archive = folder / "model.tar.gz"
+    if archive.is_file() and not any(folder.glob("*.json")):
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+    return folder
+
+
 def _frame(paths: JobPaths, channel: str) -> tuple[pd.DataFrame, Path]:
     path = data_file(paths.channel(channel))
     return read_table(path), path
@@ -84,7 +96,7 @@ def run_teacher(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
 def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     train, _ = _frame(paths, "train")
     X, _ = _xy(train, args.target)
-    teacher_dir = paths.channel("teacher")
+    teacher_dir = _artefacts(paths, "teacher")
     teacher = joblib.load(teacher_dir / "teacher.joblib")  # our own artefact from the teacher job
     task = json.loads((teacher_dir / "teacher.json").read_text())["task"]
     student = make_student(args.student, task, X, args.seed, _params(args))
@@ -104,7 +116,7 @@ def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
 
     train, train_path = _frame(paths, "train")
     holdout, _ = _frame(paths, "holdout")
-    student_dir, teacher_dir = paths.channel("student"), paths.channel("teacher")
+    student_dir, teacher_dir = _artefacts(paths, "student"), _artefacts(paths, "teacher")
     student, teacher = joblib.load(student_dir / "student.joblib"), joblib.load(teacher_dir / "teacher.joblib")
     task = json.loads((student_dir / "student.json").read_text())["task"]
     sample = train.sample(min(len(train), 2000), random_state=args.seed)
