@@ -64,7 +64,11 @@ def make_teacher(kind: str, task: str, X: pd.DataFrame, seed: int, params: dict[
                   early_stopping=True, random_state=seed)
         return with_preprocessing(X, True, est), "cpu"
     if kind == "xgboost":
-        import xgboost as xgb
+        try:
+            import xgboost as xgb
+        except ImportError:
+            raise SystemExit("the xgboost teacher needs xgboost: pip install xgboost (the SageMaker XGBoost "
+                             "image has it)") from None
 
         device = "cuda" if gpu_available() else "cpu"
         cls = xgb.XGBClassifier if classification else xgb.XGBRegressor
