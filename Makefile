@@ -20,24 +20,29 @@ node_modules/.installed: package.json package-lock.json
 layers/build/runtime-report.json: $(VENV)/.installed layers/build.py layers/runtime/requirements.txt
 	$(PY) layers/build.py
 
+# Stacked on the runtime layer (its numpy, the combined 250 MB check, the import test with both).
+layers/build/parquet-report.json: $(VENV)/.installed layers/build.py layers/parquet/requirements.txt layers/build/runtime-report.json
+	$(PY) layers/build.py --recipe parquet
+
 ## demo: train, bundle, serve and call a model on the local emulation (no AWS account, no Docker)
 demo: $(VENV)/.installed
 	$(VENV)/bin/slimserve demo
 
 ## test: the whole suite (unit, infrastructure, integration, end-to-end)
-test: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json
+test: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json layers/build/parquet-report.json
 	$(PY) -m pytest
 
 ## test-fast: everything not marked slow
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
 
-## layer: build the Lambda runtime layer (python3.12, x86_64) without Docker
+## layer: build the Lambda layers (python3.12, x86_64) without Docker: runtime, then parquet (pyarrow)
 layer: $(VENV)/.installed
 	$(PY) layers/build.py
+	$(PY) layers/build.py --recipe parquet
 
 ## synth: synthesize the CloudFormation templates offline into cdk.out/
-synth: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json
+synth: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json layers/build/parquet-report.json
 	npx cdk synth --quiet
 
 ## bench: serving latency, throughput, cold start and package size against scikit-learn

@@ -48,7 +48,8 @@ def _architecture(value: Any) -> lambda_.Architecture:
     return choices[str(value)]
 
 
-def stack_props_from_context(app: App, layer_dir: Path | None = None) -> ServingStackProps:
+def stack_props_from_context(app: App, layer_dir: Path | None = None,
+                             parquet_layer_dir: Path | None = None) -> ServingStackProps:
     """Typed stack props from CDK context; the one place where context strings become settings."""
     def ctx(key: str, default: Any = None) -> Any:
         value = app.node.try_get_context(CTX + key)
@@ -56,6 +57,7 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None) -> Serving
 
     defaults = ServingStackProps()
     layer = layer_dir or ctx("layerDir")
+    parquet_layer = parquet_layer_dir or ctx("parquetLayerDir")
     sha = ctx("modelManifestSha256")
     return ServingStackProps(
         model_name=str(ctx("modelName", defaults.model_name)),
@@ -65,15 +67,18 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None) -> Serving
         api_key_required=_as_bool(ctx("apiKeyRequired", False), CTX + "apiKeyRequired"),
         architecture=_architecture(ctx("architecture", "x86_64")),
         layer_dir=Path(layer) if layer else defaults.layer_dir,
+        parquet_layer_dir=Path(parquet_layer) if parquet_layer else defaults.parquet_layer_dir,
         batch=BatchScoringSettings() if _as_bool(ctx("batchScoring", False), CTX + "batchScoring") else None,
     )
 
 
 def build_app(outdir: str | None = None, context: Mapping[str, Any] | None = None,
-              layer_dir: Path | str | None = None) -> App:
+              layer_dir: Path | str | None = None, parquet_layer_dir: Path | str | None = None) -> App:
     """The app with its stack and cdk-nag attached; call `.synth()` on it (tests do)."""
     app = App(outdir=outdir, context={**load_cdk_json_context(), **(context or {})})
-    ServingStack(app, STACK_ID, stack_props_from_context(app, Path(layer_dir) if layer_dir else None),
+    props = stack_props_from_context(app, Path(layer_dir) if layer_dir else None,
+                                     Path(parquet_layer_dir) if parquet_layer_dir else None)
+    ServingStack(app, STACK_ID, props,
                  description="slimserve: scikit-learn models as ONNX on Lambda behind API Gateway")
     # cdk-nag 3 (the pin in pyproject) is a CDK policy-validation plugin: any unacknowledged finding,
     # error or warning, fails synth and is written to validation-report.json. Measured to work offline

@@ -3,12 +3,17 @@
 Bucket layout (the contract with `functions/batch`): the batch function reads `incoming/*`, writes
 `scored/*` and `rejected/*`, and reads/writes run manifests under `manifests/*`; a Distributed Map
 run writes its parts under `runs/*` and its finalize step writes the single run manifest.
+
+Layers: the three batch functions get the runtime layer (shared with inference) and then the parquet
+layer (pyarrow, `layers/build/parquet`, built by `make layer`) for Parquet input and output; Lambda
+merges both into /opt/python. The inference function never gets the parquet layer.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aws_cdk import Acknowledgment, CfnOutput, Duration, RemovalPolicy, Stack, Validations
@@ -30,6 +35,7 @@ HANDLER = "functions.batch.handler.lambda_handler"
 MAP_HANDLER = "functions.batch.handler.score_items_handler"
 FINALIZE_HANDLER = "functions.batch.handler.finalize_handler"
 SERVICE_NAME = "slimserve-batch"
+DEFAULT_PARQUET_LAYER_DIR = REPO_ROOT / "layers" / "build" / "parquet"
 
 INCOMING_PREFIX = "incoming/"
 SCORED_PREFIX = "scored/"
@@ -114,7 +120,20 @@ class BatchScoringProps:
     """Where the scoring bucket's server access logs go (the model store's log bucket)."""
     model_manifest_sha256: str | None = None
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
+    parquet_layer_dir: Path = DEFAULT_PARQUET_LAYER_DIR
+    """Prebuilt parquet layer folder holding `python/pyarrow` (written by `make layer`); attached to the
+    batch functions after `layer`."""
     settings: BatchScoringSettings = field(default_factory=BatchScoringSettings)
+
+    def parquet_layer_asset_dir(self) -> Path:
+        """The parquet layer folder, or a FileNotFoundError that says how to build it."""
+        layer_dir = Path(self.parquet_layer_dir)
+        if not (layer_dir / "python").is_dir():
+            raise FileNotFoundError(
+                f"Lambda layer not built: {layer_dir / 'python'} does not exist. Run `make layer` first "
+                "(or pass parquet_layer_dir / `-c slimserve:parquetLayerDir=...` pointing at a folder holding "
+                "python/).")
+        return layer_dir
 
     def validate(self) -> None:
         if (not self.model_prefix or not self.model_prefix.endswith("/") or self.model_prefix.startswith("/")
@@ -153,6 +172,7 @@ class BatchScoring(Construct):
         props.validate()
         self.props = props
         self.settings = props.settings
+        self.parquet_layer = self._parquet_layer(props.parquet_layer_asset_dir())
         self.bucket = self._scoring_bucket()
         self.dead_letter_queue = self._queue("DeadLetterQueue", retention_period=DLQ_RETENTION)
         self.queue = self._queue(
@@ -226,6 +246,16 @@ class BatchScoring(Construct):
 
     # --- functions --------------------------------------------------------------------------------
 
+    def _parquet_layer(self, layer_dir: Path) -> lambda_.LayerVersion:
+        return lambda_.LayerVersion(
+            self, "ParquetLayer",
+            code=lambda_.Code.from_asset(str(layer_dir)),  # prebuilt folder: no bundling, no Docker
+            compatible_runtimes=[lambda_.Runtime.PYTHON_3_12],
+            compatible_architectures=[self.props.architecture],
+            description="slimserve pyarrow for Parquet batch scoring, over the runtime layer "
+                        "(prebuilt by `make layer`)",
+        )
+
     def _function(self, name: str, handler: str, reserved_concurrency: int, description: str,
                   extra_env: dict[str, str] | None = None) -> lambda_.Function:
         log_group = logs.LogGroup(self, f"{name}FunctionLogs", retention=self.settings.log_retention,
@@ -234,13 +264,13 @@ class BatchScoring(Construct):
         role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                         description=f"{description}: own log group, granted prefixes only")
         log_group.grant_write(role)
-        return lambda_.Function(
+        fn = lambda_.Function(
             self, f"{name}Function",
             runtime=lambda_.Runtime.PYTHON_3_12,
             architecture=self.props.architecture,
             handler=handler,
             code=function_code(REPO_ROOT),
-            layers=[self.props.layer],
+            layers=[self.props.layer, self.parquet_layer],
             role=role,
             memory_size=self.settings.memory_size,
             timeout=Duration.seconds(self.settings.timeout_seconds),
@@ -250,6 +280,14 @@ class BatchScoring(Construct):
             environment={**self._environment(), **(extra_env or {})},
             description=description,
         )
+        # Runtime layer first (numpy, onnxruntime), then pyarrow: Lambda extracts layers into /opt in the
+        # listed order. CDK would list them sorted by construct path (cdk.json turns on
+        # @aws-cdk/aws-lambda:recognizeLayerVersion), i.e. Batch/ParquetLayer first, so the order is pinned here.
+        cfn = fn.node.default_child
+        if not isinstance(cfn, lambda_.CfnFunction):
+            raise TypeError(f"BatchScoring: {name}Function has no CfnFunction to pin its layer order on")
+        cfn.add_property_override("Layers", [self.props.layer.layer_version_arn, self.parquet_layer.layer_version_arn])
+        return fn
 
     def _environment(self) -> dict[str, str]:
         """Shared by all three functions; STATE_MACHINE_ARN is the batch function's alone (the state

@@ -1,4 +1,5 @@
-"""ServingStack: model store + serving API (+ batch scoring when enabled). Composes constructs only."""
+"""ServingStack: model store + serving API + registry and validation gate (+ batch scoring when enabled).
+Composes constructs only."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ from aws_cdk import Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from ..constructs.batch_scoring import BatchScoring, BatchScoringProps, BatchScoringSettings
+from ..constructs.batch_scoring import (
+    DEFAULT_PARQUET_LAYER_DIR,
+    BatchScoring,
+    BatchScoringProps,
+    BatchScoringSettings,
+)
+from ..constructs.model_registry import (
+    ModelRegistry,
+    ModelRegistryProps,
+    ValidationGate,
+    ValidationGateProps,
+    ValidationGateSettings,
+)
 from ..constructs.model_store import ModelStore, ModelStoreProps
 from ..constructs.serving_api import DEFAULT_LAYER_DIR, ServingApi, ServingApiProps
 
@@ -28,7 +41,11 @@ class ServingStackProps:
     api_key_required: bool = False
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
     layer_dir: Path = DEFAULT_LAYER_DIR
+    parquet_layer_dir: Path = DEFAULT_PARQUET_LAYER_DIR
+    """The parquet (pyarrow) layer of the batch functions; read only when batch scoring is on."""
     model_store: ModelStoreProps = field(default_factory=ModelStoreProps)
+    registry: ModelRegistryProps = field(default_factory=ModelRegistryProps)
+    validation: ValidationGateSettings = field(default_factory=ValidationGateSettings)
     batch: BatchScoringSettings | None = None
     """Batch scoring (S3 incoming/ → SQS → Lambda, Distributed Map for big CSVs); None leaves it out."""
 
@@ -53,6 +70,15 @@ class ServingStack(Stack):
             architecture=props.architecture,
             layer_dir=props.layer_dir,
         ))
+        self.registry = ModelRegistry(self, "Registry", props.registry)
+        # Same layer as serving: the gate loads bundles exactly as the inference function will.
+        self.validation = ValidationGate(self, "Validation", ValidationGateProps(
+            model_bucket=self.model_store.bucket,
+            table=self.registry.table,
+            layer=self.serving.layer,
+            architecture=props.architecture,
+            settings=props.validation,
+        ))
         self.batch: BatchScoring | None = None
         if props.batch is not None:
             # Same model pin, layer and log bucket as serving: one deploy scores online and in batch alike.
@@ -63,5 +89,6 @@ class ServingStack(Stack):
                 layer=self.serving.layer,
                 access_log_bucket=self.model_store.access_log_bucket,
                 architecture=props.architecture,
+                parquet_layer_dir=props.parquet_layer_dir,
                 settings=props.batch,
             ))

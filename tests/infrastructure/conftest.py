@@ -20,14 +20,24 @@ def layer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_once(tmp_path_factory: pytest.TempPathFactory, layer_dir: Path) -> Callable[..., Synth]:
+def parquet_layer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in for `layers/build/parquet` (the batch functions' pyarrow layer), likewise."""
+    folder = tmp_path_factory.mktemp("parquet-layer")
+    (folder / "python").mkdir()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synth_once(tmp_path_factory: pytest.TempPathFactory, layer_dir: Path,
+               parquet_layer_dir: Path) -> Callable[..., Synth]:
     """Synthesize each distinct context once per session; modules share the result."""
     cache: dict[str, Synth] = {}
 
     def get(**context: Any) -> Synth:
         key = json.dumps(context, sort_keys=True)
         if key not in cache:
-            cache[key] = synthesize(tmp_path_factory.mktemp("cdk.out"), layer_dir, context)
+            cache[key] = synthesize(tmp_path_factory.mktemp("cdk.out"), layer_dir, context,
+                                    parquet_layer_dir=parquet_layer_dir)
         return cache[key]
 
     return get

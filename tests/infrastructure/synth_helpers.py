@@ -58,10 +58,12 @@ class Synth:
         return acks
 
 
-def synthesize(outdir: Path, layer_dir: Path, context: Mapping[str, Any] | None = None) -> Synth:
+def synthesize(outdir: Path, layer_dir: Path, context: Mapping[str, Any] | None = None,
+               parquet_layer_dir: Path | None = None) -> Synth:
     """Synthesize with cdk-nag attached. A nag failure is recorded, not raised, so that the
-    template tests still run and the nag test alone reports the findings."""
-    app = build_app(outdir=str(outdir), context=context, layer_dir=layer_dir)
+    template tests still run and the nag test alone reports the findings. ``parquet_layer_dir``
+    is needed when the context switches batch scoring on."""
+    app = build_app(outdir=str(outdir), context=context, layer_dir=layer_dir, parquet_layer_dir=parquet_layer_dir)
     nag_error: str | None = None
     try:
         app.synth()

@@ -87,11 +87,17 @@ def test_batch_template_has_no_lint_errors_or_warnings(batch_synth: Synth) -> No
 
 # --- props validation ----------------------------------------------------------------------------
 
-def _build(layer_dir: Path, settings: BatchScoringSettings | None = None, **overrides: Any) -> BatchScoring:
+@pytest.fixture
+def layers(layer_dir: Path, parquet_layer_dir: Path) -> tuple[Path, Path]:
+    return layer_dir, parquet_layer_dir
+
+
+def _build(layers: tuple[Path, Path], settings: BatchScoringSettings | None = None, **overrides: Any) -> BatchScoring:
+    layer_dir, parquet_layer_dir = layers
     stack = Stack(App(), "BatchPropsTest")
     layer = lambda_.LayerVersion(stack, "Layer", code=lambda_.Code.from_asset(str(layer_dir)))
     props = BatchScoringProps(model_bucket=s3.Bucket(stack, "Models"), model_prefix="models/m/1/", layer=layer,
-                              access_log_bucket=s3.Bucket(stack, "Logs"),
+                              access_log_bucket=s3.Bucket(stack, "Logs"), parquet_layer_dir=parquet_layer_dir,
                               settings=settings or BatchScoringSettings())
     return BatchScoring(stack, "Batch", dataclasses.replace(props, **overrides))
 
@@ -113,9 +119,10 @@ def _build(layer_dir: Path, settings: BatchScoringSettings | None = None, **over
     ({"map_max_concurrency": 0}, r"map_max_concurrency must be between 1 and 10000, got 0"),
     ({"run_timeout_hours": 0}, r"run_timeout_hours must be between 1 and 8760, got 0"),
 ])
-def test_bad_batch_settings_raise_value_error(layer_dir: Path, overrides: dict[str, Any], message: str) -> None:
+def test_bad_batch_settings_raise_value_error(layers: tuple[Path, Path], overrides: dict[str, Any],
+                                             message: str) -> None:
     with pytest.raises(ValueError, match=r"BatchScoringSettings\." + message):
-        _build(layer_dir, BatchScoringSettings(**overrides))
+        _build(layers, BatchScoringSettings(**overrides))
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -124,25 +131,59 @@ def test_bad_batch_settings_raise_value_error(layer_dir: Path, overrides: dict[s
     ({"model_prefix": "models/*/"}, r"model_prefix must be a relative key prefix .* without '\*'"),
     ({"model_manifest_sha256": "abc"}, r"model_manifest_sha256 must be 64 hex characters"),
 ])
-def test_bad_batch_props_raise_value_error(layer_dir: Path, overrides: dict[str, Any], message: str) -> None:
+def test_bad_batch_props_raise_value_error(layers: tuple[Path, Path], overrides: dict[str, Any],
+                                          message: str) -> None:
     with pytest.raises(ValueError, match=r"BatchScoringProps\." + message):
-        _build(layer_dir, **overrides)
+        _build(layers, **overrides)
 
 
-def test_visibility_timeout_is_derived_from_the_function_timeout(layer_dir: Path) -> None:
-    batch = _build(layer_dir, BatchScoringSettings(timeout_seconds=120, reserved_concurrency=2))
+def test_missing_parquet_layer_tells_how_to_build_it(layer_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"Lambda layer not built: .*python does not exist\. Run `make layer`"):
+        _build((layer_dir, tmp_path / "no-parquet-layer"))
+    # A bad setting is still reported first: the layer is looked at after validation.
+    with pytest.raises(ValueError, match=r"chunk_rows"):
+        _build((layer_dir, tmp_path / "no-parquet-layer"), BatchScoringSettings(chunk_rows=0))
+
+
+def test_batch_functions_get_the_runtime_then_the_parquet_layer(layers: tuple[Path, Path]) -> None:
+    batch = _build(layers)
+    stack = Stack.of(batch)
+    for fn in (batch.function, batch.map_function, batch.finalize_function):
+        cfn = fn.node.default_child
+        assert isinstance(cfn, lambda_.CfnFunction)
+        assert stack.resolve(cfn.layers) == [stack.resolve(batch.props.layer.layer_version_arn),
+                                             stack.resolve(batch.parquet_layer.layer_version_arn)]
+
+
+def test_visibility_timeout_is_derived_from_the_function_timeout(layers: tuple[Path, Path]) -> None:
+    batch = _build(layers, BatchScoringSettings(timeout_seconds=120, reserved_concurrency=2))
     assert batch.settings.visibility_timeout.to_seconds() == 720
     assert batch.executions_failed_alarm is not None and batch.dead_letter_alarm is not None
 
 
-def test_stack_settings_reach_the_construct(layer_dir: Path) -> None:
+def test_stack_settings_reach_the_construct(layer_dir: Path, parquet_layer_dir: Path) -> None:
     settings = BatchScoringSettings(chunk_rows=1000, max_receive_count=5, map_max_concurrency=4)
     # cdk.json's flags: the model store's access logging relies on them (bucket policy, not ACLs).
     app = App(context=load_cdk_json_context())
-    stack = ServingStack(app, "Composed", ServingStackProps(layer_dir=layer_dir, batch=settings))
+    stack = ServingStack(app, "Composed", ServingStackProps(layer_dir=layer_dir, parquet_layer_dir=parquet_layer_dir,
+                                                            batch=settings))
     assert stack.batch is not None and stack.batch.settings == settings
     assert stack.batch.props.model_prefix == "models/demo/1/"
     assert stack.batch.props.layer is stack.serving.layer
+    assert stack.batch.props.parquet_layer_dir == parquet_layer_dir
+
+
+def test_parquet_layer_dir_comes_from_context_and_is_not_needed_without_batch(layer_dir: Path,
+                                                                              parquet_layer_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    app = build_app(outdir=str(tmp_path / "a"), layer_dir=layer_dir,
+                    context={"slimserve:batchScoring": "true", "slimserve:parquetLayerDir": str(parquet_layer_dir)})
+    stack = app.node.find_child(STACK_ID)
+    assert isinstance(stack, ServingStack) and stack.batch is not None
+    assert stack.batch.props.parquet_layer_dir == parquet_layer_dir
+    # Serving alone never reads the parquet layer folder.
+    build_app(outdir=str(tmp_path / "b"), layer_dir=layer_dir, context={"slimserve:batchScoring": "false",
+                                                                       "slimserve:parquetLayerDir": str(tmp_path)})
 
 
 def test_bad_batch_context_value_fails_clearly(layer_dir: Path) -> None:

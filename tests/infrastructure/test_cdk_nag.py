@@ -30,6 +30,17 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     "/Serving/RestApi/Default/predict/POST": {"AwsSolutions-COG4"},
     "/Serving/RestApi/Default/health/GET": {"AwsSolutions-COG4"},
     "/Serving/RestApi/Default/openapi.json/GET": {"AwsSolutions-COG4"},
+    "/Validation/Function": {"AwsSolutions-L1"},
+    "/Validation/Role": {
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Action::s3:GetObject*]",
+        "AwsSolutions-IAM5[Action::s3:GetBucket*]",
+        "AwsSolutions-IAM5[Action::s3:List*]",
+        "AwsSolutions-IAM5[Action::s3:Abort*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/holdout/*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/*/validation-report.json]",
+    },
 }
 
 

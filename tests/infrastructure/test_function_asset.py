@@ -20,7 +20,8 @@ def _files(root: Path) -> set[str]:
 
 
 def _staged_function_dir(synth: Synth) -> Path:
-    fn = synth.one("AWS::Lambda::Function")[1]
+    (fn,) = [f for f in synth.resources("AWS::Lambda::Function").values()
+             if f["Properties"]["Handler"] == "functions.inference.handler.lambda_handler"]
     asset_hash = fn["Properties"]["Code"]["S3Key"].removesuffix(".zip")
     staged = synth.outdir / f"asset.{asset_hash}"
     assert staged.is_dir(), f"function asset not staged at {staged}"

@@ -11,6 +11,7 @@ from synth_helpers import MODEL_PREFIX, Synth
 pytestmark = pytest.mark.slow  # the first test in a session pays for a full synth (~5-10 s)
 
 READ_ONLY_S3_ACTIONS = {"s3:GetObject*", "s3:GetBucket*", "s3:List*"}
+INFERENCE_HANDLER = "functions.inference.handler.lambda_handler"
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,13 @@ def _model_bucket_id(synth: Synth) -> str:
                  if v["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled"]
     assert len(versioned) == 1, f"expected exactly one versioned (model) bucket, found {versioned}"
     return versioned[0]
+
+
+def _inference_function(synth: Synth) -> dict[str, Any]:
+    """The inference function (the stack also holds the validation gate's)."""
+    (fn,) = [f for f in synth.resources("AWS::Lambda::Function").values() if f["Properties"]["Handler"] ==
+             INFERENCE_HANDLER]
+    return fn
 
 
 def _statements(synth: Synth, role_id: str) -> list[dict[str, Any]]:
@@ -91,7 +99,7 @@ def test_function_runtime_handler_tracing_and_limits(template: Template) -> None
         "Layers": [{"Ref": Match.string_like_regexp("RuntimeLayer")}],
         "LoggingConfig": {"LogGroup": {"Ref": Match.string_like_regexp("FunctionLogs")}},
     })
-    template.resource_count_is("AWS::Lambda::Function", 1)
+    template.resource_count_is("AWS::Lambda::Function", 2)  # inference + validation gate
 
 
 def test_function_environment_points_at_the_model_prefix(default_synth: Synth, template: Template) -> None:
@@ -107,12 +115,12 @@ def test_function_environment_points_at_the_model_prefix(default_synth: Synth, t
 
 def test_function_logs_have_a_retention(default_synth: Synth) -> None:
     groups = default_synth.resources("AWS::Logs::LogGroup")
-    assert len(groups) == 2  # function logs + API access logs
+    assert len(groups) == 3  # inference function logs + API access logs + validation function logs
     assert {g["Properties"]["RetentionInDays"] for g in groups.values()} == {30}
 
 
 def test_function_reads_only_the_model_prefix(default_synth: Synth) -> None:
-    fn = default_synth.one("AWS::Lambda::Function")[1]
+    fn = _inference_function(default_synth)
     role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
     assert "ManagedPolicyArns" not in default_synth.template["Resources"][role_id]["Properties"]
     model_arn = {"Fn::GetAtt": [_model_bucket_id(default_synth), "Arn"]}
@@ -125,12 +133,16 @@ def test_function_reads_only_the_model_prefix(default_synth: Synth) -> None:
     assert statement["Resource"] == [model_arn, {"Fn::Join": ["", [model_arn, f"/{MODEL_PREFIX}*"]]}]
 
 
-def test_no_statement_grants_s3_writes_or_s3_on_every_resource(default_synth: Synth) -> None:
+def test_no_statement_grants_s3_writes_but_validation_reports_or_s3_on_every_resource(default_synth: Synth) -> None:
+    report_objects = {"Fn::Join": ["", [{"Fn::GetAtt": [_model_bucket_id(default_synth), "Arn"]},
+                                        "/models/*/validation-report.json"]]}
     for policy in default_synth.resources("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = _as_list(statement["Action"])
             s3_actions = [a for a in actions if a.startswith("s3:")]
-            assert not [a for a in s3_actions if a.startswith(("s3:Put", "s3:Delete")) or a == "s3:*"], statement
+            assert not [a for a in s3_actions if a.startswith("s3:Delete") or a == "s3:*"], statement
+            if any(a.startswith("s3:Put") for a in s3_actions):  # the one write: the gate's report per bundle
+                assert statement["Resource"] == report_objects, statement
             if s3_actions:
                 assert "*" not in _as_list(statement["Resource"]), statement
 
@@ -247,7 +259,7 @@ def test_api_key_variant_has_a_throttled_usage_plan_on_the_stage(api_key_synth: 
 
 
 def test_arm64_context_switches_function_and_layer(api_key_synth: Synth) -> None:
-    fn = api_key_synth.one("AWS::Lambda::Function")[1]["Properties"]
+    fn = _inference_function(api_key_synth)["Properties"]
     layer = api_key_synth.one("AWS::Lambda::LayerVersion")[1]["Properties"]
     assert fn["Architectures"] == ["arm64"]
     assert layer["CompatibleArchitectures"] == ["arm64"]
