@@ -72,6 +72,7 @@ def _score(args: argparse.Namespace) -> int:
     from functions.batch.scoring import INCOMING_PREFIX, Source, manifest_key, score_file
     from functions.batch.stores import LocalStore
     from functions.common.bundle import directory_reader, load_model
+    from functions.common.manifest import sha256_file
 
     from .local.server import bundle_path
 
@@ -81,7 +82,7 @@ def _score(args: argparse.Namespace) -> int:
         print(f"error: {path} is not a file", file=sys.stderr)
         return 2
     source = Source(bucket="local", key=INCOMING_PREFIX + path.name, size=path.stat().st_size,
-                    etag=_file_digest(path))
+                    etag=sha256_file(path))
     store = LocalStore(args.out_dir)
     with path.open("rb") as stream:
         result = score_file(model, store, source, stream, chunk_rows=args.chunk_rows)
@@ -99,16 +100,6 @@ def _score(args: argparse.Namespace) -> int:
         print(f"  {name:<9} {Path(args.out_dir) / out['key']}  ({out['bytes']:,} bytes, sha256 {out['sha256'][:12]})")
     print(f"  manifest  {where}")
     return 0
-
-
-def _file_digest(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _validate(args: argparse.Namespace) -> int:

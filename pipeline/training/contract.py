@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from functions.common.manifest import sha256_file
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
@@ -47,8 +48,4 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
