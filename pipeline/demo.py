@@ -70,6 +70,8 @@ def run_demo(workdir: Path) -> int:
             server.server_close()
         print("== 4. batch: upload a messy CSV to s3://.../incoming/, S3 -> SQS -> batch Lambda")
         _batch(uri, messy_csv(holdout.drop(columns=["target"])))
+        print("== 5. validation gate Lambda: a weaker candidate against the champion, verdict in the registry")
+        _gate(workdir, uri, holdout_path)
     print("== done: the same handler runs on Lambda behind API Gateway (see README: Deploy)")
     return 0
 
@@ -112,6 +114,45 @@ def _batch(model_uri: str, body: bytes) -> None:
     again = batch.lambda_handler(sqs_event(messages), LambdaContext(function_name="slimserve-batch"))
     versions = s3.list_object_versions(Bucket=bucket, Prefix="scored/holdout-messy.csv")["Versions"]
     print(f"   redelivered the same message: {json.dumps(again)}, scored/ still has {len(versions)} version")
+
+
+def _gate(workdir: Path, champion_uri: str, holdout_path: Path) -> None:
+    import boto3
+    import pandas as pd
+    from sklearn.tree import DecisionTreeClassifier
+
+    from functions.common.registry import ModelEntry, Registry, create_table
+
+    from .bundler import build_bundle
+    from .cli import render_verdict
+    from .local.apigw import LambdaContext
+    from .local.emulation import MODEL_BUCKET, REGION, upload_bundle
+    from .local.server import load_function
+
+    holdout = pd.read_csv(holdout_path)
+    features = holdout.drop(columns=["target"])
+    stump = DecisionTreeClassifier(max_depth=1, random_state=SEED).fit(features, holdout["target"])
+    build_bundle(stump, holdout, workdir / "candidate", name="breast-cancer", version="candidate-stump",
+                 target="target")
+    s3, ddb = boto3.client("s3", region_name=REGION), boto3.client("dynamodb", region_name=REGION)
+    candidate_uri = upload_bundle(s3, workdir / "candidate")
+    s3.put_object(Bucket=MODEL_BUCKET, Key="holdout/breast-cancer.csv", Body=holdout_path.read_bytes())
+    create_table(ddb, "slimserve-models")
+    registry = Registry(ddb, "slimserve-models")
+    champion_version = champion_uri.rstrip("/").rsplit("/", 1)[1]
+    registry.promote(registry.register(ModelEntry(model="breast-cancer", version=champion_version,
+                                                  bundle_uri=champion_uri)), "demo: first release")
+    gate = load_function("functions.validation.handler", "", REGISTRY_TABLE="slimserve-models")
+    gate.registry.cache_clear()
+    gate.s3_client.cache_clear()
+    result = gate.lambda_handler({"candidate_uri": candidate_uri,
+                                  "holdout_uri": f"s3://{MODEL_BUCKET}/holdout/breast-cancer.csv"},
+                                 LambdaContext(function_name="slimserve-validation"))
+    key = result["report_uri"].split(f"{MODEL_BUCKET}/", 1)[1]
+    report = json.loads(s3.get_object(Bucket=MODEL_BUCKET, Key=key)["Body"].read())
+    print("   " + render_verdict(report).replace("\n", "\n   "))
+    for entry in registry.list("breast-cancer"):
+        print(f"   registry: {entry.version:<28} {entry.status:<10} {entry.reason}")
 
 
 def _calls(base: str, rows: Any, truth: Any) -> None:
