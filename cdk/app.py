@@ -16,6 +16,7 @@ from aws_cdk import aws_lambda as lambda_
 from cdk_nag import AwsSolutionsChecks
 
 from .constructs.batch_scoring import BatchScoringSettings
+from .constructs.training import Integration, TrainingSettings
 from .stacks.serving_stack import ServingStack, ServingStackProps
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,12 @@ def _architecture(value: Any) -> lambda_.Architecture:
     return choices[str(value)]
 
 
+def _integration(value: Any) -> Integration:
+    if value == "sync" or value == "request":
+        return value
+    raise ValueError(f"context {CTX}trainingIntegration must be 'sync' or 'request', got {value!r}")
+
+
 def stack_props_from_context(app: App, layer_dir: Path | None = None,
                              parquet_layer_dir: Path | None = None) -> ServingStackProps:
     """Typed stack props from CDK context; the one place where context strings become settings."""
@@ -69,6 +76,8 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None,
         layer_dir=Path(layer) if layer else defaults.layer_dir,
         parquet_layer_dir=Path(parquet_layer) if parquet_layer else defaults.parquet_layer_dir,
         batch=BatchScoringSettings() if _as_bool(ctx("batchScoring", False), CTX + "batchScoring") else None,
+        # "request" for the local emulation (moto runs sagemaker:createTrainingJob, not its .sync form).
+        training=TrainingSettings(integration=_integration(ctx("trainingIntegration", "sync"))),
     )
 
 

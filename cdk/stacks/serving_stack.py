@@ -1,4 +1,4 @@
-"""ServingStack: model store + serving API + registry and validation gate (+ batch scoring when enabled).
+"""ServingStack: model store + serving API + registry and validation gate + training (+ batch scoring when enabled).
 Composes constructs only."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ..constructs.model_registry import (
 )
 from ..constructs.model_store import ModelStore, ModelStoreProps
 from ..constructs.serving_api import DEFAULT_LAYER_DIR, ServingApi, ServingApiProps
+from ..constructs.training import Training, TrainingProps, TrainingSettings
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -48,6 +49,8 @@ class ServingStackProps:
     validation: ValidationGateSettings = field(default_factory=ValidationGateSettings)
     batch: BatchScoringSettings | None = None
     """Batch scoring (S3 incoming/ → SQS → Lambda, Distributed Map for big CSVs); None leaves it out."""
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    """The SageMaker training jobs and their state machine (always on)."""
 
     def resolved_prefix(self) -> str:
         if self.model_prefix is not None:
@@ -78,6 +81,11 @@ class ServingStack(Stack):
             layer=self.serving.layer,
             architecture=props.architecture,
             settings=props.validation,
+        ))
+        # Its buckets log to the model store's access-log bucket, like every other bucket of the stack.
+        self.training = Training(self, "Training", TrainingProps(
+            access_log_bucket=self.model_store.access_log_bucket,
+            settings=props.training,
         ))
         self.batch: BatchScoring | None = None
         if props.batch is not None:

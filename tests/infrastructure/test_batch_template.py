@@ -25,6 +25,9 @@ INFERENCE_HANDLER = "functions.inference.handler.lambda_handler"
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012",
           "AWS::URLSuffix": "amazonaws.com"}
 READ_ACTIONS = ("s3:Get", "s3:List")
+# Logical-id prefix of the (always on) training construct: its versioned buckets and its own state machine
+# are not batch scoring's (test_training_template checks them).
+TRAINING = "Training"
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -62,9 +65,18 @@ def _scoring_bucket_id(synth: Synth) -> str:
 def _model_bucket_id(synth: Synth) -> str:
     scoring = _scoring_bucket_id(synth)
     versioned = [k for k, v in synth.resources("AWS::S3::Bucket").items()
-                 if v["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled" and k != scoring]
+                 if v["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled" and k != scoring
+                 and not k.startswith(TRAINING)]
     assert len(versioned) == 1, versioned
     return versioned[0]
+
+
+def _state_machine(synth: Synth) -> tuple[str, dict[str, Any]]:
+    """The batch state machine, as (logical id, resource); the stack also holds the training one."""
+    found = [(k, v) for k, v in synth.resources("AWS::StepFunctions::StateMachine").items()
+             if not k.startswith(TRAINING)]
+    assert len(found) == 1, f"expected one batch state machine, found {[k for k, _ in found]}"
+    return found[0]
 
 
 def _object_pattern(resource: Any, bucket_id: str) -> str | None:
@@ -106,7 +118,7 @@ def _render(part: Any) -> str:
 
 def _definition(synth: Synth) -> dict[str, Any]:
     """The state machine's ASL, tokens rendered as placeholder strings (`<Ref:Id>`, `<GetAtt:Id.Arn>`)."""
-    body = synth.one("AWS::StepFunctions::StateMachine")[1]["Properties"]["DefinitionString"]
+    body = _state_machine(synth)[1]["Properties"]["DefinitionString"]
     if isinstance(body, str):
         return json.loads(body)
     separator, parts = body["Fn::Join"]
@@ -124,7 +136,7 @@ def _alarms_on(synth: Synth, metric_name: str) -> list[dict[str, Any]]:
 def test_batch_scoring_can_be_switched_off(default_synth: Synth) -> None:
     """With `slimserve:batchScoring=false` the stack is exactly the serving stack."""
     assert not default_synth.resources("AWS::SQS::Queue")
-    assert not default_synth.resources("AWS::StepFunctions::StateMachine")
+    assert not [k for k in default_synth.resources("AWS::StepFunctions::StateMachine") if not k.startswith(TRAINING)]
     assert not default_synth.resources("Custom::S3BucketNotifications")
 
 
@@ -164,7 +176,7 @@ def test_every_bucket_denies_requests_without_tls(batch_synth: Synth) -> None:
                 assert statement["Effect"] == "Deny" and statement["Action"] == "s3:*"
                 covered.add(policy["Properties"]["Bucket"]["Ref"])
     assert covered == set(batch_synth.resources("AWS::S3::Bucket"))
-    assert len(covered) == 3  # model, access logs, scoring
+    assert len(covered) == 5  # model, access logs, scoring, training data, training artifacts
 
 
 # --- S3 → SQS (+DLQ) -----------------------------------------------------------------------------
@@ -284,7 +296,7 @@ def test_only_the_batch_functions_get_the_parquet_layer(batch_synth: Synth) -> N
 
 def test_batch_function_environment(batch_synth: Synth) -> None:
     _, fn = _function(batch_synth, HANDLER)
-    state_machine_id, _ = batch_synth.one("AWS::StepFunctions::StateMachine")
+    state_machine_id, _ = _state_machine(batch_synth)
     assert fn["Environment"]["Variables"] == {
         "MODEL_URI": {"Fn::Join": ["", ["s3://", {"Ref": _model_bucket_id(batch_synth)}, f"/{MODEL_PREFIX}"]]},
         "SCORING_BUCKET": {"Ref": _scoring_bucket_id(batch_synth)},
@@ -361,14 +373,14 @@ def test_finalize_lists_only_under_runs(batch_synth: Synth) -> None:
 
 def test_batch_function_may_start_only_its_state_machine(batch_synth: Synth) -> None:
     role_id = _role_id(_function(batch_synth, HANDLER)[1])
-    state_machine_id, _ = batch_synth.one("AWS::StepFunctions::StateMachine")
+    state_machine_id, _ = _state_machine(batch_synth)
     states = [s for s in _statements(batch_synth, role_id)
               if any(a.startswith("states:") for a in _as_list(s["Action"]))]
     assert states == [{"Action": "states:StartExecution", "Effect": "Allow", "Resource": {"Ref": state_machine_id}}]
 
 
 def test_state_machine_reads_incoming_and_invokes_only_its_two_functions(batch_synth: Synth) -> None:
-    props = batch_synth.one("AWS::StepFunctions::StateMachine")[1]["Properties"]
+    props = _state_machine(batch_synth)[1]["Properties"]
     role_id = props["RoleArn"]["Fn::GetAtt"][0]
     bucket_id = _scoring_bucket_id(batch_synth)
     s3_statements = _s3_statements(batch_synth, role_id)
@@ -383,7 +395,7 @@ def test_state_machine_reads_incoming_and_invokes_only_its_two_functions(batch_s
 # --- state machine -------------------------------------------------------------------------------
 
 def test_state_machine_is_standard_logged_and_traced(batch_synth: Synth) -> None:
-    props = batch_synth.one("AWS::StepFunctions::StateMachine")[1]["Properties"]
+    props = _state_machine(batch_synth)[1]["Properties"]
     assert props["StateMachineType"] == "STANDARD"
     assert props["TracingConfiguration"] == {"Enabled": True}
     logging = props["LoggingConfiguration"]
@@ -442,7 +454,7 @@ def test_after_the_map_one_finalize_step_gets_the_original_input(batch_synth: Sy
 
 
 def test_failed_runs_raise_an_alarm(batch_synth: Synth) -> None:
-    state_machine_id, _ = batch_synth.one("AWS::StepFunctions::StateMachine")
+    state_machine_id, _ = _state_machine(batch_synth)
     (alarm,) = _alarms_on(batch_synth, "ExecutionsFailed")
     assert alarm["Namespace"] == "AWS/States"
     assert alarm["Dimensions"] == [{"Name": "StateMachineArn", "Value": {"Ref": state_machine_id}}]

@@ -41,6 +41,17 @@ EXPECTED_ACKNOWLEDGEMENTS = {
         "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/holdout/*]",
         "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/*/validation-report.json]",
     },
+    "/Training/SageMakerPolicy": {
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Resource::<TrainingDataBucketAA33E1D7.Arn>/*]",
+        "AwsSolutions-IAM5[Resource::<TrainingArtifactsBucket4D77C497.Arn>/runs/*]",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
+        "log-group:/aws/sagemaker/TrainingJobs:*]",
+    },
+    "/Training/StateMachineRole": {
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:training-job/*]",
+    },
 }
 
 

@@ -12,6 +12,9 @@ pytestmark = pytest.mark.slow  # the first test in a session pays for a full syn
 
 READ_ONLY_S3_ACTIONS = {"s3:GetObject*", "s3:GetBucket*", "s3:List*"}
 INFERENCE_HANDLER = "functions.inference.handler.lambda_handler"
+# Logical-id prefix of the training construct: its two buckets are versioned and access-logged too, and its
+# SageMaker role writes job outputs (test_training_template checks them); helpers here skip them.
+TRAINING = "Training"
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,8 @@ def template(default_synth: Synth) -> Template:
 
 def _model_bucket_id(synth: Synth) -> str:
     versioned = [k for k, v in synth.resources("AWS::S3::Bucket").items()
-                 if v["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled"]
+                 if v["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled"
+                 and not k.startswith(TRAINING)]
     assert len(versioned) == 1, f"expected exactly one versioned (model) bucket, found {versioned}"
     return versioned[0]
 
@@ -47,7 +51,7 @@ def _as_list(value: Any) -> list[Any]:
 
 def test_every_bucket_is_private_encrypted_and_retained(default_synth: Synth) -> None:
     buckets = default_synth.resources("AWS::S3::Bucket")
-    assert len(buckets) == 2  # model bucket + its access-log bucket
+    assert len(buckets) == 4  # model bucket + its access-log bucket + training data and artifacts buckets
     for logical_id, bucket in buckets.items():
         props = bucket["Properties"]
         assert props["PublicAccessBlockConfiguration"] == {
@@ -61,13 +65,14 @@ def test_every_bucket_is_private_encrypted_and_retained(default_synth: Synth) ->
 def test_model_bucket_is_versioned_and_access_logged_to_the_log_bucket(default_synth: Synth) -> None:
     model_id = _model_bucket_id(default_synth)
     logging = default_synth.template["Resources"][model_id]["Properties"]["LoggingConfiguration"]
-    (log_id,) = [k for k in default_synth.resources("AWS::S3::Bucket") if k != model_id]
+    (log_id,) = [k for k in default_synth.resources("AWS::S3::Bucket") if k != model_id and not k.startswith(TRAINING)]
     assert logging["DestinationBucketName"] == {"Ref": log_id}
 
 
 def test_access_log_bucket_expires_its_logs(default_synth: Synth) -> None:
     model_id = _model_bucket_id(default_synth)
-    (log_bucket,) = [v for k, v in default_synth.resources("AWS::S3::Bucket").items() if k != model_id]
+    (log_bucket,) = [v for k, v in default_synth.resources("AWS::S3::Bucket").items()
+                     if k != model_id and not k.startswith(TRAINING)]
     rules = log_bucket["Properties"]["LifecycleConfiguration"]["Rules"]
     assert any(r["Status"] == "Enabled" and r.get("ExpirationInDays", 0) > 0 for r in rules)
 
@@ -115,7 +120,8 @@ def test_function_environment_points_at_the_model_prefix(default_synth: Synth, t
 
 def test_function_logs_have_a_retention(default_synth: Synth) -> None:
     groups = default_synth.resources("AWS::Logs::LogGroup")
-    assert len(groups) == 3  # inference function logs + API access logs + validation function logs
+    # inference function logs + API access logs + validation function logs + training state machine logs
+    assert len(groups) == 4
     assert {g["Properties"]["RetentionInDays"] for g in groups.values()} == {30}
 
 
@@ -136,13 +142,16 @@ def test_function_reads_only_the_model_prefix(default_synth: Synth) -> None:
 def test_no_statement_grants_s3_writes_but_validation_reports_or_s3_on_every_resource(default_synth: Synth) -> None:
     report_objects = {"Fn::Join": ["", [{"Fn::GetAtt": [_model_bucket_id(default_synth), "Arn"]},
                                         "/models/*/validation-report.json"]]}
+    (artifacts,) = [v["Value"]["Ref"] for k, v in default_synth.template["Outputs"].items()
+                    if k.startswith("TrainingArtifactsBucketName")]
+    runs_objects = {"Fn::Join": ["", [{"Fn::GetAtt": [artifacts, "Arn"]}, "/runs/*"]]}
     for policy in default_synth.resources("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = _as_list(statement["Action"])
             s3_actions = [a for a in actions if a.startswith("s3:")]
             assert not [a for a in s3_actions if a.startswith("s3:Delete") or a == "s3:*"], statement
-            if any(a.startswith("s3:Put") for a in s3_actions):  # the one write: the gate's report per bundle
-                assert statement["Resource"] == report_objects, statement
+            if any(a.startswith("s3:Put") for a in s3_actions):  # the gate's report per bundle; training jobs' runs/
+                assert statement["Resource"] in (report_objects, runs_objects), statement
             if s3_actions:
                 assert "*" not in _as_list(statement["Resource"]), statement
 
