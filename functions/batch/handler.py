@@ -89,7 +89,7 @@ def process_source(source: Source) -> dict[str, Any]:
         return distributed.start(sfn_client(), settings.state_machine_arn or "", store, source)
     model = holder.load()
     if already_done(store, source) is not None:
-        return {"status": "duplicate"}
+        return {"status": "duplicate"}  # before reading the object: redelivery costs one small GET
     body = _open_source(source)
     if body is None:
         return {"status": "superseded"}

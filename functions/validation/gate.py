@@ -79,8 +79,8 @@ def read_holdout(stream: IO[bytes], name: str, manifest: Manifest, config: GateC
         else:
             lines = open_text_lines(stream, fmt)
             reader = CsvReader(lines, columns) if fmt.kind == "csv" else JsonLinesReader(lines, columns)
-        cells = [c for chunk in reader.chunks(5000) for c, e in zip(chunk.cells, chunk.errors, strict=True)
-                 if _keep(c, e, len(manifest.features))]
+        cells = [readable(c, e) for chunk in reader.chunks(5000) for c, e in zip(chunk.cells, chunk.errors,
+                                                                                 strict=True)]
     except WholeFileRejected as exc:
         reason = "holdout_empty" if exc.code == "empty_file" else "holdout_mislabelled" if target in exc.message \
             else "incompatible_schema"
@@ -93,10 +93,10 @@ def read_holdout(stream: IO[bytes], name: str, manifest: Manifest, config: GateC
     return Holdout(rows=[c[:n] for c in cells], labels=labels, slices=slices)
 
 
-def _keep(cells: list[Any] | None, error: str | None, n: int) -> bool:
+def readable(cells: list[Any] | None, error: str | None) -> list[Any]:
     if error is not None or cells is None:
         raise GateRefusal("incompatible_schema", f"holdout row unreadable for this model: {error}")
-    return True
+    return cells
 
 
 def _labels(values: list[Any], manifest: Manifest) -> np.ndarray:

@@ -13,6 +13,8 @@ from typing import Any
 
 import boto3
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.local.apigw import LambdaContext, proxy_event
 from pipeline.local.emulation import MODEL_BUCKET, REGION, emulated_account, upload_bundle
@@ -225,3 +227,26 @@ def test_debug_logging_never_contains_the_payload(account: Any, rf_bundle: Path)
         powertools.setLevel(level)
     assert any("Calling API Route Handler" in r for r in records)  # debug records were captured
     assert not any("123456" in r for r in records)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=40,
+)
+BODIES = st.one_of(
+    st.builds(lambda rows: {"instances": rows}, st.lists(st.lists(JSON | st.floats(), max_size=31), max_size=4)),
+    st.builds(lambda rows: {"instances": rows}, st.lists(st.dictionaries(
+        st.sampled_from(["mean radius", "mean texture", "worst area", "x"]), JSON, max_size=4), max_size=3)),
+    JSON,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES, raw=st.booleans())
+def test_any_body_gets_an_answer_never_a_500(rf: ModuleType, body: Any, raw: bool) -> None:
+    text = json.dumps(body) if not raw else json.dumps(body)[: max(1, len(json.dumps(body)) // 2)]
+    status, answer = invoke(rf, "POST", "/predict", text)
+    assert status in (200, 400, 413), answer
+    if status != 200:
+        assert answer["error"]["code"] and answer["error"]["message"] and answer["request_id"]
