@@ -39,6 +39,7 @@ def load_function(name: str, model_uri: str, **settings: str) -> ModuleType:
 
 class _RequestHandler(BaseHTTPRequestHandler):
     lambda_handler: Any = None
+    quiet = False
     server_version = "slimserve-local"
 
     def _dispatch(self) -> None:
