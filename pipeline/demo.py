@@ -59,7 +59,7 @@ def run_demo(workdir: Path) -> int:
     with emulated_account():
         uri = upload_bundle(boto3.client("s3", region_name=REGION), bundle_dir)
         handler = load_inference_handler(uri)
-        server = make_server(handler.lambda_handler, port=0)
+        server = make_server(handler.lambda_handler, port=0, quiet=True)
         start_in_thread(server)
         base = f"http://127.0.0.1:{server.server_address[1]}"
         print(f"   {uri} -> {base}")

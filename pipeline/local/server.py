@@ -65,11 +65,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
     def log_message(self, format: str, *args: Any) -> None:
+        if self.quiet:
+            return
         sys.stderr.write(f"local-api {self.address_string()} {format % args}\n")
 
 
-def make_server(lambda_handler: Any, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
-    handler_class = type("LocalApiHandler", (_RequestHandler,), {"lambda_handler": staticmethod(lambda_handler)})
+def make_server(lambda_handler: Any, host: str = "127.0.0.1", port: int = 8080,
+                quiet: bool = False) -> ThreadingHTTPServer:
+    handler_class = type("LocalApiHandler", (_RequestHandler,), {"lambda_handler": staticmethod(lambda_handler),
+                                                                 "quiet": quiet})
     return ThreadingHTTPServer((host, port), handler_class)
 
 
