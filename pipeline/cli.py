@@ -199,7 +199,8 @@ def _train(args: argparse.Namespace) -> int:
     except DataRefused as exc:
         print(f"error [data_refused]: {exc}", file=sys.stderr)
         return 2
-    print(f"trained a {result['task']} model on {result['rows']} rows; teacher on {result['teacher']['device']}; "
+    print(f"trained a {result['task']} model on {result['rows']} rows; teacher on {result['teacher']['device']}, "
+          f"student {result['student']}; "
           f"steps (s): {result['timings']}")
     metrics = result["metrics"]
     names = [k for k in metrics if k.startswith("holdout_")]
@@ -306,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder (bundle in OUT/bundle)")
     t.add_argument("--seed", type=int, default=7, help="split and model seed: same data and seed, same metrics")
     t.add_argument("--teacher", default="hgb", choices=["hgb", "xgboost", "mlp"])
-    t.add_argument("--student", default="hgb", choices=["hgb", "logreg", "tree", "mlp"])
+    t.add_argument("--student", default="auto", choices=["auto", "hgb", "logreg", "tree", "mlp"],
+                   help="auto (default): the smallest of logreg, mlp, hgb within 1 point of the teacher")
     t.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
     t.add_argument("--augment", type=int, default=1, help="teacher-labelled copies of the rows, jittered")
     t.add_argument("--name", default="model", help="model name in the bundle")

@@ -53,3 +53,15 @@ def feature_profile(X: pd.DataFrame, features: list[Feature]) -> dict[str, Any]:
             profile[f.name] = {"type": "category", "proportions": {str(k): round(float(v), 6) for k, v in
                                                                     shares.items()}, "missing": missing}
     return profile
+
+
+def student_gap(task: str, validation: pd.DataFrame, target: str, teacher: Any, student: Any) -> float:
+    """How far the student falls behind the teacher on validation rows: accuracy points for
+    classification, relative RMSE for regression (0 or less: as good)."""
+    X, y = validation.drop(columns=[target]), validation[target]
+    if task == "regression":
+        truth = y.to_numpy(dtype=float)
+        teacher_rmse = m.rmse(truth, teacher.predict(X))
+        return (m.rmse(truth, student.predict(X)) - teacher_rmse) / max(teacher_rmse, 1e-12)
+    truth = y.to_numpy(dtype=object)
+    return m.accuracy(truth, teacher.predict(X)) - m.accuracy(truth, student.predict(X))

@@ -21,7 +21,8 @@ import pandas as pd
 
 from .contract import JobPaths, data_file, fingerprint, read_table
 from .data import DataRefused, validate_data
-from .models import STUDENTS, TEACHERS, distil, make_student, make_teacher
+from .evaluation import student_gap
+from .models import AUTO_STUDENTS, STUDENTS, TEACHERS, distil, make_student, make_teacher
 
 
 def parser(step: str) -> argparse.ArgumentParser:
@@ -30,7 +31,9 @@ def parser(step: str) -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["classification", "regression"])
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--teacher", choices=TEACHERS, default="hgb")
-    p.add_argument("--student", choices=STUDENTS, default="hgb")
+    p.add_argument("--student", choices=("auto", *STUDENTS), default="auto",
+                   help="auto: the smallest student within --max-gap of the teacher on the validation split")
+    p.add_argument("--max-gap", type=float, default=0.01, help="auto: accepted accuracy (or relative RMSE) gap")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--augment", type=int, default=1, help="augmented copies of the training rows")
     p.add_argument("--augment-scale", type=float, default=0.1)
@@ -99,10 +102,21 @@ def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     teacher_dir = _artefacts(paths, "teacher")
     teacher = joblib.load(teacher_dir / "teacher.joblib")  # our own artefact from the teacher job
     task = json.loads((teacher_dir / "teacher.json").read_text())["task"]
-    student = make_student(args.student, task, X, args.seed, _params(args))
-    info = distil(teacher, student, X, task, temperature=args.temperature, augment_copies=args.augment,
-                  augment_scale=args.augment_scale, seed=args.seed)
-    info.update({"student": args.student, "temperature": args.temperature, "augment": args.augment, "task": task})
+    validation = _frame(paths, "validation")[0] if "validation" in paths.channels else None
+    kinds = list(AUTO_STUDENTS) if args.student == "auto" else [args.student]
+    tried: dict[str, Any] = {}
+    student = None
+    for kind in kinds:
+        candidate = make_student(kind, task, X, args.seed, _params(args))
+        fit = distil(teacher, candidate, X, task, temperature=args.temperature, augment_copies=args.augment,
+                     augment_scale=args.augment_scale, seed=args.seed)
+        gap = None if validation is None else student_gap(task, validation, args.target, teacher, candidate)
+        tried[kind] = {"gap": gap, "seconds": round(fit["seconds"], 2)}
+        student, chosen = candidate, kind
+        if gap is None or gap <= args.max_gap:
+            break  # the smallest acceptable one: candidates are ordered by size and latency
+    info = {"student": chosen, "tried": tried, "temperature": args.temperature, "augment": args.augment,
+            "task": task, "rows": len(X)}
     paths.model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(student, paths.model_dir / "student.joblib")
     _write_json(paths.model_dir / "student.json", info)
@@ -120,7 +134,8 @@ def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     student, teacher = joblib.load(student_dir / "student.joblib"), joblib.load(teacher_dir / "teacher.joblib")
     task = json.loads((student_dir / "student.json").read_text())["task"]
     sample = train.sample(min(len(train), 2000), random_state=args.seed)
-    lineage = {"teacher": args.teacher, "student": args.student, "code_version": code_version(),
+    chosen = json.loads((student_dir / "student.json").read_text())["student"]
+    lineage = {"teacher": args.teacher, "student": chosen, "code_version": code_version(),
                "hyperparameters": json.dumps({k: v for k, v in vars(args).items() if k not in ("version",)},
                                              sort_keys=True, default=str)}
     result = build_bundle(student, sample, paths.model_dir / "bundle", name=args.name, version=args.version,
@@ -130,7 +145,8 @@ def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
         "metrics": {**result.manifest.metrics, **metrics}, "training_data_fingerprint": fingerprint(train_path),
         "profile": feature_profile(train.drop(columns=[args.target]), result.manifest.features)})
     (paths.model_dir / "bundle" / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
-    return {"bundle": str(paths.model_dir / "bundle"), "version": manifest.version, "metrics": manifest.metrics}
+    return {"bundle": str(paths.model_dir / "bundle"), "version": manifest.version, "metrics": manifest.metrics,
+            "student": chosen}
 
 
 def code_version() -> str:

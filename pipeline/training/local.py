@@ -56,7 +56,8 @@ def train_locally(data: Path, target: str, out: Path, *, task: str | None = None
 
     step("validate", work / "validate", train=channels["train"])
     teacher = step("teacher", work / "teacher", train=channels["train"], validation=channels["validation"])
-    step("distil", work / "student", train=channels["train"], teacher=work / "teacher")
+    step("distil", work / "student", train=channels["train"], validation=channels["validation"],
+         teacher=work / "teacher")
     export = step("export", out, train=channels["train"], holdout=channels["holdout"], student=work / "student",
                   teacher=work / "teacher")
     return {"task": task, "rows": len(frame), "report": report, "teacher": teacher, "timings": timings, **export}

@@ -62,7 +62,7 @@ class SageMakerPlan:
         if step == "teacher":
             return {**base, "validation": f"{data}/validation/"}
         if step == "distil":
-            return {**base, "teacher": self.model_artifact("teacher")}
+            return {**base, "validation": f"{data}/validation/", "teacher": self.model_artifact("teacher")}
         if step == "export":
             return {**base, "holdout": f"{data}/holdout/", "teacher": self.model_artifact("teacher"),
                     "student": self.model_artifact("distil")}
