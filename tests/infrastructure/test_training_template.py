@@ -370,7 +370,7 @@ def test_distil_and_export_read_the_earlier_jobs_model_artifacts(default_synth: 
     assert channels == {
         "validate": {"train": f"{data}/train/"},
         "teacher": {"train": f"{data}/train/", "validation": f"{data}/validation/"},
-        "distil": {"train": f"{data}/train/", "teacher": teacher},
+        "distil": {"train": f"{data}/train/", "validation": f"{data}/validation/", "teacher": teacher},
         "export": {"train": f"{data}/train/", "holdout": f"{data}/holdout/", "teacher": teacher, "student": student},
     }
 
