@@ -103,9 +103,10 @@ def main() -> None:
         lines = [("teacher", metrics["holdout_teacher"], t_bundle), (f"student:{result['student']}",
                                                                       metrics["holdout_student"], student_bundle),
                  ("hard-label", hard, None), ("baseline", metrics["holdout_baseline"], None)]
+        latencies = {t_bundle: onnx_latency_us(t_bundle, frame), student_bundle: onnx_latency_us(student_bundle, frame)}
         for label, values, bundle in lines:
             size = f"{(bundle / 'model.onnx').stat().st_size / 1024:>10.0f}" if bundle else f"{'-':>10}"
-            latency = f"{onnx_latency_us(bundle, frame):>8.0f}" if bundle else f"{'-':>8}"
+            latency = f"{latencies[bundle]:>8.0f}" if bundle else f"{'-':>8}"
             timing = f"{seconds:>8.0f}" if label.startswith("student") else f"{'':>8}"
             print(f"{name:<26}{len(frame):>9,} | {label:<14}{values['accuracy']:>9.4f}{values['roc_auc']:>9.4f}"
                   f"{size}{latency} | {timing}")
@@ -114,7 +115,7 @@ def main() -> None:
         gap = metrics["holdout_student"]["accuracy"] - metrics["holdout_teacher"]["accuracy"]
         print(f"{'':<26}{'':>9} | student vs teacher: accuracy {gap:+.4f}, "
               f"size {teacher_kib / student_kib:.1f}x smaller, latency "
-              f"{onnx_latency_us(t_bundle, frame) / onnx_latency_us(student_bundle, frame):.1f}x faster; "
+              f"{latencies[t_bundle] / latencies[student_bundle]:.1f}x faster; "
               f"distilled vs hard-label accuracy {metrics['holdout_student']['accuracy'] - hard['accuracy']:+.4f}")
 
 
