@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Acknowledgment, CfnOutput, Duration, RemovalPolicy, Stack, Validations
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -27,8 +27,9 @@ from aws_cdk import aws_s3_notifications as s3n
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
-from constructs import Construct, IConstruct
+from constructs import Construct
 
+from .nag import ack, arn_token
 from .serving_api import METRICS_NAMESPACE, REPO_ROOT, function_code
 
 HANDLER = "functions.batch.handler.lambda_handler"
@@ -401,31 +402,31 @@ class BatchScoring(Construct):
 
     def _acknowledge_nag_findings(self) -> None:
         """Each finding acknowledged on the narrowest construct, reason on the same line."""
-        bucket = _arn_token(self.bucket)
-        model = _arn_token(self.props.model_bucket)
+        bucket = arn_token(self.bucket)
+        model = arn_token(self.props.model_bucket)
         functions = (self.function, self.map_function, self.finalize_function)
         for fn in functions:
-            _ack(fn, "AwsSolutions-L1", "python3.12 is the runtime the product and its onnxruntime layer are built for")
-            _ack(fn.role, "AwsSolutions-IAM5[Resource::*]", "X-Ray trace writes take no resource scope")
+            ack(fn, "AwsSolutions-L1", "python3.12 is the runtime the product and its onnxruntime layer are built for")
+            ack(fn.role, "AwsSolutions-IAM5[Resource::*]", "X-Ray trace writes take no resource scope")
         for fn in functions:
-            _ack(fn.role, "AwsSolutions-IAM5[Action::s3:GetObject*]", "grant_read: read-only, granted prefixes only")
-            _ack(fn.role, "AwsSolutions-IAM5[Action::s3:GetBucket*]", "grant_read: bucket metadata of granted buckets")
-            _ack(fn.role, "AwsSolutions-IAM5[Action::s3:List*]", "grant_read: key listing of granted buckets")
+            ack(fn.role, "AwsSolutions-IAM5[Action::s3:GetObject*]", "grant_read: read-only, granted prefixes only")
+            ack(fn.role, "AwsSolutions-IAM5[Action::s3:GetBucket*]", "grant_read: bucket metadata of granted buckets")
+            ack(fn.role, "AwsSolutions-IAM5[Action::s3:List*]", "grant_read: key listing of granted buckets")
             if model is not None:
-                _ack(fn.role, f"AwsSolutions-IAM5[Resource::{model}/{self.props.model_prefix}*]",
+                ack(fn.role, f"AwsSolutions-IAM5[Resource::{model}/{self.props.model_prefix}*]",
                      "one bundle prefix only")
         for fn in functions:
-            _ack(fn.role, "AwsSolutions-IAM5[Action::s3:Abort*]", "grant_put: abort uploads, granted prefixes only")
+            ack(fn.role, "AwsSolutions-IAM5[Action::s3:Abort*]", "grant_put: abort uploads, granted prefixes only")
         prefixes = {self.function: (INCOMING_PREFIX, SCORED_PREFIX, REJECTED_PREFIX, MANIFESTS_PREFIX),
                     self.map_function: (RUNS_PREFIX,), self.finalize_function: (RUNS_PREFIX, MANIFESTS_PREFIX)}
         for fn, fn_prefixes in prefixes.items():
             for prefix in fn_prefixes:
-                _ack(fn.role, f"AwsSolutions-IAM5[Resource::{bucket}/{prefix}*]", f"scoring bucket {prefix} only")
+                ack(fn.role, f"AwsSolutions-IAM5[Resource::{bucket}/{prefix}*]", f"scoring bucket {prefix} only")
         role = self.state_machine.role
-        _ack(role, "AwsSolutions-IAM5[Resource::*]", "X-Ray and CloudWatch Logs delivery APIs take no resource scope")
-        _ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{INCOMING_PREFIX}*]", "item reader: incoming/ CSVs only")
+        ack(role, "AwsSolutions-IAM5[Resource::*]", "X-Ray and CloudWatch Logs delivery APIs take no resource scope")
+        ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{INCOMING_PREFIX}*]", "item reader: incoming/ CSVs only")
         for fn in (self.map_function, self.finalize_function):
-            _ack(role, f"AwsSolutions-IAM5[Resource::{_arn_token(fn)}:*]", "invoke: this function's versions only")
+            ack(role, f"AwsSolutions-IAM5[Resource::{arn_token(fn)}:*]", "invoke: this function's versions only")
         self._acknowledge_distributed_map_policy()
         self._acknowledge_notifications_handler()
 
@@ -437,8 +438,8 @@ class BatchScoring(Construct):
             raise TypeError("BatchScoring: the state machine has no CfnStateMachine to name in the acknowledgement")
         name = f'{{"Fn::Select":[6,{{"Fn::Split":[":",{{"Ref":"{Stack.of(cfn).resolve(cfn.logical_id)}"}}]}}]}}'
         executions = f"arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{name}"
-        _ack(policy, f"AwsSolutions-IAM5[Resource::{executions}:*]", "describe/stop this machine's own executions")
-        _ack(policy, f"AwsSolutions-IAM5[Resource::{executions}/{MAP_RUN_LABEL}:*]",
+        ack(policy, f"AwsSolutions-IAM5[Resource::{executions}:*]", "describe/stop this machine's own executions")
+        ack(policy, f"AwsSolutions-IAM5[Resource::{executions}/{MAP_RUN_LABEL}:*]",
              "redrive this machine's own Map Run children")
 
     def _acknowledge_notifications_handler(self) -> None:
@@ -447,20 +448,6 @@ class BatchScoring(Construct):
                         if c.node.id.startswith("BucketNotificationsHandler")), None)
         role = handler.node.try_find_child("Role") if handler is not None else None
         basic = "arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
-        _ack(role, f"AwsSolutions-IAM4[Policy::{basic}]", "CDK's notification helper, deploy time; role is fixed")
+        ack(role, f"AwsSolutions-IAM4[Policy::{basic}]", "CDK's notification helper, deploy time; role is fixed")
 
 
-def _arn_token(resource: IConstruct) -> str | None:
-    """A resource ARN as cdk-nag prints it (`<LogicalId.Arn>`); None for an imported resource,
-    whose finding nag then reports with the exact id to acknowledge."""
-    cfn = resource.node.default_child
-    if not isinstance(cfn, (s3.CfnBucket, lambda_.CfnFunction)):
-        return None
-    return f"<{Stack.of(cfn).resolve(cfn.logical_id)}.Arn>"
-
-
-def _ack(scope: IConstruct | None, rule_id: str, reason: str) -> None:
-    # cdk-nag 3.0.2 matches bare ids ("AwsSolutions-L1"); CDK stores them as "Annotation::<id>".
-    if scope is None:
-        raise ValueError(f"cannot acknowledge {rule_id}: construct missing")
-    Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))

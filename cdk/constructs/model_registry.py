@@ -19,8 +19,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from .batch_scoring import _arn_token
-from .serving_api import METRICS_NAMESPACE, REPO_ROOT, _ack, function_code
+from .nag import ack, arn_token
+from .serving_api import METRICS_NAMESPACE, REPO_ROOT, function_code
 
 HANDLER = "functions.validation.handler.lambda_handler"
 SERVICE_NAME = "slimserve-validation"
@@ -157,13 +157,13 @@ class ValidationGate(Construct):
     def _acknowledge_nag_findings(self) -> None:
         """Each finding acknowledged on the narrowest construct, reason on the same line."""
         fn, role = self.function, self.function.role
-        _ack(fn, "AwsSolutions-L1", "python3.12 is the runtime the product and its onnxruntime layer are built for")
-        _ack(role, "AwsSolutions-IAM5[Resource::*]", "X-Ray trace writes take no resource scope")
-        _ack(role, "AwsSolutions-IAM5[Action::s3:GetObject*]", "grant_read: read-only, models/ and holdout/ only")
-        _ack(role, "AwsSolutions-IAM5[Action::s3:GetBucket*]", "grant_read: bucket metadata of the model bucket")
-        _ack(role, "AwsSolutions-IAM5[Action::s3:List*]", "grant_read: key listing of the model bucket")
-        _ack(role, "AwsSolutions-IAM5[Action::s3:Abort*]", "grant_put: abort report uploads only")
-        if (bucket := _arn_token(self.props.model_bucket)) is not None:
-            _ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{MODELS_PREFIX}*]", "bundles: candidates and champions")
-            _ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{HOLDOUT_PREFIX}*]", "holdout files only")
-            _ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{REPORT_OBJECTS}]", "writes only each bundle's report")
+        ack(fn, "AwsSolutions-L1", "python3.12 is the runtime the product and its onnxruntime layer are built for")
+        ack(role, "AwsSolutions-IAM5[Resource::*]", "X-Ray trace writes take no resource scope")
+        ack(role, "AwsSolutions-IAM5[Action::s3:GetObject*]", "grant_read: read-only, models/ and holdout/ only")
+        ack(role, "AwsSolutions-IAM5[Action::s3:GetBucket*]", "grant_read: bucket metadata of the model bucket")
+        ack(role, "AwsSolutions-IAM5[Action::s3:List*]", "grant_read: key listing of the model bucket")
+        ack(role, "AwsSolutions-IAM5[Action::s3:Abort*]", "grant_put: abort report uploads only")
+        if (bucket := arn_token(self.props.model_bucket)) is not None:
+            ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{MODELS_PREFIX}*]", "bundles: candidates and champions")
+            ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{HOLDOUT_PREFIX}*]", "holdout files only")
+            ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{REPORT_OBJECTS}]", "writes only each bundle's report")

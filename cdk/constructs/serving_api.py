@@ -6,13 +6,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack, Validations
+from aws_cdk import CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from constructs import Construct, IConstruct
+from constructs import Construct
+
+from .nag import ack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LAYER_DIR = REPO_ROOT / "layers" / "build" / "runtime"
@@ -273,17 +275,17 @@ class ServingApi(Construct):
         role, fn, api = self.function.role, self.function, self.api
         cw_role = api.node.find_child("CloudWatchRole")
         cw_policy = "arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
-        _ack(fn, "AwsSolutions-L1", "python3.12 is the runtime the product and its onnxruntime layer are built for")
-        _ack(role, "AwsSolutions-IAM5[Resource::*]", "X-Ray trace writes take no resource scope")
-        _ack(role, "AwsSolutions-IAM5[Action::s3:GetObject*]", "grant_read: read-only, model prefix only")
-        _ack(role, "AwsSolutions-IAM5[Action::s3:GetBucket*]", "grant_read: read-only, model bucket only")
-        _ack(role, "AwsSolutions-IAM5[Action::s3:List*]", "grant_read: lists the model bucket only")
+        ack(fn, "AwsSolutions-L1", "python3.12 is the runtime the product and its onnxruntime layer are built for")
+        ack(role, "AwsSolutions-IAM5[Resource::*]", "X-Ray trace writes take no resource scope")
+        ack(role, "AwsSolutions-IAM5[Action::s3:GetObject*]", "grant_read: read-only, model prefix only")
+        ack(role, "AwsSolutions-IAM5[Action::s3:GetBucket*]", "grant_read: read-only, model bucket only")
+        ack(role, "AwsSolutions-IAM5[Action::s3:List*]", "grant_read: lists the model bucket only")
         if (bucket := self._bucket_token()) is not None:
-            _ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{self.props.model_prefix}*]", "one bundle prefix only")
-        _ack(cw_role, f"AwsSolutions-IAM4[Policy::{cw_policy}]", "API Gateway's account-wide log role")
-        _ack(api.deployment_stage, "AwsSolutions-APIG3", "IAM-signed and throttled; WAF is an account-level add-on")
+            ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{self.props.model_prefix}*]", "one bundle prefix only")
+        ack(cw_role, f"AwsSolutions-IAM4[Policy::{cw_policy}]", "API Gateway's account-wide log role")
+        ack(api.deployment_stage, "AwsSolutions-APIG3", "IAM-signed and throttled; WAF is an account-level add-on")
         for method in api.methods:
-            _ack(method, "AwsSolutions-COG4", "callers authenticate with IAM (SigV4), not Cognito user pools")
+            ack(method, "AwsSolutions-COG4", "callers authenticate with IAM (SigV4), not Cognito user pools")
 
     def _bucket_token(self) -> str | None:
         """The bucket ARN as cdk-nag prints it (`<LogicalId.Arn>`); None for an imported bucket,
@@ -292,13 +294,6 @@ class ServingApi(Construct):
         if not isinstance(cfn_bucket, s3.CfnBucket):
             return None
         return f"<{Stack.of(cfn_bucket).resolve(cfn_bucket.logical_id)}.Arn>"
-
-
-def _ack(scope: IConstruct | None, rule_id: str, reason: str) -> None:
-    # cdk-nag 3.0.2 matches bare ids ("AwsSolutions-L1"); CDK stores them as "Annotation::<id>".
-    if scope is None:
-        raise ValueError(f"cannot acknowledge {rule_id}: construct missing")
-    Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))
 
 
 def _add_error_responses(api: apigw.RestApi) -> None:

@@ -40,8 +40,7 @@ from constructs import Construct
 
 from pipeline.training.sagemaker_jobs import SKLEARN_VERSION, STEPS, XGBOOST_VERSION, SageMakerPlan
 
-from .batch_scoring import _arn_token
-from .serving_api import _ack
+from .nag import ack, arn_token
 
 RUNS_PREFIX = "runs/"
 """Job outputs and source bundles: `runs/<run_id>/...` in the artifacts bucket (the CLI's `--out` layout)."""
@@ -370,19 +369,19 @@ class Training(Construct):
         """Each finding acknowledged on the narrowest construct, reason on the same line."""
         stack = Stack.of(self)
         policy = self.node.find_child("SageMakerPolicy")
-        _ack(policy, "AwsSolutions-IAM5[Resource::*]",
+        ack(policy, "AwsSolutions-IAM5[Resource::*]",
              "ecr:GetAuthorizationToken takes no resource; PutMetricData is held to SageMaker's namespace")
-        _ack(policy, f"AwsSolutions-IAM5[Resource::{_arn_token(self.data_bucket)}/*]",
+        ack(policy, f"AwsSolutions-IAM5[Resource::{arn_token(self.data_bucket)}/*]",
              "read-only: a run names its data prefix at run time")
-        _ack(policy, f"AwsSolutions-IAM5[Resource::{_arn_token(self.artifacts_bucket)}/{RUNS_PREFIX}*]",
+        ack(policy, f"AwsSolutions-IAM5[Resource::{arn_token(self.artifacts_bucket)}/{RUNS_PREFIX}*]",
              "runs/ only, no delete: each job writes under a run id known at run time")
-        _ack(policy, f"AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, self._log_group_arn(':*'))}]",
+        ack(policy, f"AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, self._log_group_arn(':*'))}]",
              "SageMaker's training log group only; streams are named by job at run time")
         role = self.state_machine.role
-        _ack(role, "AwsSolutions-IAM5[Resource::*]",
+        ack(role, "AwsSolutions-IAM5[Resource::*]",
              "X-Ray, CloudWatch Logs delivery and sagemaker:ListTags take no resource scope")
         jobs = stack.format_arn(service="sagemaker", resource="training-job", resource_name="*")
-        _ack(role, f"AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, jobs)}]",
+        ack(role, f"AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, jobs)}]",
              "job names come from the run id at run time (slimserve-<run_id>-<step>)")
 
 
