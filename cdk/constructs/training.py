@@ -30,6 +30,7 @@ from functools import cache
 from typing import Any, Literal
 
 from aws_cdk import ArnFormat, Aws, CfnMapping, CfnOutput, Duration, Fn, RemovalPolicy, Size, Stack, Token
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -172,6 +173,12 @@ class Training(Construct):
         self.role = self._sagemaker_role()
         self.plan = self._plan()
         self.state_machine = self._state_machine()
+        self.runs_failed_alarm = self.state_machine.metric_failed(
+            period=Duration.minutes(5), statistic=cloudwatch.Stats.SUM).create_alarm(
+            self, "RunsFailedAlarm", threshold=0, evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description="A training run (validate, teacher, distil, export) failed")
         self._acknowledge_nag_findings()
         CfnOutput(self, "DataBucketName", value=self.data_bucket.bucket_name,
                   description="Training data: <prefix>/train/, <prefix>/validation/, <prefix>/holdout/")

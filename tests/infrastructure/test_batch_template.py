@@ -455,7 +455,8 @@ def test_after_the_map_one_finalize_step_gets_the_original_input(batch_synth: Sy
 
 def test_failed_runs_raise_an_alarm(batch_synth: Synth) -> None:
     state_machine_id, _ = _state_machine(batch_synth)
-    (alarm,) = _alarms_on(batch_synth, "ExecutionsFailed")
+    (alarm,) = [a for a in _alarms_on(batch_synth, "ExecutionsFailed")  # the training machine has its own
+                if a["Dimensions"][0]["Value"] == {"Ref": state_machine_id}]
     assert alarm["Namespace"] == "AWS/States"
     assert alarm["Dimensions"] == [{"Name": "StateMachineArn", "Value": {"Ref": state_machine_id}}]
     assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"

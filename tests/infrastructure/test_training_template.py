@@ -581,3 +581,12 @@ def test_a_fresh_chain_can_be_embedded_in_another_state_machine() -> None:
     statements = [s for p in template["Resources"].values() if p["Type"] == "AWS::IAM::Policy"
                   and {"Ref": role} in p["Properties"]["Roles"] for s in p["Properties"]["PolicyDocument"]["Statement"]]
     assert any("iam:PassRole" in _as_list(s["Action"]) for s in statements)
+
+
+def test_a_failed_training_run_raises_an_alarm(default_synth: Synth) -> None:
+    machine = next(k for k in default_synth.resources("AWS::StepFunctions::StateMachine") if k.startswith("Training"))
+    alarms = [a["Properties"] for a in default_synth.resources("AWS::CloudWatch::Alarm").values()
+              if a["Properties"].get("MetricName") == "ExecutionsFailed"
+              and any(d.get("Value", {}).get("Ref") == machine for d in a["Properties"].get("Dimensions", []))]
+    assert len(alarms) == 1
+    assert alarms[0]["Threshold"] == 0 and alarms[0]["ComparisonOperator"] == "GreaterThanThreshold"
