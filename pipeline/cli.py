@@ -14,10 +14,11 @@ def _bundle(args: argparse.Namespace) -> int:
     import joblib
 
     from .bundler import build_bundle
+    from .training.contract import read_table
 
     # joblib files are pickles: load only models you trained yourself. Serving never loads them.
     estimator = joblib.load(args.model)
-    sample = _read_table(args.sample)
+    sample = read_table(Path(args.sample))
     result = build_bundle(estimator, sample, args.out, name=args.name, version=args.version, target=args.target,
                           tolerance=args.tolerance, lineage={"source_model": Path(args.model).name})
     m = result.manifest
@@ -30,15 +31,6 @@ def _bundle(args: argparse.Namespace) -> int:
     for split, values in m.metrics.items():
         print(f"  {split} metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     return 0
-
-
-def _read_table(path: str):  # type: ignore[no-untyped-def]
-    import pandas as pd
-
-    suffix = "".join(Path(path).suffixes[-2:]).lower()
-    if suffix.endswith(".parquet"):
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from ..common.settings import BatchSettings
 from ..inference.service import ModelHolder
 from . import distributed
 from .formats import FileFormat, WholeFileRejected
-from .scoring import INCOMING_PREFIX, Source, already_done, score_file
+from .scoring import INCOMING_PREFIX, Source, score_file
 from .stores import S3Store
 
 logger = Logger(service="slimserve-batch")
@@ -88,9 +88,7 @@ def process_source(source: Source) -> dict[str, Any]:
     if _goes_to_distributed_map(source):
         return distributed.start(sfn_client(), settings.state_machine_arn or "", store, source)
     model = holder.load()
-    if already_done(store, source) is not None:
-        return {"status": "duplicate"}  # before reading the object: redelivery costs one small GET
-    body = _open_source(source)
+    body = _open_source(source)  # score_file finds a redelivery's manifest before reading any of it
     if body is None:
         return {"status": "superseded"}
     result = score_file(model, store, source, body, chunk_rows=settings.chunk_rows,

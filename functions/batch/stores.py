@@ -56,7 +56,7 @@ class LocalStore:
         sink.commit()
 
     def local_path(self, stream: IO[bytes], suffix: str) -> str:
-        return _spool(stream, suffix)
+        return spool_to_disk(stream, suffix)
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self.root / prefix
@@ -125,7 +125,7 @@ class S3Store:
                                ContentType="application/json")
 
     def local_path(self, stream: IO[bytes], suffix: str) -> str:
-        return _spool(stream, suffix)
+        return spool_to_disk(stream, suffix)
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -134,7 +134,7 @@ class S3Store:
         return sorted(keys)
 
 
-def _spool(stream: IO[bytes], suffix: str) -> str:
+def spool_to_disk(stream: IO[bytes], suffix: str) -> str:
     """Formats that need random access (Parquet) are copied to local disk first, not to memory."""
     with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as handle:
         shutil.copyfileobj(stream, handle, 1 << 20)

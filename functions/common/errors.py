@@ -67,6 +67,18 @@ class BundleBuildError(SlimserveError):
     code = "bundle_refused"
 
 
+class RegistryConflict(SlimserveError):
+    """A registry write lost to another writer, or asked for a transition the lifecycle forbids."""
+
+    status = 409
+    code = "registry_conflict"
+
+
+class UnknownVersion(SlimserveError):
+    status = 404
+    code = "unknown_version"
+
+
 class ConfigurationError(SlimserveError):
     """A required setting is missing or malformed."""
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SlimserveError
+from .errors import RegistryConflict, UnknownVersion
 
 CHAMPION_POINTER = "~champion"  # sort key of the pointer item; versions cannot start with '~'
 STATUSES = ("candidate", "rejected", "canary", "champion", "retired", "rolled-back")
@@ -25,16 +25,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "retired": frozenset({"canary", "champion"}),  # a rollback target may serve again
     "rolled-back": frozenset(),
 }
-
-
-class RegistryConflict(SlimserveError):
-    status = 409
-    code = "registry_conflict"
-
-
-class UnknownVersion(SlimserveError):
-    status = 404
-    code = "unknown_version"
 
 
 @dataclass

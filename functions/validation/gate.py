@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..batch.formats import CsvReader, FileFormat, JsonLinesReader, ParquetReader, WholeFileRejected, open_text_lines
+from ..batch.stores import spool_to_disk
 from ..common import metrics as m
 from ..common.bundle import Model
 from ..common.errors import InvalidInput
@@ -63,8 +64,7 @@ class Check:
 
 # -- holdout -----------------------------------------------------------------------------------------
 
-def read_holdout(stream: IO[bytes], name: str, manifest: Manifest, config: GateConfig,
-                 spool: Any = None) -> Holdout:
+def read_holdout(stream: IO[bytes], name: str, manifest: Manifest, config: GateConfig) -> Holdout:
     """Rows (feature cells), labels and slice values from a CSV / JSON Lines / Parquet holdout."""
     target = config.target or manifest.target
     if not target:
@@ -75,7 +75,7 @@ def read_holdout(stream: IO[bytes], name: str, manifest: Manifest, config: GateC
     try:
         fmt = FileFormat.from_key(name)
         if fmt.kind == "parquet":
-            reader: Any = ParquetReader(spool(stream) if spool else _spool(stream), columns)
+            reader: Any = ParquetReader(spool_to_disk(stream, ".parquet"), columns)
         else:
             lines = open_text_lines(stream, fmt)
             reader = CsvReader(lines, columns) if fmt.kind == "csv" else JsonLinesReader(lines, columns)
@@ -122,15 +122,6 @@ def _label_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def _spool(stream: IO[bytes]) -> str:
-    import shutil
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".parquet", delete=False) as handle:
-        shutil.copyfileobj(stream, handle)
-    return handle.name
 
 
 # -- scoring -----------------------------------------------------------------------------------------
