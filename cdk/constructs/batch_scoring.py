@@ -31,6 +31,7 @@ from constructs import Construct
 
 from .nag import ack, arn_token
 from .serving_api import METRICS_NAMESPACE, REPO_ROOT, function_code
+from .state_machines import logged_state_machine
 
 HANDLER = "functions.batch.handler.lambda_handler"
 MAP_HANDLER = "functions.batch.handler.score_items_handler"
@@ -354,21 +355,11 @@ class BatchScoring(Construct):
             retry_on_service_exceptions=True,
             output_path="$.Payload",
         )
-        log_group = logs.LogGroup(self, "StateMachineLogs", retention=self.settings.log_retention,
-                                  removal_policy=RemovalPolicy.RETAIN)
-        role = iam.Role(self, "StateMachineRole", assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
-                        description="slimserve batch state machine: reads incoming/ CSVs, invokes its two functions")
-        return sfn.StateMachine(
-            self, "StateMachine",
-            definition_body=sfn.DefinitionBody.from_chainable(chunks.next(finalize)),
-            state_machine_type=sfn.StateMachineType.STANDARD,
-            role=role,
-            timeout=Duration.hours(self.settings.run_timeout_hours),
-            tracing_enabled=True,
-            # Level ALL without execution data: every state event is logged, never the rows themselves.
-            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
-            comment="slimserve batch scoring of one big CSV: Distributed Map over row chunks, then the run manifest",
-        )
+        return logged_state_machine(
+            self, "StateMachine", chunks.next(finalize), log_retention=self.settings.log_retention,
+            timeout_hours=self.settings.run_timeout_hours,
+            role_description="slimserve batch state machine: reads incoming/ CSVs, invokes its two functions",
+            comment="slimserve batch scoring of one big CSV: Distributed Map over row chunks, then the run manifest")
 
     # --- alarms -----------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from constructs import Construct
 from pipeline.training.sagemaker_jobs import SKLEARN_VERSION, STEPS, XGBOOST_VERSION, SageMakerPlan
 
 from .nag import ack, arn_token
+from .state_machines import logged_state_machine
 
 RUNS_PREFIX = "runs/"
 """Job outputs and source bundles: `runs/<run_id>/...` in the artifacts bucket (the CLI's `--out` layout)."""
@@ -354,21 +355,11 @@ class Training(Construct):
         return {"job_arn": sfn.JsonPath.string_at("$.TrainingJobArn")}  # CreateTrainingJob's answer
 
     def _state_machine(self) -> sfn.StateMachine:
-        log_group = logs.LogGroup(self, "StateMachineLogs", retention=self.settings.log_retention,
-                                  removal_policy=RemovalPolicy.RETAIN)
-        role = iam.Role(self, "StateMachineRole", assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
-                        description="slimserve training state machine: starts the four jobs, passes the job role")
-        return sfn.StateMachine(
-            self, "Pipeline",
-            definition_body=sfn.DefinitionBody.from_chainable(self.guarded_chain(self)),
-            state_machine_type=sfn.StateMachineType.STANDARD,
-            role=role,
-            timeout=Duration.hours(self.settings.run_timeout_hours),
-            tracing_enabled=True,
-            # Level ALL without execution data: every state event is logged, never the inputs themselves.
-            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
-            comment="slimserve training: validate data, teacher (GPU), distil student, export the ONNX bundle",
-        )
+        return logged_state_machine(
+            self, "Pipeline", self.guarded_chain(self), log_retention=self.settings.log_retention,
+            timeout_hours=self.settings.run_timeout_hours,
+            role_description="slimserve training state machine: starts the four jobs, passes the job role",
+            comment="slimserve training: validate data, teacher (GPU), distil student, export the ONNX bundle")
 
     # --- cdk-nag ----------------------------------------------------------------------------------
 

@@ -64,6 +64,11 @@ def synthesize(outdir: Path, layer_dir: Path, context: Mapping[str, Any] | None 
     template tests still run and the nag test alone reports the findings. ``parquet_layer_dir``
     is needed when the context switches batch scoring on."""
     app = build_app(outdir=str(outdir), context=context, layer_dir=layer_dir, parquet_layer_dir=parquet_layer_dir)
+    return synth_app(app, outdir)
+
+
+def synth_app(app: Any, outdir: Path) -> Synth:
+    """Synthesize an app with cdk-nag attached, recording (not raising) a nag failure."""
     nag_error: str | None = None
     try:
         app.synth()

@@ -20,7 +20,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from cdk_nag import AwsSolutionsChecks
 from cfnlint.api import lint_all
 from constructs import Construct
-from synth_helpers import MODEL_CONTEXT, STACK_ID, Synth
+from synth_helpers import MODEL_CONTEXT, STACK_ID, Synth, synth_app
 from test_cfn_lint import ALLOWED as ALLOWED_LINT_WARNINGS
 
 from cdk.app import load_cdk_json_context, stack_props_from_context
@@ -189,15 +189,7 @@ def regional_synth(tmp_path_factory: pytest.TempPathFactory, layer_dir: Path) ->
     app = App(outdir=str(outdir), context={**load_cdk_json_context(), **MODEL_CONTEXT})
     ServingStack(app, STACK_ID, stack_props_from_context(app, layer_dir), env=Environment(region=REGION))
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-    nag_error: str | None = None
-    try:
-        app.synth()
-    except RuntimeError as exc:  # jsii surfaces CDK's ValidationFailed as RuntimeError
-        if "ValidationFailed" not in str(exc):
-            raise
-        nag_error = str(exc)
-    template = json.loads((outdir / f"{STACK_ID}.template.json").read_text())
-    return Synth(outdir=outdir, template=template, nag_error=nag_error)
+    return synth_app(app, outdir)
 
 
 # --- buckets -------------------------------------------------------------------------------------
