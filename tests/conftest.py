@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from pipeline.local.emulation import FAKE_CREDENTIALS
 
@@ -19,6 +20,18 @@ os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "SlimserveTest")
 
 SEED = 3
+
+# Property tests give the same answer every run: `make test` (and CI) use the derandomized profile with no
+# example database; HYPOTHESIS_PROFILE=explore (`make explore`) draws new random examples, many more of them.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+hypothesis_settings.register_profile("explore", derandomize=False, deadline=None)
+hypothesis_settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(n: int) -> int:
+    """A property test's example count: n in the default run, ten times n when exploring."""
+    return n if HYPOTHESIS_PROFILE == "ci" else 10 * n
 
 
 @pytest.fixture(autouse=True)

@@ -10,14 +10,17 @@ from typing import IO, Any
 from ..common.bundle import Model, load_model, read_manifest
 from ..common.errors import BundleError
 from ..common.manifest import MANIFEST_FILE, Manifest, sha256_hex
-from .gate import GateConfig, GateRefusal, judge, read_holdout, refused
+from .gate import GateConfig, GateRefusal, LatencyProbe, judge, read_holdout, refused
 
 REPORT_FILE = "validation-report.json"
 
 
 def validate(candidate_reader: Callable[[str], bytes], champion_reader: Callable[[str], bytes] | None,
-             holdout: tuple[IO[bytes], str], config: GateConfig) -> dict[str, Any]:
-    """The verdict as a report (a dict); never raises for a bad candidate, champion or holdout."""
+             holdout: tuple[IO[bytes], str], config: GateConfig,
+             measure_latency: LatencyProbe | None = None) -> dict[str, Any]:
+    """The verdict as a report (a dict); never raises for a bad candidate, champion or holdout.
+
+    `measure_latency` replaces the wall-clock p99 measurement (tests pass a fixed figure)."""
     started = time.perf_counter()
     manifest: Manifest | None = None
     try:
@@ -34,7 +37,7 @@ def validate(candidate_reader: Callable[[str], bytes], champion_reader: Callable
                 raise GateRefusal("champion_invalid", f"champion: {exc.message}") from None
         rows = read_holdout(holdout[0], holdout[1], manifest, config)
         bundle_bytes = len(raw) + sum(manifest.sizes.values())
-        report = judge(candidate, champion, rows, config, bundle_bytes)
+        report = judge(candidate, champion, rows, config, bundle_bytes, measure_latency)
         report["manifest_sha256"] = sha256_hex(raw)
     except GateRefusal as exc:
         report = refused(exc.reason, exc.detail, manifest)

@@ -25,7 +25,9 @@ def test_demo_trains_bundles_serves_and_refuses_bad_input(tmp_path: Path) -> Non
     assert accuracy > 0.9
     assert re.search(r"rows in 142 = scored 139 \+ rejected 3", out)
     assert "rejected line 5: wrong_type" in out and "scored/ still has 1 version" in out
-    assert "verdict: REFUSED (worse_than_champion)" in out and re.search(r"candidate-stump\s+rejected", out)
+    # The demo measures latency on this machine: under load the verdict may add over_latency_budget after it.
+    assert "verdict: REFUSED (worse_than_champion" in out
+    assert re.search(r"candidate-stump\s+rejected", out)
     for code in ("malformed_json", "unsupported_media_type", "missing_feature", "misspelled_feature", "wrong_type",
                  "non_finite", "empty_instances"):
         assert code in out

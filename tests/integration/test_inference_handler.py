@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pipeline.local.apigw import LambdaContext, proxy_event
 from pipeline.local.emulation import MODEL_BUCKET, REGION, emulated_account, upload_bundle
 from pipeline.local.server import load_inference_handler
+from tests.conftest import examples
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +243,7 @@ BODIES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODIES, raw=st.booleans())
 def test_any_body_gets_an_answer_never_a_500(rf: ModuleType, body: Any, raw: bool) -> None:
     text = json.dumps(body) if not raw else json.dumps(body)[: max(1, len(json.dumps(body)) // 2)]

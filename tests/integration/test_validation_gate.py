@@ -68,10 +68,15 @@ def holdout_csv() -> bytes:
     return gate_frame(3000, SEED + 1).to_csv(index=False).encode()
 
 
+def measured(p99_ms: float) -> Any:
+    """A latency probe that reports a fixed p99: the gate's rule is tested, not this machine's load."""
+    return lambda model, holdout, samples: p99_ms
+
+
 def verdict(candidate: Path, champion: Path | None, holdout: bytes, name: str = "holdout.csv",
-            **config: Any) -> dict[str, Any]:
+            p99_ms: float = 0.2, **config: Any) -> dict[str, Any]:
     return validate(directory_reader(candidate), directory_reader(champion) if champion else None,
-                    (io.BytesIO(holdout), name), GateConfig(**config))
+                    (io.BytesIO(holdout), name), GateConfig(**config), measured(p99_ms))
 
 
 def test_a_better_candidate_passes(bundles: dict[str, Path], holdout_csv: bytes) -> None:
@@ -105,6 +110,7 @@ def test_first_model_without_champion_passes(bundles: dict[str, Path], holdout_c
 def test_each_failure_is_refused_with_its_own_reason(case: str, reason: str, bundles: dict[str, Path],
                                                      holdout_csv: bytes, rf_bundle: Path, tmp_path: Path) -> None:
     candidate, champion, holdout, config = bundles["strong"], bundles["strong_again"], holdout_csv, {}
+    p99_ms = 0.2
     if case == "worse_than_champion":
         candidate, champion = bundles["weak"], bundles["strong"]
     elif case == "worse_on_one_slice":
@@ -114,7 +120,7 @@ def test_each_failure_is_refused_with_its_own_reason(case: str, reason: str, bun
     elif case == "over_size":
         config = {"size_budget_bytes": 1000}
     elif case == "over_latency":
-        config = {"latency_budget_ms": 1e-6}
+        p99_ms, config = 5.01, {"latency_budget_ms": 5.0}
     elif case == "incompatible_schema":
         champion = rf_bundle
     elif case == "tampered_bundle":
@@ -138,9 +144,17 @@ def test_each_failure_is_refused_with_its_own_reason(case: str, reason: str, bun
         frame = pd.read_csv(io.BytesIO(holdout_csv))
         frame["churn"] = np.where(frame["churn"] == "yes", "no", "yes")  # a holdout the model gets backwards
         holdout, champion = frame.to_csv(index=False).encode(), None
-    report = verdict(candidate, champion, holdout, **config)
+    report = verdict(candidate, champion, holdout, p99_ms=p99_ms, **config)
     assert not report["admitted"]
     assert report["reasons"] == [reason], report["checks"]
+
+
+def test_without_a_probe_the_gate_measures_latency_itself(bundles: dict[str, Path], holdout_csv: bytes) -> None:
+    report = validate(directory_reader(bundles["strong"]), None, (io.BytesIO(holdout_csv), "holdout.csv"),
+                      GateConfig(latency_budget_ms=60_000, latency_samples=20))
+    checks = {c["check"]: c for c in report["checks"]}
+    assert 0 < report["latency_p99_ms"] < 60_000 and checks["latency"]["passed"]
+    assert f"p99 single-row {report['latency_p99_ms']:.3f} ms" in checks["latency"]["detail"]
 
 
 def test_slice_refusal_names_the_slice_and_overall_is_within_tolerance(bundles: dict[str, Path],
@@ -204,7 +218,8 @@ def test_lambda_uses_the_registry_champion_writes_the_report_and_records_the_ver
     module.registry.cache_clear()
     module.s3_client.cache_clear()
     holdout = "s3://slimserve-models-local/holdout/churn.csv"
-    result = module.lambda_handler({"candidate_uri": aws["uris"]["weak"], "holdout_uri": holdout},
+    config = {"latency_budget_ms": 60_000}  # this test is about the registry, not this machine's load
+    result = module.lambda_handler({"candidate_uri": aws["uris"]["weak"], "holdout_uri": holdout, "config": config},
                                    LambdaContext(function_name="slimserve-validation"))
     assert result["admitted"] is False and result["reasons"] == ["worse_than_champion"]
     assert result["champion_uri"] == aws["uris"]["strong"]
@@ -213,6 +228,7 @@ def test_lambda_uses_the_registry_champion_writes_the_report_and_records_the_ver
     assert report["champion"]["version"] == "v2"
     entry = reg.get("churn", "v1")
     assert entry.status == "rejected" and entry.verdict["reasons"] == ["worse_than_champion"]
-    better = module.lambda_handler({"candidate_uri": aws["uris"]["strong_again"], "holdout_uri": holdout},
+    better = module.lambda_handler({"candidate_uri": aws["uris"]["strong_again"], "holdout_uri": holdout,
+                                    "config": config},
                                    LambdaContext())
     assert better["admitted"] and reg.get("churn", "v3").status == "candidate"

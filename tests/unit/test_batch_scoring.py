@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from functions.batch.scoring import Source, score_file
 from functions.batch.stores import LocalStore
 from functions.common.bundle import Model, directory_reader, load_model
-from tests.conftest import breast_cancer, mixed_frame
+from tests.conftest import breast_cancer, examples, mixed_frame
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def features_csv(n: int = 50, extra: bool = True) -> str:
 
 
 def run(model: Model, tmp_path: Path, key: str, data: bytes, **kwargs: Any) -> dict[str, Any]:
-    source = Source("local", f"incoming/{key}", size=len(data), etag=str(hash(data)))
+    source = Source("local", f"incoming/{key}", size=len(data), etag=hashlib.md5(data).hexdigest())
     return score_file(model, LocalStore(tmp_path), source, io.BytesIO(data), **kwargs).manifest
 
 
@@ -150,7 +151,7 @@ def test_redelivery_writes_nothing_twice(rf: Model, tmp_path: Path) -> None:
     data = features_csv(30).encode()
     first = run(rf, tmp_path, "r.csv", data)
     stamp = (tmp_path / "scored/r.csv").stat().st_mtime_ns
-    source = Source("local", "incoming/r.csv", size=len(data), etag=str(hash(data)))
+    source = Source("local", "incoming/r.csv", size=len(data), etag=hashlib.md5(data).hexdigest())
     again = score_file(rf, LocalStore(tmp_path), source, io.BytesIO(data))
     assert again.skipped and again.manifest == first
     assert (tmp_path / "scored/r.csv").stat().st_mtime_ns == stamp
@@ -192,13 +193,11 @@ CORRUPTIONS = st.sampled_from(["drop_field", "extra_field", "text", "nan", "inf"
                                "blank", "garbage_bytes", "keep"])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.integers(0, 59), CORRUPTIONS), max_size=25), st.sampled_from([7, 20, 5000]))
-def test_rows_in_always_equals_scored_plus_rejected(rf: Model, tmp_path_factory: pytest.TempPathFactory,
-                                                    damage: list[tuple[int, str]], chunk_rows: int) -> None:
-    header, *rows = features_csv(60, extra=False).splitlines()
+def damage_rows(rows: list[str], damage: list[tuple[int, str]]) -> list[str]:
+    """A copy of the CSV rows with each (row index, corruption) applied; each row is damaged at most once."""
+    damaged = list(rows)
     for index, how in damage:
-        fields = rows[index].split(",")
+        fields = damaged[index].split(",")
         if how == "drop_field":
             fields = fields[:-1]
         elif how == "extra_field":
@@ -212,7 +211,30 @@ def test_rows_in_always_equals_scored_plus_rejected(rf: Model, tmp_path_factory:
             fields = []
         elif how == "garbage_bytes":
             fields[1] = "\u00e9\u4e2d"
-        rows[index] = ",".join(fields)
+        damaged[index] = ",".join(fields)
+    return damaged
+
+
+DAMAGE = st.lists(st.tuples(st.integers(0, 59), CORRUPTIONS), max_size=25, unique_by=lambda d: d[0])
+
+
+@settings(max_examples=examples(200))
+@given(DAMAGE)
+def test_the_damage_generator_changes_only_the_rows_it_names(damage: list[tuple[int, str]]) -> None:
+    rows = features_csv(60, extra=False).splitlines()[1:]
+    damaged = damage_rows(rows, damage)
+    named = {index for index, how in damage if how != "keep"}
+    assert len(damaged) == len(rows)
+    assert all(damaged[i] == rows[i] for i in range(len(rows)) if i not in named)
+    assert all(damaged[i] == "" for i, how in damage if how == "blank")
+
+
+@settings(max_examples=examples(40), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(DAMAGE, st.sampled_from([7, 20, 5000]))
+def test_rows_in_always_equals_scored_plus_rejected(rf: Model, tmp_path_factory: pytest.TempPathFactory,
+                                                    damage: list[tuple[int, str]], chunk_rows: int) -> None:
+    header, *rows = features_csv(60, extra=False).splitlines()
+    rows = damage_rows(rows, damage)
     out = tmp_path_factory.mktemp("prop")
     manifest = run(rf, out, "p.csv", ("\n".join([header, *rows]) + "\n").encode(), chunk_rows=chunk_rows)
     counts = manifest["rows"]

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from functions.common import metrics as m
+from tests.conftest import examples
 
 
 @st.composite
@@ -27,7 +28,7 @@ def classification_case(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.nda
     return y, labels, proba, classes
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(classification_case())
 def test_classification_metrics_match_scikit_learn(case: tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]) -> None:
     y, labels, proba, classes = case
@@ -41,7 +42,7 @@ def test_classification_metrics_match_scikit_learn(case: tuple[np.ndarray, np.nd
     assert abs(got - expected_auc) < 1e-9
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(st.integers(2, 200), st.integers(0, 2**31 - 1), st.booleans())
 def test_regression_metrics_match_scikit_learn(n: int, seed: int, constant: bool) -> None:
     rng = np.random.default_rng(seed)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from functions.common.errors import InvalidInput
 from functions.common.manifest import Feature, OnnxSignature
 from functions.common.schema import RowSchema
+from tests.conftest import examples
 
 FEATURES = [
     Feature(name="age", type="number", minimum=18, maximum=90),
@@ -107,7 +108,7 @@ ROW = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(st.lists(ROW, max_size=6) | JSON_VALUES)
 def test_any_json_is_either_valid_feeds_or_a_clear_refusal(instances: Any) -> None:
     try:
@@ -122,7 +123,7 @@ def test_any_json_is_either_valid_feeds_or_a_clear_refusal(instances: Any) -> No
     assert set(feeds["plan"][:, 0]) <= {"basic", "plus", "pro"}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(st.lists(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=3, max_size=3),
                 min_size=1, max_size=20))
 def test_finite_numbers_round_trip(rows: list[list[float]]) -> None:
