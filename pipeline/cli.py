@@ -61,9 +61,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from functions.batch.scoring import INCOMING_PREFIX, Source, manifest_key, score_file
+    from functions.batch.scoring import Source, manifest_key, score_file
     from functions.batch.stores import LocalStore
     from functions.common.bundle import directory_reader, load_model
+    from functions.common.layout import INCOMING_PREFIX
     from functions.common.manifest import sha256_file
 
     from .local.server import bundle_path

@@ -17,11 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..common import layout
 from ..common.bundle import Model
 from .formats import Chunk, cells_from_text
 from .scoring import Source, Store, already_done, csv_suffixes, manifest_key, now_iso, score_chunk, source_dict
-
-RUNS_PREFIX = "runs/"
 
 
 class RunInput(BaseModel):
@@ -87,7 +86,7 @@ def score_items(model: Model, store: Store, batch: ItemBatch) -> dict[str, Any]:
             chunk.errors.append(error)
     result = score_chunk(model, chunk)
     pid = part_id(batch.items)
-    prefix = f"{RUNS_PREFIX}{batch.batch_input.run_id}"
+    prefix = layout.run_prefix(batch.batch_input.run_id)
     classes = model.manifest.classes or []
     scored_key, rejected_key = f"{prefix}/scored/part-{pid}.csv", f"{prefix}/rejected/part-{pid}.jsonl"
 
@@ -114,7 +113,7 @@ def score_items(model: Model, store: Store, batch: ItemBatch) -> dict[str, Any]:
 def finalize(store: Store, run: RunInput, model: Model) -> dict[str, Any]:
     """Sum the parts of a finished map run into the single run manifest (written last)."""
     clock = time.perf_counter()
-    parts = [store.read_json(key) or {} for key in store.list_keys(f"{RUNS_PREFIX}{run.run_id}/parts/")]
+    parts = [store.read_json(key) or {} for key in store.list_keys(layout.run_parts_prefix(run.run_id))]
     rows = {k: sum(p["rows"][k] for p in parts) for k in ("in", "scored", "rejected")}
     manifest = {"run_id": run.run_id, "source": source_dict(run.source()), "status": "complete",
                 "format": "csv", "compression": None, "mode": "distributed_map",

@@ -19,11 +19,12 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from ..common import layout
 from ..common.settings import BatchSettings
 from ..inference.service import ModelHolder
 from . import distributed
 from .formats import FileFormat, WholeFileRejected
-from .scoring import INCOMING_PREFIX, Source, score_file
+from .scoring import Source, score_file
 from .stores import S3Store
 
 logger = Logger(service="slimserve-batch")
@@ -81,7 +82,7 @@ def sources_from_message(body: str) -> list[Source]:
 
 
 def process_source(source: Source) -> dict[str, Any]:
-    if not source.key.startswith(INCOMING_PREFIX):
+    if not layout.is_incoming(source.key):
         logger.warning("object outside incoming/ ignored", extra={"key": source.key})
         return {"status": "ignored"}
     store = S3Store(s3_client(), source.bucket)

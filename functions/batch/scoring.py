@@ -20,14 +20,10 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
+from ..common import layout
 from ..common.bundle import Model
 from ..common.errors import InvalidInput
 from .formats import Chunk, CsvReader, FileFormat, JsonLinesReader, ParquetReader, WholeFileRejected, open_text_lines
-
-MANIFEST_PREFIX = "manifests/"
-SCORED_PREFIX = "scored/"
-REJECTED_PREFIX = "rejected/"
-INCOMING_PREFIX = "incoming/"
 
 
 class Sink(Protocol):
@@ -64,7 +60,7 @@ class Source:
 
     @property
     def relative_key(self) -> str:
-        return self.key[len(INCOMING_PREFIX):] if self.key.startswith(INCOMING_PREFIX) else self.key
+        return layout.relative_key(self.key)
 
 
 @dataclass
@@ -81,7 +77,7 @@ class RunResult:
 
 
 def manifest_key(source: Source) -> str:
-    return f"{MANIFEST_PREFIX}{source.relative_key}.json"
+    return layout.manifest_key(source.key)
 
 
 def already_done(store: Store, source: Source) -> dict[str, Any] | None:
@@ -214,11 +210,8 @@ class OutputWriter:
     def __init__(self, model: Model, store: Store, source: Source, fmt: FileFormat, reader: Any) -> None:
         self.fmt = fmt
         self.classes = model.manifest.classes
-        rel = source.relative_key
-        self.scored_key = f"{SCORED_PREFIX}{rel}"
-        self.rejected_key = f"{REJECTED_PREFIX}{rel}" if fmt.kind == "csv" else f"{REJECTED_PREFIX}{rel}.jsonl"
-        if fmt.kind == "jsonl" and rel.lower().endswith(".gz"):
-            self.rejected_key = f"{REJECTED_PREFIX}{rel[:-3]}.rejected.jsonl.gz"
+        self.scored_key = layout.scored_key(source.key)
+        self.rejected_key = layout.rejected_key(source.key, fmt.kind)
         self.scored = _maybe_gzip(store.sink(self.scored_key), fmt.gzip)
         self.rejected = _maybe_gzip(store.sink(self.rejected_key), fmt.gzip and fmt.kind != "parquet")
         self.reader = reader

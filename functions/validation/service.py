@@ -9,10 +9,9 @@ from typing import IO, Any
 
 from ..common.bundle import Model, load_model, read_manifest
 from ..common.errors import BundleError
+from ..common.layout import REPORT_FILE
 from ..common.manifest import MANIFEST_FILE, Manifest, sha256_hex
 from .gate import GateConfig, GateRefusal, LatencyProbe, judge, read_holdout, refused
-
-REPORT_FILE = "validation-report.json"
 
 
 def validate(candidate_reader: Callable[[str], bytes], champion_reader: Callable[[str], bytes] | None,

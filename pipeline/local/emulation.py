@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from functions.common import layout
 from functions.common.manifest import MANIFEST_FILE, Manifest
 
 REGION = "us-east-1"
@@ -58,7 +59,7 @@ def create_scoring_resources(s3: Any, sqs: Any, bucket: str = SCORING_BUCKET,
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [{
         "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"],
-        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "incoming/"}]}}}]})
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": layout.INCOMING_PREFIX}]}}}]})
     return {"bucket": bucket, "queue_url": queue, "dlq_url": dlq}
 
 
@@ -74,7 +75,7 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str = "arn:aws:sqs:us-e
 
 
 def model_prefix(manifest: Manifest) -> str:
-    return f"models/{manifest.name}/{manifest.version}"
+    return layout.model_prefix(manifest.name, manifest.version)
 
 
 def upload_bundle(s3: Any, bundle_dir: str | Path, bucket: str = MODEL_BUCKET) -> str:
