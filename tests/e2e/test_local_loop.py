@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_trains_bundles_serves_and_refuses_bad_input(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert (tmp_path / "bundle" / "model.onnx").is_file() and (tmp_path / "bundle" / "manifest.json").is_file()
@@ -53,12 +53,15 @@ def test_serve_command_answers_http(rf_bundle: Path) -> None:
         assert (status, body["error"]["code"]) == (400, "wrong_length")
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=300)  # a loaded machine is slow to shut down, not wrong
+        finally:
+            proc.kill()
 
 
 def test_serve_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", "--bundle", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     assert done.returncode != 0 and "not a model bundle" in done.stderr
 
 
@@ -77,6 +80,6 @@ def test_bundle_command_reports_an_unsupported_step(tmp_path: Path) -> None:
     frame.to_csv(tmp_path / "s.csv", index=False)
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "bundle", "--model", str(tmp_path / "m.joblib"),
                            "--sample", str(tmp_path / "s.csv"), "--target", "target", "--out", str(tmp_path / "b")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     assert done.returncode == 2
     assert "unsupported_step" in done.stderr and "SplineTransformer" in done.stderr

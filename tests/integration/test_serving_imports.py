@@ -38,7 +38,7 @@ print("RESULT " + json.dumps(found))
 def test_serving_path_loads_no_sklearn_scipy_or_pickle(rf_bundle: Path) -> None:
     env = {**os.environ, "MODEL_URI": str(rf_bundle), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=120, check=False)
+                          timeout=600, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, done.stdout + done.stderr
     result = json.loads(line[len("RESULT "):])

@@ -120,7 +120,7 @@ def test_entry_point_honours_the_sagemaker_contract(tmp_path: Path) -> None:
            "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "pipeline/training/teacher_job.py", "--target", "churn", "--max-iter", "20",
                            "--sagemaker_program", "teacher_job.py"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+                          text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
     info = json.loads((tmp_path / "model" / "teacher.json").read_text())
     assert info["device"] in ("cpu", "cuda") and info["rows"] == 300
