@@ -52,12 +52,24 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"serving {model.manifest.name} {model.version} from {uri} (moto S3)\n"
               f"  POST http://{host}:{port}/predict   GET /health   GET /openapi.json\n  Ctrl-C to stop", flush=True)
         try:
+            _stop_on_signals()
             server.serve_forever()
         except KeyboardInterrupt:
             pass
         finally:
             server.server_close()
     return 0
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the server, even when started from a shell that ignores SIGINT."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 def _score(args: argparse.Namespace) -> int:
