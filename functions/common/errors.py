@@ -4,6 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+ECHO_LIMIT = 64  # characters of a caller's value quoted back in an error or a log line
+FIELD_LIMIT = 256
+MESSAGE_LIMIT = 1024
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out: errors stay small whatever the input."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text) - limit} more characters)"
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A caller's value as quoted in an error message: its repr, cut to about ``limit`` characters."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}...({len(value) - limit} more characters)"
+    return clip(repr(value), limit)
+
 
 class SlimserveError(Exception):
     """Base class: every error a client or operator may see carries a code and a status."""
@@ -12,9 +30,10 @@ class SlimserveError(Exception):
     code: str = "bad_request"
 
     def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        message = clip(message, MESSAGE_LIMIT)
         super().__init__(message)
         self.message = message
-        self.field = field
+        self.field = None if field is None else clip(field, FIELD_LIMIT)
         if code is not None:
             self.code = code
 
@@ -45,6 +64,17 @@ class UnsupportedMediaType(SlimserveError):
 class NotFound(SlimserveError):
     status = 404
     code = "not_found"
+
+
+class MethodNotAllowed(SlimserveError):
+    """The path exists but not with this method; the answer carries an Allow header."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
+        super().__init__(message, field="method")
+        self.allow = allow
 
 
 class ModelUnavailable(SlimserveError):

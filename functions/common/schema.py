@@ -9,16 +9,18 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput
+from .errors import InvalidInput, echo
 from .manifest import Feature, OnnxSignature
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER_TYPES = frozenset({int, float})
+SUGGESTION_CANDIDATES = 8  # unknown keys compared with the missing names per refused row: bounds the work
+SUGGESTION_CUTOFF = 0.75
 
 
 class RowSchema:
@@ -44,6 +46,33 @@ class RowSchema:
         if self.signature.input_mode == "tensor":
             return {self.signature.inputs[0]: np.column_stack(values)}
         return {name: v.reshape(-1, 1) for name, v in zip(self.signature.inputs, values, strict=True)}
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema (2020-12, as OpenAPI 3.1 reads it) of the 'instances' this class accepts.
+
+        Generated from the manifest so that clients and fuzzers see what the code enforces: each
+        feature's type, the finite range of the model's input dtype, its categories and whether it
+        may be null; rows as objects keyed by feature name or as arrays in feature order."""
+        cells = [self._cell_schema(f) for f in self.features]
+        keyed = {"type": "object", "title": "Row by feature name", "properties": dict(zip(self.names, cells,
+                                                                                        strict=True)),
+                 "required": self.names, "additionalProperties": False}
+        ordered = {"type": "array", "title": "Row in feature order", "prefixItems": cells, "items": False,
+                   "minItems": len(cells), "maxItems": len(cells),
+                   "description": "Values in this order: " + ", ".join(self.names)}
+        return {"type": "array", "minItems": 1, "maxItems": self.max_rows, "items": {"anyOf": [keyed, ordered]},
+                "description": "Rows to score: objects keyed by feature name, or arrays in the feature order"}
+
+    def _cell_schema(self, feature: Feature) -> dict[str, Any]:
+        if feature.type == "category":
+            # A null category is refused whatever the manifest says: the encoder has no value for it.
+            return {"type": "string", "enum": list(feature.categories or ()), "title": feature.name}
+        limit = _FLOAT32_MAX if self._dtype == np.float32 else float(np.finfo(np.float64).max)
+        cell: dict[str, Any] = {"type": ["number", "null"] if feature.nullable else "number",
+                                "minimum": -limit, "maximum": limit, "title": feature.name}
+        if feature.minimum is not None and feature.maximum is not None:
+            cell["description"] = f"seen in training from {feature.minimum:g} to {feature.maximum:g}"
+        return cell
 
     # -- rows -------------------------------------------------------------------------------
 
@@ -77,15 +106,16 @@ class RowSchema:
     def _raise_key_error(self, i: int, row: dict[str, Any]) -> None:
         missing = [n for n in self.names if n not in row]
         extra = [k for k in row if k not in self._name_set]
-        for key in extra:
-            close = difflib.get_close_matches(str(key), missing, n=1, cutoff=0.75)
-            if close:
-                raise InvalidInput(f"unknown feature {key!r}: did you mean {close[0]!r}?",
-                                   code="misspelled_feature", field=f"instances[{i}].{key}")
+        close = suggest_name(extra, missing)
+        if close is not None:
+            key, name = close
+            raise InvalidInput(f"unknown feature {echo(key)}: did you mean {name!r}?",
+                               code="misspelled_feature", field=f"instances[{i}].{key}")
         if missing:
             raise InvalidInput(f"feature {missing[0]!r} is missing", code="missing_feature",
                                field=f"instances[{i}].{missing[0]}")
-        raise InvalidInput(f"unknown feature {extra[0]!r}: the model takes {self.names}",
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise InvalidInput(f"unknown feature {echo(extra[0])}{more}: the model takes {self.names}",
                            code="unknown_feature", field=f"instances[{i}].{extra[0]}")
 
     # -- matrices (batch files already parsed as numbers) --------------------------------------
@@ -173,12 +203,36 @@ class RowSchema:
         if unknown:
             i = next(i for i, v in enumerate(col) if v in unknown)
             shown = sorted(categories)[:20]
-            raise InvalidInput(f"unknown category {col[i]!r} for feature {feature.name!r}; known: {shown}",
+            raise InvalidInput(f"unknown category {echo(col[i])} for feature {feature.name!r}; known: {shown}",
                                code="unknown_category", field=self._field(i, j))
         return np.array(col, dtype=object)
 
     def _field(self, i: int, j: int) -> str:
         return f"instances[{i}].{self.names[j]}"
+
+
+def suggest_name(unknown: Iterable[str], names: Sequence[str],
+                 limit: int = SUGGESTION_CANDIDATES) -> tuple[str, str] | None:
+    """The first unknown key that looks like a misspelling of one of ``names``, with that name.
+
+    At most ``limit`` keys are compared (each with every name), and keys too long to reach the
+    cutoff are skipped without a comparison, so a row with a flood of unknown keys costs one
+    pass over them, never a similarity search per key."""
+    if not names:
+        return None
+    # ratio = 2 * matches / (len(a) + len(b)) <= 2 * len(b) / (len(a) + len(b)): a longer key cannot reach the cutoff.
+    longest = max(len(n) for n in names) * (2 / SUGGESTION_CUTOFF - 1)
+    compared = 0
+    for key in unknown:
+        if len(key) > longest:
+            continue
+        close = difflib.get_close_matches(key, names, n=1, cutoff=SUGGESTION_CUTOFF)
+        if close:
+            return key, close[0]
+        compared += 1
+        if compared >= limit:
+            return None
+    return None
 
 
 def _json_type(value: Any) -> str:

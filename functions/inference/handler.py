@@ -19,14 +19,17 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..common.bundle import Model
 from ..common.errors import (
     INTERNAL_ERROR_BODY,
     InvalidInput,
+    MethodNotAllowed,
     ModelUnavailable,
     NotFound,
     PayloadTooLarge,
     SlimserveError,
     UnsupportedMediaType,
+    echo,
 )
 from ..common.settings import InferenceSettings
 from .service import ModelHolder
@@ -51,7 +54,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     instances: list[dict[str, Any] | list[Any]] = Field(
-        description="Rows to score: objects keyed by feature name, or arrays in the feature order")
+        min_length=1, description="Rows to score: objects keyed by feature name, or arrays in the feature order")
     id: str | None = Field(default=None, max_length=256, description="Optional caller id, echoed back")
 
     # A short repr keeps payloads out of any log or debug message that formats the request.
@@ -59,6 +62,12 @@ class PredictRequest(BaseModel):
         return f"PredictRequest(<{len(self.instances)} rows>)"
 
     __str__ = __repr__
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="'ok' once a verified model is loaded")
+    model_name: str
+    model_version: str
 
 
 class ErrorDetail(BaseModel):
@@ -84,8 +93,7 @@ class PredictResponse(BaseModel):
 def _error_responses() -> dict[int, Any]:
     content = {"application/json": {"model": ErrorResponse}}
     return {code: {"description": text, "content": content} for code, text in
-            [(400, "Invalid input"), (413, "Body or row count too large"), (415, "Not JSON"),
-             (422, "Malformed request"), (503, "No verified model loaded")]}
+            [(400, "Invalid input"), (413, "Body too large"), (415, "Not JSON"), (503, "No verified model loaded")]}
 
 
 @app.post("/predict", summary="Score rows", responses={
@@ -112,7 +120,9 @@ def predict() -> Response[Any]:
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
 
-@app.get("/health", summary="Liveness and model status", responses={503: {"description": "No verified model"}})
+@app.get("/health", summary="Liveness and model status", responses={
+    200: {"description": "A verified model is loaded", "content": {"application/json": {"model": HealthResponse}}},
+    503: {"description": "No verified model loaded", "content": {"application/json": {"model": ErrorResponse}}}})
 def health() -> Response[Any]:
     model = holder.load()
     body = {"status": "ok", "model_name": model.manifest.name, "model_version": model.version}
@@ -121,15 +131,23 @@ def health() -> Response[Any]:
 
 @app.get("/openapi.json", summary="This API's OpenAPI document", include_in_schema=False)
 def openapi() -> Response[Any]:
-    return Response(status_code=200, content_type="application/json", body=_openapi_document())
+    try:
+        model: Model | None = holder.load()
+    except ModelUnavailable:
+        model = None  # the generic document still describes the routes; features appear once a model loads
+    return Response(status_code=200, content_type="application/json", body=_openapi_document(model))
 
 
-@functools.cache
-def _openapi_document() -> str:
+@functools.lru_cache(maxsize=2)
+def _openapi_document(model: Model | None) -> str:
     document = json.loads(app.get_openapi_json_schema(
         title="slimserve inference API", version="1",
         description="Real-time predictions from a verified ONNX model bundle"))
     schema = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    if model is not None:
+        # The rows the loaded model takes, from its manifest: clients and fuzzers see each feature.
+        schema["properties"]["instances"] = model.schema.json_schema()
+        document["info"]["description"] += f": {model.manifest.name} {model.version}"
     document.setdefault("components", {}).setdefault("schemas", {})["PredictRequest"] = schema
     document["paths"]["/predict"]["post"]["requestBody"] = {
         "required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}}
@@ -146,9 +164,17 @@ def _handle_known(exc: SlimserveError) -> Response[Any]:
     return _error(exc)
 
 
+ROUTES = {"/predict": ("POST",), "/health": ("GET",), "/openapi.json": ("GET",)}
+
+
 @app.not_found
 def _handle_not_found(exc: Exception) -> Response[Any]:
-    return _error(NotFound("no such route: POST /predict, GET /health and GET /openapi.json exist"))
+    event = app.current_event
+    allow = ROUTES.get(event.path)
+    if allow is None:
+        return _error(NotFound("no such route: POST /predict, GET /health and GET /openapi.json exist"))
+    return _error(MethodNotAllowed(f"{echo(event.http_method, 16)} is not allowed on {event.path}: use "
+                                   f"{' or '.join(allow)}", allow=allow))
 
 
 @app.exception_handler(Exception)
@@ -160,7 +186,9 @@ def _handle_unexpected(exc: Exception) -> Response[Any]:
 
 def request_shape_error(errors: Any) -> SlimserveError:
     """Map pydantic's first complaint about the request body to one of our error codes."""
-    first = next(iter(errors), {"type": "", "loc": ()})
+    errors = list(errors)
+    # An empty 'instances' is named only when nothing else is wrong, as the row validator would name it.
+    first = next((e for e in errors if e.get("type") != "too_short"), errors[0] if errors else {"type": "", "loc": ()})
     kind = first.get("type", "")
     loc = list(first.get("loc", ()))
     # Union members show up in the location (e.g. 'dict[str,any]'); they name no field.
@@ -168,6 +196,8 @@ def request_shape_error(errors: Any) -> SlimserveError:
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "body"
     if kind == "json_invalid":
         return InvalidInput("request body is not valid JSON", code="malformed_json", field="body")
+    if kind == "too_short" and field == "instances":
+        return InvalidInput("'instances' is empty: send at least one row", code="empty_instances", field=field)
     if kind == "missing":
         return InvalidInput(f"'{field}' is required", code="missing_field", field=field)
     if kind == "extra_forbidden":
@@ -202,8 +232,9 @@ def _request_id() -> str | None:
 
 
 def _error(exc: SlimserveError) -> Response[Any]:
+    headers = {"Allow": ", ".join(exc.allow)} if isinstance(exc, MethodNotAllowed) else None
     return Response(status_code=exc.status, content_type="application/json",
-                    body=json.dumps(exc.to_body(_request_id())))
+                    body=json.dumps(exc.to_body(_request_id())), headers=headers)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
