@@ -17,11 +17,14 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $@
 
-layers/build/runtime-report.json: $(VENV)/.installed layers/build.py layers/runtime/requirements.txt
+# The layer build's code: the script, its package and the import checks it runs under python3.12.
+LAYER_BUILD := layers/build.py $(wildcard layers/slimserve_layers/*.py layers/slimserve_layers/import_checks/*.py)
+
+layers/build/runtime-report.json: $(VENV)/.installed $(LAYER_BUILD) layers/runtime/requirements.txt
 	$(PY) layers/build.py
 
 # Stacked on the runtime layer (its numpy, the combined 250 MB check, the import test with both).
-layers/build/parquet-report.json: $(VENV)/.installed layers/build.py layers/parquet/requirements.txt layers/build/runtime-report.json
+layers/build/parquet-report.json: $(VENV)/.installed $(LAYER_BUILD) layers/parquet/requirements.txt layers/build/runtime-report.json
 	$(PY) layers/build.py --recipe parquet
 
 ## demo: train, bundle, serve and call a model on the local emulation (no AWS account, no Docker)

@@ -1,36 +1,31 @@
-"""The runtime Lambda layer: trimming rules on a fake tree (fast), and one real build (slow)."""
+"""The Lambda layer build's logic on fake trees: trimming rules of both layers, the ELF reader,
+duplicate detection, requirements, the stacked build's checks with a stubbed pip, and the import
+checks' harness. No pip, no network: the real builds are in tests/integration/test_layer_build.py."""
 
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import json
-import platform
-import re
-import shutil
 import struct
-import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MIB = 1024 * 1024
+if str(REPO_ROOT / "layers") not in sys.path:  # the layer build is a package beside its script, not installed
+    sys.path.insert(0, str(REPO_ROOT / "layers"))
 
+from slimserve_layers import build as layer_build  # noqa: E402
+from slimserve_layers import import_test  # noqa: E402
+from slimserve_layers.elf import ElfInfo, elf_info, names_whole, unresolved_libraries  # noqa: E402
+from slimserve_layers.recipes import FUNCTION_CODE, RECIPES, forbidden_distributions  # noqa: E402
+from slimserve_layers.requirements import FORBIDDEN_DISTRIBUTIONS, read_requirements  # noqa: E402
+from slimserve_layers.size import MIB, function_code_bytes  # noqa: E402
+from slimserve_layers.trim import TrimResult, removed_modules, trim  # noqa: E402
 
-def _load_build_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("slimserve_layer_build", REPO_ROOT / "layers" / "build.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-layer_build = _load_build_script()
+RUNTIME, PARQUET = RECIPES["runtime"], RECIPES["parquet"]
 
 
 def write_elf(path: Path, needed: Iterable[str] = (), soname: str | None = None, runpath: str | None = None,
@@ -106,6 +101,10 @@ def fake_layer(root: Path, pybind_needed: Iterable[str] = SYSTEM, pybind_payload
     return root
 
 
+def runtime_trim(root: Path, code_root: Path) -> TrimResult:
+    return trim(root, RUNTIME.rules, RUNTIME.conditional, code_root, RUNTIME.duplicates)
+
+
 @pytest.fixture
 def code_root(tmp_path: Path) -> Path:
     touch(tmp_path / "functions", "inference/handler.py", content="app = APIGatewayRestResolver()\n")
@@ -114,7 +113,7 @@ def code_root(tmp_path: Path) -> Path:
 
 def test_trim_removes_what_is_never_imported_and_keeps_the_rest(tmp_path: Path, code_root: Path) -> None:
     root = fake_layer(tmp_path / "python")
-    result = layer_build.trim(root, code_root=code_root)
+    result = runtime_trim(root, code_root)
 
     gone = ["numpy/_core/tests", "numpy/tests", "numpy/linalg/tests", "numpy/conftest.py", "numpy/f2py",
             "numpy/_core/include", "numpy/_core/lib", "numpy/random/lib", "numpy/random/_examples",
@@ -142,7 +141,7 @@ def test_trim_removes_what_is_never_imported_and_keeps_the_rest(tmp_path: Path, 
     assert result.bytes == sum(r["bytes"] for r in rules.values()) > 0
     evidence = result.evidence["onnxruntime/capi/libonnxruntime.so*"]
     assert evidence["removed"] == [ORT_LIB] and evidence["needed_by_module"][PYBIND] == SYSTEM
-    assert layer_build.unresolved_libraries(root, "x86_64") == ([], [])
+    assert unresolved_libraries(root, "x86_64") == ([], [])
 
 
 @pytest.mark.parametrize("how", ["needed", "dlopen-string", "python"])
@@ -152,7 +151,7 @@ def test_onnxruntime_library_is_kept_when_anything_may_load_it(tmp_path: Path, c
     root = fake_layer(tmp_path / "python", pybind_needed=needed, pybind_payload=payload)
     if how == "python":
         touch(root, "onnxruntime/capi/_ld_preload.py", content="ctypes.CDLL('libonnxruntime.so.1')\n")
-    result = layer_build.trim(root, code_root=code_root)
+    result = runtime_trim(root, code_root)
     assert (root / ORT_LIB).is_file()
     assert ORT_LIB in result.kept and "unlinked-library" not in result.by_rule()
 
@@ -160,7 +159,7 @@ def test_onnxruntime_library_is_kept_when_anything_may_load_it(tmp_path: Path, c
 def test_swagger_assets_are_kept_when_the_function_code_enables_swagger(tmp_path: Path, code_root: Path) -> None:
     (code_root / "inference" / "handler.py").write_text("app.enable_swagger(path='/docs')\n")
     root = fake_layer(tmp_path / "python")
-    result = layer_build.trim(root, code_root=code_root)
+    result = runtime_trim(root, code_root)
     assert (root / "aws_lambda_powertools/event_handler/openapi/swagger_ui/swagger-ui-bundle.min.js").is_file()
     assert "powertools-swagger-assets" in result.kept
 
@@ -168,10 +167,10 @@ def test_swagger_assets_are_kept_when_the_function_code_enables_swagger(tmp_path
 def test_elf_reader(tmp_path: Path) -> None:
     lib = write_elf(tmp_path / "liba.so", ["libc.so.6", "libb.so.2"], soname="liba.so.1", runpath="$ORIGIN:/x",
                     machine=183)
-    info = layer_build.elf_info(lib)
-    assert info == layer_build.ElfInfo("aarch64", ("libc.so.6", "libb.so.2"), "liba.so.1", ("$ORIGIN", "/x"))
+    info = elf_info(lib)
+    assert info == ElfInfo("aarch64", ("libc.so.6", "libb.so.2"), "liba.so.1", ("$ORIGIN", "/x"))
     touch(tmp_path, "not_elf.so")
-    assert layer_build.elf_info(tmp_path / "not_elf.so") is None
+    assert elf_info(tmp_path / "not_elf.so") is None
 
 
 def test_unresolved_libraries_names_what_neither_the_layer_nor_lambda_provides(tmp_path: Path) -> None:
@@ -179,20 +178,20 @@ def test_unresolved_libraries_names_what_neither_the_layer_nor_lambda_provides(t
               runpath="$ORIGIN/../pkg.libs")
     write_elf(tmp_path / "pkg.libs/libhelper.so.1", ["libc.so.6"], soname="libhelper.so.1")
     write_elf(tmp_path / "other/_arm.so", ["libc.so.6"], machine=183)
-    unresolved, wrong_arch = layer_build.unresolved_libraries(tmp_path, "x86_64")
+    unresolved, wrong_arch = unresolved_libraries(tmp_path, "x86_64")
     assert unresolved == ["pkg/_ext.so needs libmissing.so.3"]
     assert wrong_arch == ["other/_arm.so (aarch64)"]
 
 
 def test_requirements_must_be_pinned_and_exclude_what_lambda_or_training_provides(tmp_path: Path) -> None:
-    pins = layer_build.read_requirements(layer_build.DEFAULT_REQUIREMENTS)
+    pins = read_requirements(RUNTIME.requirements)
     assert pins["onnxruntime"] == "1.31.1" and pins["aws-lambda-powertools"] == "3.37.0"
     assert pins["numpy"].startswith("2.")
-    assert not set(pins) & layer_build.FORBIDDEN_DISTRIBUTIONS
+    assert not set(pins) & FORBIDDEN_DISTRIBUTIONS
     for bad in ["numpy>=2\n", "scipy==1.14.1\n", "boto3==1.35.0\n", "numpy==2.4.6\nnumpy==2.4.6\n", "# nothing\n"]:
         (tmp_path / "r.txt").write_text(bad)
         with pytest.raises(ValueError):
-            layer_build.read_requirements(tmp_path / "r.txt")
+            read_requirements(tmp_path / "r.txt")
 
 
 def test_output_folder_is_only_cleaned_when_it_holds_a_previous_layer(tmp_path: Path) -> None:
@@ -217,54 +216,7 @@ def test_python312_finder_rejects_an_interpreter_that_is_not_312(tmp_path: Path,
     monkeypatch.setenv("PATH", str(fake.parent))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("SLIMSERVE_PYTHON312", raising=False)
-    assert layer_build.find_python312(str(fake)) != str(fake)
-
-
-@pytest.mark.slow
-def test_real_build_is_small_complete_and_imports(tmp_path: Path,
-                                                  record_property: Callable[[str, object], None]) -> None:
-    """Really builds the layer (wheels from PyPI), then checks what it holds and the import test."""
-    arch = "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
-    out = tmp_path / "runtime"
-    status = layer_build.main(["--arch", arch, "--out", str(out)])
-    report = json.loads((tmp_path / "runtime-report.json").read_text())
-    size = report["size"]
-    record_property("layer_unzipped_mib", size["unzipped_mib"])
-    record_property("layer_zipped_mib", size["zipped_mib"])
-    print(f"layer {arch}: {size['unzipped_mib']} MiB unzipped, {size['zipped_mib']} MiB zipped; "
-          + ", ".join(f"{d['name']} {d['mib']}" for d in size["by_distribution"][:5]))
-    assert status == 0 and report["problems"] == [], report["problems"]
-
-    assert sorted(p.name for p in out.iterdir()) == ["python"]  # a layer holds python/ only
-    layer = out / "python"
-    assert size["unzipped_bytes"] < 100 * MIB
-    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) == size["unzipped_bytes"]
-    assert 0 < size["zipped_bytes"] < size["unzipped_bytes"]
-    for name in ("sklearn", "scipy", "sympy", "pandas", "onnx", "boto3", "botocore"):
-        assert not (layer / name).exists(), name
-    assert not any(re.match(r"(scikit_learn|scipy|sympy|boto3|botocore)-", p.name) for p in layer.glob("*.dist-info"))
-    assert not any(layer.rglob("__pycache__")) and not any(layer.rglob("*.pyc"))
-    assert report["installed"] == layer_build.read_requirements(layer_build.DEFAULT_REQUIREMENTS)
-    assert list(layer.glob("onnxruntime/capi/onnxruntime_pybind11_state.cpython-312-*.so"))
-    assert list(layer.glob("numpy/_core/_multiarray_umath.cpython-312-*.so"))
-    assert list(layer.glob("numpy.libs/*.so*"))
-    assert list(layer.glob("*.dist-info/licenses/*")) or list(layer.glob("*.dist-info/LICENSE*"))
-    for lib in layer.glob("onnxruntime/capi/libonnxruntime.so*"):  # kept only with a stated reason
-        assert lib.relative_to(layer).as_posix() in report["trim"]["kept"]
-    assert report["shared_libraries"]["unresolved"] == []
-
-    if shutil.which("readelf"):  # the pure-Python ELF reader agrees with binutils
-        pybind = next(layer.glob("onnxruntime/capi/onnxruntime_pybind11_state*.so"))
-        printed = subprocess.run(["readelf", "-d", str(pybind)], capture_output=True, text=True, check=True).stdout
-        assert layer_build.elf_info(pybind).needed == tuple(re.findall(r"\(NEEDED\).*\[(.+?)\]", printed))
-
-    test = report["import_test"]
-    if test["status"] == "skipped":
-        pytest.skip(test["reason"])
-    failed = {k: v.get("error") for k, v in test.get("checks", {}).items() if not v["ok"]}
-    assert test["status"] == "passed", failed or test
-    assert test["modules_from"]["elsewhere"] == []
-    assert {"numpy", "onnxruntime", "pydantic", "aws_lambda_powertools"} <= set(test["modules_from"]["layer"])
+    assert import_test.find_python312(str(fake)) != str(fake)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,10 +269,8 @@ def fake_pyarrow(root: Path, python_payload: bytes = b"") -> Path:
     return root
 
 
-def parquet_trim(root: Path, code_root: Path) -> object:
-    return layer_build.trim(root, rules=layer_build.PARQUET_TRIM_RULES,
-                            conditional=layer_build.CONDITIONAL_PARQUET_LIBRARIES, code_root=code_root,
-                            duplicates=layer_build.DUPLICATE_PARQUET_LIBRARIES)
+def parquet_trim(root: Path, code_root: Path) -> TrimResult:
+    return trim(root, PARQUET.rules, PARQUET.conditional, code_root, PARQUET.duplicates)
 
 
 @pytest.fixture
@@ -362,8 +312,8 @@ def test_parquet_trim_keeps_what_pyarrow_parquet_loads_and_removes_the_rest(tmp_
     assert {g["copies"][1]: g["needed_as"] for g in groups} == {
         f"{PA}/libarrow_python.so.2600": {"libarrow_python.so.2600": 8},
         f"{PA}/libarrow_python_parquet_encryption.so.2600": {"libarrow_python_parquet_encryption.so.2600": 1}}
-    assert layer_build.unresolved_libraries(root, "x86_64") == ([], [])
-    assert layer_build.removed_modules(result) == sorted(
+    assert unresolved_libraries(root, "x86_64") == ([], [])
+    assert removed_modules(result) == sorted(
         f"{PA}.{m}" for m in ("flight", "_flight", "substrait", "_substrait", "orc", "_orc", "_dataset_orc", "_s3fs",
                               "_gcsfs", "_azurefs", "_hdfs", "conftest", "_pyarrow_cpp_tests"))
 
@@ -394,11 +344,11 @@ def test_a_longer_name_is_not_a_mention(tmp_path: Path, batch_code: Path) -> Non
     root = fake_pyarrow(tmp_path / "python", python_payload=b"\0libarrow_python.so.2600.1.0-x\0")
     parquet_trim(root, batch_code)
     assert not (root / f"{PA}/libarrow_python.so").exists()
-    assert layer_build.names_whole(b"\0libfoo.so\0", "libfoo.so")
-    assert layer_build.names_whole(b"/opt/python/libfoo.so\0", "libfoo.so")
-    assert layer_build.names_whole(b"failed to load libfoo.so: %s", "libfoo.so")
-    assert not layer_build.names_whole(b"\0libfoo.so.26\0", "libfoo.so")
-    assert not layer_build.names_whole(b"\0xlibfoo.so\0", "libfoo.so")
+    assert names_whole(b"\0libfoo.so\0", "libfoo.so")
+    assert names_whole(b"/opt/python/libfoo.so\0", "libfoo.so")
+    assert names_whole(b"failed to load libfoo.so: %s", "libfoo.so")
+    assert not names_whole(b"\0libfoo.so.26\0", "libfoo.so")
+    assert not names_whole(b"\0xlibfoo.so\0", "libfoo.so")
 
 
 def test_remote_filesystems_stay_when_the_function_code_uses_pyarrow_fs(tmp_path: Path, batch_code: Path) -> None:
@@ -412,17 +362,17 @@ def test_remote_filesystems_stay_when_the_function_code_uses_pyarrow_fs(tmp_path
 
 
 def test_parquet_requirements_pin_the_venv_pyarrow_and_refuse_what_the_runtime_layer_holds(tmp_path: Path) -> None:
-    recipe = layer_build.RECIPES["parquet"]
-    forbidden = layer_build.forbidden_distributions(recipe)
-    pins = layer_build.read_requirements(recipe.requirements, forbidden, "parquet")
+    recipe = PARQUET
+    forbidden = forbidden_distributions(recipe)
+    pins = read_requirements(recipe.requirements, forbidden, "parquet")
     assert pins == {"pyarrow": importlib.metadata.version("pyarrow")}
     assert {"numpy", "onnxruntime", "pydantic", "pandas", "boto3"} <= forbidden
     for bad, message in [("numpy==2.4.6\n", "layer below it already holds it"), ("pandas==2.2.3\n", "parquet layer"),
                          ("pyarrow>=26\n", "not pinned")]:
         (tmp_path / "r.txt").write_text(bad)
         with pytest.raises(ValueError, match=message):
-            layer_build.read_requirements(tmp_path / "r.txt", forbidden, "parquet")
-    assert layer_build.RECIPES["runtime"].out == layer_build.DEFAULT_OUT and recipe.stacked_on == "runtime"
+            read_requirements(tmp_path / "r.txt", forbidden, "parquet")
+    assert RUNTIME.out == REPO_ROOT / "layers" / "build" / "runtime" and recipe.stacked_on == "runtime"
     assert recipe.out == REPO_ROOT / "layers" / "build" / "parquet"
 
 
@@ -470,7 +420,7 @@ def test_parquet_build_checks_the_combined_size_and_the_layer_below(
     assert combined["limit_bytes"] == 262_144_000
     assert combined["total_bytes"] == sum(combined["parts_bytes"].values())
     assert combined["parts_bytes"]["parquet"] == report["size"]["unzipped_bytes"]
-    assert combined["parts_bytes"]["function_code"] == layer_build.function_code_bytes() > 0
+    assert combined["parts_bytes"]["function_code"] == function_code_bytes(FUNCTION_CODE) > 0
     assert combined["counts_layer_below"] == (runtime_mib is not None)
     if runtime_mib is not None:
         assert combined["parts_bytes"]["runtime"] == runtime_mib * MIB
@@ -486,56 +436,28 @@ def test_parquet_build_checks_the_combined_size_and_the_layer_below(
         assert report["warnings"] == []
 
 
-@pytest.mark.slow
-def test_real_parquet_build_is_trimmed_fits_beside_the_runtime_layer_and_imports(
-        tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
-    """Really builds the runtime layer (no import test) and the parquet layer over it (with one)."""
-    arch = "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
-    runtime, out = tmp_path / "runtime", tmp_path / "parquet"
-    assert layer_build.main(["--arch", arch, "--out", str(runtime), "--skip-import-test"]) == 0
-    status = layer_build.main(["--recipe", "parquet", "--arch", arch, "--out", str(out),
-                               "--runtime-layer", str(runtime)])
-    report = json.loads((tmp_path / "parquet-report.json").read_text())
-    size, trim = report["size"], report["trim"]
-    record_property("parquet_before_trim_mib", trim["before_mib"])
-    record_property("parquet_unzipped_mib", size["unzipped_mib"])
-    record_property("combined_mib", size["combined"]["total_mib"])
-    print(f"parquet layer {arch}: {trim['before_mib']} MiB installed, {size['unzipped_mib']} MiB trimmed, "
-          f"{size['zipped_mib']} MiB zipped; with runtime + code {size['combined']['total_mib']} MiB")
-    assert status == 0 and report["problems"] == [], report["problems"]
 
-    assert sorted(p.name for p in out.iterdir()) == ["python"]
-    layer = out / "python"
-    assert report["installed"] == {"pyarrow": importlib.metadata.version("pyarrow")}
-    assert sorted(p.name for p in layer.iterdir()) == ["pyarrow", f"pyarrow-{report['installed']['pyarrow']}.dist-info"]
-    assert size["unzipped_bytes"] < layer_build.PARQUET_MAX_MIB * MIB
-    assert size["unzipped_bytes"] < trim["before_bytes"] - 50 * MIB  # Flight and S3 alone are ~47 MiB
-    combined = size["combined"]
-    assert combined["counts_layer_below"] and combined["parts_bytes"]["runtime"] > 50 * MIB
-    assert combined["total_bytes"] < layer_build.LAMBDA_UNZIPPED_LIMIT_BYTES
-    names = [p.relative_to(layer).as_posix() for p in layer.rglob("*")]
-    for pattern in (r"flight", r"pyarrow/_?substrait\.", r"_s3fs|libarrow_s3", r"(^|/)_?orc", r"/include(s)?(/|$)",
-                    r"/src(/|$)", r"/tests(/|$)", r"\.(pxd|pyx|pxi|h|cc|pyi)$", r"__pycache__", r"^numpy"):
-        assert not [n for n in names if re.search(pattern, n)], pattern
-    libs = sorted(p.name for p in layer.glob("pyarrow/lib*.so*"))
-    assert [n for n in libs if n.startswith("libarrow_python.")] == ["libarrow_python.so.2600"]
-    for kept in ("libarrow.so.2600", "libparquet.so.2600", "libarrow_compute.so.2600", "libarrow_dataset.so.2600",
-                 "libarrow_acero.so.2600", "libarrow_substrait.so.2600"):
-        assert kept in libs, kept
-    assert report["shared_libraries"]["unresolved"] == [] and report["shared_libraries"]["wrong_architecture"] == []
-    if shutil.which("readelf"):
-        lib = next(layer.glob("pyarrow/lib.cpython-312-*.so"))
-        printed = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
-        assert layer_build.elf_info(lib).needed == tuple(re.findall(r"\(NEEDED\).*\[(.+?)\]", printed))
 
-    test = report["import_test"]
-    if test["status"] == "skipped":
-        assert layer_build.find_python312() is None, test["reason"]  # skipped only without python3.12
-        pytest.skip(test["reason"])
-    failed = {k: v.get("error") for k, v in test.get("checks", {}).items() if not v["ok"]}
-    assert test["status"] == "passed", failed or test
-    assert test["modules_from"]["elsewhere"] == []
-    assert "pyarrow" in test["modules_from"]["layer"] and "numpy" in test["modules_from"]["runtime_layer"]
-    loaded = test["loaded_libraries"]["layer"]
-    assert "pyarrow/libparquet.so.2600" in loaded
-    assert not [n for n in loaded if "flight" in n or "s3" in n]
+def test_import_checks_are_files_run_with_lambdas_path_order_and_report_each_failure(tmp_path: Path) -> None:
+    """The runtime checks over an empty layer, run by this Python (no python3.12 needed): each
+    missing package is a failed check with its error, the checks' own files count as neither the
+    layer nor "elsewhere", and the verdict is a failure."""
+    layer = tmp_path / "runtime" / "python"
+    layer.mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    task, runtime, linked = import_test.lambda_task(work)
+    cfg = {"task": str(task), "layer": str(layer), "runtime": str(runtime), "model": None,
+           "must_not_import": ["sklearn", "onnx"]}
+    result = import_test.run_checks(sys.executable, "runtime", cfg, import_test.lambda_env(work, task), work)
+
+    assert result["status"] == "failed" and "botocore" in linked
+    checks = result["checks"]
+    assert checks["forbidden packages absent"] == {"ok": True, "detail": ["sklearn", "onnx"]}
+    assert checks["runtime SDK stand-in"]["ok"], checks["runtime SDK stand-in"]
+    assert checks["numpy"]["error"] == "ModuleNotFoundError: No module named 'numpy'"
+    assert not checks["functions.inference.handler"]["ok"]
+    assert result["sys_path"][:2] == [str(task), str(layer)] and result["sys_path"][-1] == str(runtime)
+    assert result["modules_from"]["elsewhere"] == [] and result["modules_from"]["layer"] == []
+    assert "botocore" in result["modules_from"]["runtime"]
+    assert not any(layer.rglob("__pycache__"))
