@@ -121,12 +121,12 @@ def _gate(workdir: Path, champion_uri: str, holdout_path: Path) -> None:
     import pandas as pd
     from sklearn.tree import DecisionTreeClassifier
 
-    from functions.common.registry import ModelEntry, Registry, create_table
+    from functions.common.registry import ModelEntry, Registry
 
     from .bundler import build_bundle
     from .cli import render_verdict
     from .local.apigw import LambdaContext
-    from .local.emulation import MODEL_BUCKET, REGION, upload_bundle
+    from .local.emulation import MODEL_BUCKET, REGION, create_registry_table, upload_bundle
     from .local.server import load_function
 
     holdout = pd.read_csv(holdout_path)
@@ -137,14 +137,13 @@ def _gate(workdir: Path, champion_uri: str, holdout_path: Path) -> None:
     s3, ddb = boto3.client("s3", region_name=REGION), boto3.client("dynamodb", region_name=REGION)
     candidate_uri = upload_bundle(s3, workdir / "candidate")
     s3.put_object(Bucket=MODEL_BUCKET, Key="holdout/breast-cancer.csv", Body=holdout_path.read_bytes())
-    create_table(ddb, "slimserve-models")
+    create_registry_table(ddb, "slimserve-models")
     registry = Registry(ddb, "slimserve-models")
     champion_version = champion_uri.rstrip("/").rsplit("/", 1)[1]
     registry.promote(registry.register(ModelEntry(model="breast-cancer", version=champion_version,
                                                   bundle_uri=champion_uri)), "demo: first release")
     gate = load_function("functions.validation.handler", "", REGISTRY_TABLE="slimserve-models")
     gate.registry.cache_clear()
-    gate.s3_client.cache_clear()
     result = gate.lambda_handler({"candidate_uri": candidate_uri,
                                   "holdout_uri": f"s3://{MODEL_BUCKET}/holdout/breast-cancer.csv"},
                                  LambdaContext(function_name="slimserve-validation"))

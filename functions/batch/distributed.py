@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..common import layout
+from ..common import aws, layout
 from ..common.bundle import Model
-from .formats import Chunk, cells_from_text
+from ..common.errors import WriteConflict
+from ..common.tabular import Chunk, cells_from_text
 from .scoring import Source, Store, already_done, csv_suffixes, manifest_key, now_iso, score_chunk, source_dict
 
 
@@ -61,8 +62,9 @@ def start(sfn: Any, state_machine_arn: str, store: Store, source: Source) -> dic
         return {"status": "duplicate"}
     run = {**source_dict(source), "run_id": source.run_id}
     try:
-        sfn.start_execution(stateMachineArn=state_machine_arn, name=source.run_id, input=json.dumps(run))
-    except sfn.exceptions.ExecutionAlreadyExists:
+        with aws.translated(f"starting the map run {source.run_id}"):
+            sfn.start_execution(stateMachineArn=state_machine_arn, name=source.run_id, input=json.dumps(run))
+    except WriteConflict:
         return {"status": "already_started", "run_id": source.run_id}
     return {"status": "started", "run_id": source.run_id}
 

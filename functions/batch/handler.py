@@ -9,49 +9,35 @@
 from __future__ import annotations
 
 import json
-from functools import cache
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from ..common import layout
+from ..common import aws, layout
+from ..common.errors import ObjectChanged, ObjectMissing, SlimserveError
+from ..common.runtime import Runtime
 from ..common.settings import BatchSettings
-from ..inference.service import ModelHolder
+from ..common.tabular import FileFormat, WholeFileRejected
 from . import distributed
-from .formats import FileFormat, WholeFileRejected
 from .scoring import Source, score_file
 from .stores import S3Store
 
-logger = Logger(service="slimserve-batch")
-metrics = Metrics(namespace="Slimserve", service="slimserve-batch")
-tracer = Tracer(service="slimserve-batch")
+rt = Runtime.for_settings(BatchSettings)
+logger, metrics = rt.logger, rt.metrics
 processor = BatchProcessor(event_type=EventType.SQS)
 
 settings = BatchSettings.from_env()
-holder = ModelHolder(settings)
+holder = rt.model_holder(settings)  # loaded on first use: the S3 test event needs no model
 
 
-class PoisonMessage(ValueError):
+class PoisonMessage(SlimserveError):
     """A queue message that is not an S3 event: retried, then parked in the DLQ."""
 
-
-@cache
-def s3_client() -> Any:
-    import boto3
-
-    return boto3.client("s3")
-
-
-@cache
-def sfn_client() -> Any:
-    import boto3
-
-    return boto3.client("stepfunctions")
+    code = "poison_message"
 
 
 def sources_from_message(body: str) -> list[Source]:
@@ -85,9 +71,9 @@ def process_source(source: Source) -> dict[str, Any]:
     if not layout.is_incoming(source.key):
         logger.warning("object outside incoming/ ignored", extra={"key": source.key})
         return {"status": "ignored"}
-    store = S3Store(s3_client(), source.bucket)
+    store = S3Store(aws.client("s3"), source.bucket)
     if _goes_to_distributed_map(source):
-        return distributed.start(sfn_client(), settings.state_machine_arn or "", store, source)
+        return distributed.start(aws.client("stepfunctions"), settings.state_machine_arn or "", store, source)
     model = holder.load()
     body = _open_source(source)  # score_file finds a redelivery's manifest before reading any of it
     if body is None:
@@ -96,7 +82,6 @@ def process_source(source: Source) -> dict[str, Any]:
                         max_file_bytes=settings.max_file_bytes)
     manifest = result.manifest
     if not result.skipped:
-        metrics.add_dimension(name="model_version", value=model.version)
         rows = manifest["rows"]
         metrics.add_metric(name="RowsScored", unit=MetricUnit.Count, value=rows["scored"])
         metrics.add_metric(name="RowsRejected", unit=MetricUnit.Count, value=rows["rejected"])
@@ -109,22 +94,18 @@ def process_source(source: Source) -> dict[str, Any]:
 def _open_source(source: Source) -> Any:
     """The announced version's bytes: by version id, or (unversioned) only while the ETag still
     matches, so a newer upload under the same key is never scored under the old event's name."""
-    from botocore.exceptions import ClientError
-
     args: dict[str, Any] = {"Bucket": source.bucket, "Key": source.key}
     if source.version_id:
         args["VersionId"] = source.version_id
     elif source.etag:
         args["IfMatch"] = source.etag
     try:
-        return s3_client().get_object(**args)["Body"]
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "NoSuchVersion", "PreconditionFailed", "412", "404"):
-            logger.warning("announced object is gone or replaced; its own event covers the new one",
-                           extra={"key": source.key, "code": code})
-            return None
-        raise
+        with aws.translated(f"reading s3://{source.bucket}/{source.key}"):
+            return aws.client("s3").get_object(**args)["Body"]
+    except (ObjectMissing, ObjectChanged) as exc:
+        logger.warning("announced object is gone or replaced; its own event covers the new one",
+                       extra={"key": source.key, "code": exc.code})
+        return None
 
 
 def _goes_to_distributed_map(source: Source) -> bool:
@@ -144,25 +125,21 @@ def record_handler(record: SQSRecord) -> None:
         process_source(source)
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
-@tracer.capture_lambda_handler
+@rt.handler()
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                          context=context))
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
+@rt.handler(metrics=False)
 def score_items_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     batch = distributed.ItemBatch.model_validate(event)
-    store = S3Store(s3_client(), batch.batch_input.bucket)
+    store = S3Store(aws.client("s3"), batch.batch_input.bucket)
     return distributed.score_items(holder.load(), store, batch)
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
+@rt.handler(metrics=False)
 def finalize_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = distributed.RunInput.model_validate(event)
-    manifest = distributed.finalize(S3Store(s3_client(), run.bucket), run, holder.load())
+    manifest = distributed.finalize(S3Store(aws.client("s3"), run.bucket), run, holder.load())
     return {"status": manifest["status"], "rows": manifest["rows"], "run_id": manifest["run_id"]}

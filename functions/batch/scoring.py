@@ -23,7 +23,7 @@ import numpy as np
 from ..common import layout
 from ..common.bundle import Model
 from ..common.errors import InvalidInput
-from .formats import Chunk, CsvReader, FileFormat, JsonLinesReader, ParquetReader, WholeFileRejected, open_text_lines
+from ..common.tabular import Chunk, FileFormat, Reader, WholeFileRejected, open_records
 
 
 class Sink(Protocol):
@@ -38,7 +38,6 @@ class Store(Protocol):
     def sink(self, key: str) -> Sink: ...
     def read_json(self, key: str) -> dict[str, Any] | None: ...
     def put_json(self, key: str, body: dict[str, Any]) -> None: ...
-    def local_path(self, stream: IO[bytes], suffix: str) -> str: ...
     def list_keys(self, prefix: str) -> list[str]: ...
 
 
@@ -127,12 +126,12 @@ def score_file(model: Model, store: Store, source: Source, stream: IO[bytes], *,
 
 def _score(model: Model, store: Store, source: Source, fmt: FileFormat, stream: IO[bytes],
            chunk_rows: int) -> tuple[dict[str, Any], Counts]:
-    features = model.manifest.features
-    if fmt.kind == "parquet":
-        reader: Any = ParquetReader(store.local_path(stream, ".parquet"), features)
-    else:
-        lines = open_text_lines(stream, fmt)
-        reader = CsvReader(lines, features) if fmt.kind == "csv" else JsonLinesReader(lines, features)
+    with open_records(stream, fmt, model.manifest.features) as reader:
+        return _score_records(model, store, source, fmt, reader, chunk_rows)
+
+
+def _score_records(model: Model, store: Store, source: Source, fmt: FileFormat, reader: Reader,
+                   chunk_rows: int) -> tuple[dict[str, Any], Counts]:
     writer = OutputWriter(model, store, source, fmt, reader)
     try:
         counts = Counts()

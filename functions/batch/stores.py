@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from ..common import aws
+from ..common.errors import ObjectMissing
 from .scoring import HashingBuffer
 
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB (all but the last)
@@ -54,9 +55,6 @@ class LocalStore:
         sink = self.sink(key)
         sink.write((json.dumps(body, indent=2) + "\n").encode())
         sink.commit()
-
-    def local_path(self, stream: IO[bytes], suffix: str) -> str:
-        return spool_to_disk(stream, suffix)
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self.root / prefix
@@ -110,32 +108,19 @@ class S3Store:
         return S3Sink(self.client, self.bucket, key)
 
     def read_json(self, key: str) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
-
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise
+            with aws.translated(f"reading s3://{self.bucket}/{key}"):
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ObjectMissing:
+            return None
         return json.loads(body)
 
     def put_json(self, key: str, body: dict[str, Any]) -> None:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=(json.dumps(body, indent=2) + "\n").encode(),
                                ContentType="application/json")
 
-    def local_path(self, stream: IO[bytes], suffix: str) -> str:
-        return spool_to_disk(stream, suffix)
-
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return sorted(keys)
-
-
-def spool_to_disk(stream: IO[bytes], suffix: str) -> str:
-    """Formats that need random access (Parquet) are copied to local disk first, not to memory."""
-    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as handle:
-        shutil.copyfileobj(stream, handle, 1 << 20)
-    return handle.name

@@ -17,7 +17,8 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from .errors import BundleError
+from . import aws
+from .errors import AwsError, BundleError, ObjectMissing
 from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, sha256_hex
 from .schema import RowSchema
 
@@ -40,21 +41,14 @@ def directory_reader(path: str | Path) -> Reader:
 
 
 def s3_reader(client: Any, bucket: str, prefix: str) -> Reader:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     prefix = prefix.strip("/")
 
     def read(name: str) -> bytes:
         key = f"{prefix}/{name}" if prefix else name
-        try:
-            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise BundleError(f"bundle file s3://{bucket}/{key} is missing") from None
-            raise BundleError(f"cannot read s3://{bucket}/{key}: {code or exc}") from None
-        except BotoCoreError as exc:
-            raise BundleError(f"cannot read s3://{bucket}/{key}: {exc}") from None
+        missing = BundleError(f"bundle file s3://{bucket}/{key} is missing")
+        with aws.translated(f"reading s3://{bucket}/{key}", {ObjectMissing: missing, AwsError: BundleError}):
+            data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return data
 
     return read
 
@@ -65,11 +59,8 @@ def reader_for_uri(uri: str, s3_client_factory: Callable[[], Any] | None = None)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise BundleError(f"model URI {uri!r} names no bucket")
-        if s3_client_factory is None:
-            import boto3
-
-            s3_client_factory = lambda: boto3.client("s3")  # noqa: E731
-        return s3_reader(s3_client_factory(), parsed.netloc, parsed.path)
+        client = aws.client("s3") if s3_client_factory is None else s3_client_factory()
+        return s3_reader(client, parsed.netloc, parsed.path)
     if parsed.scheme in ("", "file"):
         return directory_reader(parsed.path if parsed.scheme else uri)
     raise BundleError(f"unsupported model URI scheme {parsed.scheme!r}: use s3:// or a local folder")

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RegistryConflict, UnknownVersion
+from . import aws
+from .errors import RegistryConflict, UnknownVersion, WriteConflict
 
 CHAMPION_POINTER = "~champion"  # sort key of the pointer item; versions cannot start with '~'
 STATUSES = ("candidate", "rejected", "canary", "champion", "retired", "rolled-back")
@@ -167,24 +168,8 @@ class Registry:
         return self.get(entry.model, entry.version)
 
     def _write(self, call: Any, conflict_message: str) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
+        with aws.translated(f"registry table {self.table}", {WriteConflict: RegistryConflict(conflict_message)}):
             call()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("ConditionalCheckFailedException", "TransactionCanceledException"):
-                raise RegistryConflict(conflict_message) from None
-            raise
-
-
-def create_table(client: Any, table: str) -> None:
-    """The table as the stack defines it (for the local emulation and tests)."""
-    client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
-                        AttributeDefinitions=[{"AttributeName": "model", "AttributeType": "S"},
-                                              {"AttributeName": "version", "AttributeType": "S"}],
-                        KeySchema=[{"AttributeName": "model", "KeyType": "HASH"},
-                                   {"AttributeName": "version", "KeyType": "RANGE"}])
 
 
 def _key(model: str, version: str) -> dict[str, Any]:

@@ -1,28 +1,38 @@
-"""Settings from environment variables, parsed once by one pydantic model."""
+"""Settings from environment variables: one typed model per function, written and read through one base.
+
+The constructs build a settings object and deploy ``to_env()``; the function reads it back with
+``from_env()`` at cold start. Variable names are the field names upper-cased; the Powertools
+service name and metrics namespace travel with them, so the environment contract is typed once.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Mapping
-from typing import Self
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigurationError
 
+METRICS_NAMESPACE = "Slimserve"
+MIB = 1024 * 1024
+EPHEMERAL_MIN_MIB, EPHEMERAL_MAX_MIB = 512, 10_240  # what Lambda allows for /tmp
 
-class InferenceSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
 
-    model_uri: str = Field(min_length=1, description="s3://bucket/prefix/ of the bundle, or a local folder")
-    model_manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
-    max_body_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
-    max_rows: int = Field(default=10_000, gt=0)
-    ort_threads: int = Field(default=1, ge=1, le=64)
-    retry_load_seconds: float = Field(default=30.0, ge=0)
+class Settings(BaseModel):
+    """Base of every function's settings: parse from and render to environment variables."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service: ClassVar[str] = "slimserve"  # Powertools service name: logs, metrics and traces
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Read the fields' upper-cased names; an empty variable counts as unset. A missing or
+        malformed value raises ConfigurationError naming the variable (at cold start)."""
         env = os.environ if environ is None else environ
         values = {name: env[name.upper()] for name in cls.model_fields if env.get(name.upper())}
         try:
@@ -31,12 +41,63 @@ class InferenceSettings(BaseModel):
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
             raise ConfigurationError(f"bad or missing setting: {problems}") from None
 
+    def to_env(self) -> dict[str, str]:
+        """The environment that ``from_env`` reads back to an equal object; unset values are left out."""
+        env = {name.upper(): _env_text(value) for name, value in self if value is not None}
+        env["POWERTOOLS_SERVICE_NAME"] = self.service
+        env["POWERTOOLS_METRICS_NAMESPACE"] = METRICS_NAMESPACE
+        return env
 
-class BatchSettings(InferenceSettings):
-    """Batch scoring: the model settings plus file limits and the Distributed Map hand-off."""
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return json.dumps(value)
+
+
+class ModelSettings(Settings):
+    """What a function that serves a model needs: where the bundle is and how to load it."""
+
+    model_uri: str = Field(min_length=1, description="s3://bucket/prefix/ of the bundle, or a local folder")
+    model_manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    max_rows: int = Field(default=10_000, gt=0)
+    ort_threads: int = Field(default=1, ge=1, le=64)
+    retry_load_seconds: float = Field(default=30.0, ge=0)
+
+
+class InferenceSettings(ModelSettings):
+    service: ClassVar[str] = "slimserve-inference"
+
+    max_body_bytes: int = Field(default=5 * MIB, gt=0)
+
+
+class BatchSettings(ModelSettings):
+    """Batch scoring (the queue consumer and the two Distributed Map functions): the model settings
+    plus file limits and the Distributed Map hand-off."""
+
+    service: ClassVar[str] = "slimserve-batch"
 
     max_rows: int = Field(default=1_000_000, gt=0)
     chunk_rows: int = Field(default=5000, gt=0, le=100_000)
     max_file_bytes: int | None = Field(default=5 * 1024**3, gt=0)
-    distributed_threshold_bytes: int = Field(default=256 * 1024**2, gt=0)
+    distributed_threshold_bytes: int = Field(default=256 * MIB, gt=0)
     state_machine_arn: str | None = None
+    ephemeral_storage_mib: int | None = Field(default=None, ge=EPHEMERAL_MIN_MIB, le=EPHEMERAL_MAX_MIB,
+                                              description="/tmp size; default: room for one file of "
+                                                          "max_file_bytes (Parquet is spooled there)")
+
+    @property
+    def ephemeral_storage(self) -> int:
+        """The /tmp size, in MiB, the function is deployed with."""
+        if self.ephemeral_storage_mib is not None:
+            return self.ephemeral_storage_mib
+        needed = math.ceil((self.max_file_bytes or 0) / MIB) + 256  # one spooled file plus headroom
+        return min(EPHEMERAL_MAX_MIB, max(EPHEMERAL_MIN_MIB, needed))
+
+
+class ValidationSettings(Settings):
+    service: ClassVar[str] = "slimserve-validation"
+
+    registry_table: str = Field(min_length=1, description="the model registry's DynamoDB table")

@@ -16,12 +16,11 @@ from typing import IO, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..batch.formats import CsvReader, FileFormat, JsonLinesReader, ParquetReader, WholeFileRejected, open_text_lines
-from ..batch.stores import spool_to_disk
 from ..common import metrics as m
 from ..common.bundle import Model
 from ..common.errors import InvalidInput
 from ..common.manifest import Feature, Manifest
+from ..common.tabular import FileFormat, WholeFileRejected, open_records
 
 
 class GateConfig(BaseModel):
@@ -74,14 +73,9 @@ def read_holdout(stream: IO[bytes], name: str, manifest: Manifest, config: GateC
     columns = [*manifest.features, *(Feature.model_construct(name=c, type="category", nullable=True, categories=[],
                                                              minimum=None, maximum=None) for c in extra)]
     try:
-        fmt = FileFormat.from_key(name)
-        if fmt.kind == "parquet":
-            reader: Any = ParquetReader(spool_to_disk(stream, ".parquet"), columns)
-        else:
-            lines = open_text_lines(stream, fmt)
-            reader = CsvReader(lines, columns) if fmt.kind == "csv" else JsonLinesReader(lines, columns)
-        cells = [readable(c, e) for chunk in reader.chunks(5000) for c, e in zip(chunk.cells, chunk.errors,
-                                                                                 strict=True)]
+        with open_records(stream, FileFormat.from_key(name), columns) as reader:
+            cells = [readable(c, e) for chunk in reader.chunks(5000)
+                     for c, e in zip(chunk.cells, chunk.errors, strict=True)]
     except WholeFileRejected as exc:
         reason = "holdout_empty" if exc.code == "empty_file" else "holdout_mislabelled" if target in exc.message \
             else "incompatible_schema"

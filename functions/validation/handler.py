@@ -11,20 +11,22 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlparse
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..common.bundle import reader_for_uri
+from ..common import aws
+from ..common.bundle import read_manifest, reader_for_uri
 from ..common.errors import BundleError, SlimserveError
 from ..common.registry import ModelEntry, Registry, UnknownVersion
+from ..common.runtime import Runtime
+from ..common.settings import ValidationSettings
 from .gate import GateConfig
 from .service import REPORT_FILE, report_json, validate
 
-logger = Logger(service="slimserve-validation")
-metrics = Metrics(namespace="Slimserve", service="slimserve-validation")
-tracer = Tracer(service="slimserve-validation")
+rt = Runtime.for_settings(ValidationSettings)
+logger, metrics = rt.logger, rt.metrics
+settings = ValidationSettings.from_env()  # no registry table: the function fails at cold start, naming it
 
 
 class ValidationRequest(BaseModel):
@@ -37,44 +39,36 @@ class ValidationRequest(BaseModel):
 
 
 @cache
+def registry() -> Registry:
+    return Registry(aws.client("dynamodb"), settings.registry_table)
+
+
 def s3_client() -> Any:
-    import boto3
-
-    return boto3.client("s3")
-
-
-@cache
-def registry() -> Registry | None:
-    import os
-
-    import boto3
-
-    table = os.environ.get("REGISTRY_TABLE")
-    return Registry(boto3.client("dynamodb"), table) if table else None
+    return aws.client("s3")
 
 
 def run(request: ValidationRequest) -> dict[str, Any]:
     reg = registry()
     champion_uri = request.champion_uri
     candidate_read = reader_for_uri(request.candidate_uri, s3_client)
-    if champion_uri is None and reg is not None:
+    if champion_uri is None:
         try:
-            from ..common.bundle import read_manifest
-
             name = read_manifest(candidate_read)[0].name
             champion = reg.champion(name)
             champion_uri = champion.bundle_uri if champion else None
         except BundleError:
             champion_uri = None  # the candidate itself is broken: validate() reports it
     holdout = urlparse(request.holdout_uri)
-    body = s3_client().get_object(Bucket=holdout.netloc, Key=holdout.path.lstrip("/"))["Body"]
+    with aws.translated(f"reading the holdout {request.holdout_uri}"):
+        body = s3_client().get_object(Bucket=holdout.netloc, Key=holdout.path.lstrip("/"))["Body"]
     report = validate(candidate_read, reader_for_uri(champion_uri, s3_client) if champion_uri else None,
                       (body, holdout.path), request.config)
     target = urlparse(request.candidate_uri.rstrip("/") + "/" + REPORT_FILE)
-    s3_client().put_object(Bucket=target.netloc, Key=target.path.lstrip("/"), Body=report_json(report).encode(),
-                           ContentType="application/json")
+    with aws.translated(f"writing the report s3://{target.netloc}{target.path}"):
+        s3_client().put_object(Bucket=target.netloc, Key=target.path.lstrip("/"),
+                               Body=report_json(report).encode(), ContentType="application/json")
     report_uri = f"s3://{target.netloc}{target.path}"
-    if reg is not None and report.get("candidate"):
+    if report.get("candidate"):
         _record(reg, request.candidate_uri, report, report_uri)
     return {"admitted": report["admitted"], "reasons": report["reasons"], "summary": report["summary"],
             "candidate": report.get("candidate"), "champion_uri": champion_uri, "report_uri": report_uri}
@@ -92,9 +86,7 @@ def _record(reg: Registry, candidate_uri: str, report: dict[str, Any], report_ur
     reg.record_verdict(entry, {**verdict, "report_uri": report_uri})
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
-@tracer.capture_lambda_handler
+@rt.handler()
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         request = ValidationRequest.model_validate(event)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from functions.common import layout
+from functions.common import aws, layout
 from functions.common.manifest import MANIFEST_FILE, Manifest
 
 REGION = "us-east-1"
@@ -31,10 +31,12 @@ def emulated_account() -> Iterator[None]:
     os.environ.update(FAKE_CREDENTIALS)
     from moto import mock_aws
 
+    aws.client.cache_clear()  # the functions' clients are made inside the emulation, never reused from outside
     try:
         with mock_aws():
             yield
     finally:
+        aws.client.cache_clear()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -98,3 +100,12 @@ def upload_bundle(s3: Any, bundle_dir: str | Path, bucket: str = MODEL_BUCKET) -
     for name in [MANIFEST_FILE, *manifest.files]:
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=(root / name).read_bytes())
     return f"s3://{bucket}/{prefix}/"
+
+
+def create_registry_table(dynamodb: Any, table: str) -> None:
+    """The model registry's table as the stack defines it (keys: model, version)."""
+    dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                          AttributeDefinitions=[{"AttributeName": "model", "AttributeType": "S"},
+                                                {"AttributeName": "version", "AttributeType": "S"}],
+                          KeySchema=[{"AttributeName": "model", "KeyType": "HASH"},
+                                     {"AttributeName": "version", "KeyType": "RANGE"}])

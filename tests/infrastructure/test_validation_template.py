@@ -24,7 +24,7 @@ from cdk.constructs.model_registry import (
     ValidationGateSettings,
 )
 from cdk.stacks.serving_stack import ServingStack, ServingStackProps
-from functions.common.registry import create_table
+from pipeline.local.emulation import create_registry_table as create_table
 
 INFERENCE_HANDLER = "functions.inference.handler.lambda_handler"
 READ_ACTIONS = ("s3:Get", "s3:List")

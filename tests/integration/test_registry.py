@@ -9,15 +9,15 @@ from typing import Any
 import boto3
 import pytest
 
-from functions.common.registry import ModelEntry, Registry, RegistryConflict, UnknownVersion, create_table
-from pipeline.local.emulation import REGION, emulated_account
+from functions.common.registry import ModelEntry, Registry, RegistryConflict, UnknownVersion
+from pipeline.local.emulation import REGION, create_registry_table, emulated_account
 
 
 @pytest.fixture
 def registry() -> Iterator[Registry]:
     with emulated_account():
         client = boto3.client("dynamodb", region_name=REGION)
-        create_table(client, "models")
+        create_registry_table(client, "models")
         yield Registry(client, "models")
 
 

@@ -195,14 +195,14 @@ def test_cli_prints_the_verdict_and_writes_the_report(bundles: dict[str, Path], 
 
 @pytest.fixture
 def aws(bundles: dict[str, Path], holdout_csv: bytes) -> Iterator[dict[str, Any]]:
-    from functions.common.registry import Registry, create_table
-    from pipeline.local.emulation import REGION, emulated_account, upload_bundle
+    from functions.common.registry import Registry
+    from pipeline.local.emulation import REGION, create_registry_table, emulated_account, upload_bundle
 
     with emulated_account():
         s3, ddb = boto3.client("s3", region_name=REGION), boto3.client("dynamodb", region_name=REGION)
         uris = {name: upload_bundle(s3, path) for name, path in bundles.items()}
         s3.put_object(Bucket="slimserve-models-local", Key="holdout/churn.csv", Body=holdout_csv)
-        create_table(ddb, "models")
+        create_registry_table(ddb, "models")
         yield {"s3": s3, "uris": uris, "registry": Registry(ddb, "models")}
 
 
@@ -216,7 +216,6 @@ def test_lambda_uses_the_registry_champion_writes_the_report_and_records_the_ver
     reg.promote(champion, "first release")
     module = load_function("functions.validation.handler", "", REGISTRY_TABLE="models")
     module.registry.cache_clear()
-    module.s3_client.cache_clear()
     holdout = "s3://slimserve-models-local/holdout/churn.csv"
     config = {"latency_budget_ms": 60_000}  # this test is about the registry, not this machine's load
     result = module.lambda_handler({"candidate_uri": aws["uris"]["weak"], "holdout_uri": holdout, "config": config},

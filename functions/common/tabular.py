@@ -1,15 +1,20 @@
-"""Streaming readers and writers for CSV, JSON Lines and Parquet, gzip or not.
+"""Streaming readers for CSV, JSON Lines and Parquet, gzip or not, shared by batch scoring and the gate.
 
 Readers yield chunks of records; each record carries its line number, its raw form (echoed into
 the outputs untouched) and its cells as JSON-like values, or the reason it cannot be read.
+Parquet needs random access: it is spooled to local disk (not memory) and deleted when done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
+import os
+import shutil
+import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,8 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..common.errors import SlimserveError
-from ..common.manifest import Feature
+from .errors import SlimserveError
+from .manifest import Feature
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 GZIP_MAGIC = b"\x1f\x8b"
@@ -285,3 +290,33 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+# -- spooling --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def spooled(stream: IO[bytes], suffix: str) -> Iterator[str]:
+    """The stream copied to a file in the temporary directory (/tmp on Lambda), removed on exit:
+    a warm function must not keep every file it has read."""
+    handle = tempfile.NamedTemporaryFile(suffix=suffix, prefix="slimserve-spool-", delete=False)  # noqa: SIM115 - removed below
+    try:
+        with handle:
+            shutil.copyfileobj(stream, handle, 1 << 20)
+        yield handle.name
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.name)
+
+
+Reader = CsvReader | JsonLinesReader | ParquetReader
+
+
+@contextlib.contextmanager
+def open_records(stream: IO[bytes], fmt: FileFormat, features: list[Feature]) -> Iterator[Reader]:
+    """The reader for ``fmt`` over ``stream``; a spooled Parquet copy is removed when the block ends."""
+    if fmt.kind == "parquet":
+        with spooled(stream, ".parquet") as path:
+            yield ParquetReader(path, features)
+        return
+    lines = open_text_lines(stream, fmt)
+    yield CsvReader(lines, features) if fmt.kind == "csv" else JsonLinesReader(lines, features)
