@@ -116,4 +116,32 @@ class ConfigurationError(SlimserveError):
     code = "configuration_error"
 
 
+class AwsError(SlimserveError):
+    """An AWS call failed; raised by functions/common/aws.py, the one place that reads ClientError."""
+
+    status = 502
+    code = "aws_error"
+
+
+class ObjectMissing(AwsError):
+    """The object, version, item or resource asked for does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
+class ObjectChanged(AwsError):
+    """A conditional read found the object replaced since it was announced (If-Match failed)."""
+
+    status = 412
+    code = "object_changed"
+
+
+class WriteConflict(AwsError):
+    """A conditional write lost (a condition failed, or the name is already taken)."""
+
+    status = 409
+    code = "write_conflict"
+
+
 INTERNAL_ERROR_BODY = {"code": "internal_error", "message": "internal error"}
