@@ -9,16 +9,27 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import threading
+import traceback
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from functions.common.errors import ECHO_LIMIT, INTERNAL_ERROR_BODY, clip
+
 from .apigw import LambdaContext, proxy_event
 
 MAX_LOCAL_BODY = 64 * 1024 * 1024  # far above the handler's own limit, so the handler decides
+LISTEN_BACKLOG = 64  # connections the kernel holds while every thread is busy
+IDLE_TIMEOUT_SECONDS = 60  # a kept-alive connection idle this long is closed; so is a body that stalls
+_DIGITS = re.compile(r"[0-9]+")
+_SERVER_ERROR_CODES = {400: "bad_request", 408: "request_timeout", 411: "length_required",
+                       413: "payload_too_large", 414: "uri_too_long", 431: "headers_too_large",
+                       501: "not_implemented", 505: "http_version_not_supported"}
 
 
 def load_inference_handler(model_uri: str, **settings: str) -> ModuleType:
@@ -37,32 +48,95 @@ def load_function(name: str, model_uri: str, **settings: str) -> ModuleType:
     return importlib.import_module(name)
 
 
+class LocalApiServer(ThreadingHTTPServer):
+    """One thread per connection; a listen backlog that holds a burst of clients."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive; every answer, the server's own refusals included, in the API's error shape."""
+
     lambda_handler: Any = None
     quiet = False
     server_version = "slimserve-local"
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # a malformed request line still gets a status line and headers
+    timeout = IDLE_TIMEOUT_SECONDS
+    disable_nagle_algorithm = True  # headers and body leave at once: no delayed-ACK stall on kept-alive connections
+
+    def __getattr__(self, name: str) -> Any:
+        # Every method reaches the handler, which answers 405 with an Allow header where a path lacks it.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
     def _dispatch(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_LOCAL_BODY:
-            self.send_error(413)
+        length = self._content_length()
+        if length is None:
             return
-        body = self.rfile.read(length).decode("utf-8", errors="replace") if length else None
-        event = proxy_event(self.command, self.path, body, {k: v for k, v in self.headers.items()},
-                            source_ip=self.client_address[0])
-        result = type(self).lambda_handler(event, LambdaContext())
-        payload = (result.get("body") or "").encode("utf-8")
-        self.send_response(int(result.get("statusCode", 500)))
-        for key, value in (result.get("headers") or {}).items():
-            self.send_header(key, value)
-        for key, values in (result.get("multiValueHeaders") or {}).items():
-            for value in values:
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            self.send_error(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {self.timeout} s")
+            return
+        if len(raw) < length:  # the client closed before sending the body it announced
+            self.close_connection = True
+            return
+        event = proxy_event(self.command, self.path, raw.decode("utf-8", errors="replace") if raw else None,
+                            dict(self.headers.items()), source_ip=self.client_address[0])
+        try:
+            result = type(self).lambda_handler(event, LambdaContext())
+        except Exception:  # the handler answers every error itself; this is the last line of defence
+            traceback.print_exc()
+            self._send_json(500, {"error": INTERNAL_ERROR_BODY, "request_id": None}, close=True)
+            return
+        headers = list((result.get("headers") or {}).items())
+        headers += [(k, v) for k, values in (result.get("multiValueHeaders") or {}).items() for v in values]
+        self._send(int(result.get("statusCode", 500)), (result.get("body") or "").encode("utf-8"), headers)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+    def _content_length(self) -> int | None:
+        """The announced body length, or None after refusing a request whose framing cannot be trusted."""
+        if "Transfer-Encoding" in self.headers:
+            self.send_error(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length (no chunked bodies)")
+            return None
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            return 0
+        text = values.pop()
+        if values or not _DIGITS.fullmatch(text):
+            self.send_error(HTTPStatus.BAD_REQUEST, "Content-Length must be one non-negative whole number")
+            return None
+        if len(text) > len(str(MAX_LOCAL_BODY)) or int(text) > MAX_LOCAL_BODY:
+            self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body may be at most {MAX_LOCAL_BODY} bytes")
+            return None
+        return int(text)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The server's own refusals (bad request line, too many headers, bad framing) in the API's error shape."""
+        status = HTTPStatus(code)
+        text = clip(f"{message or status.phrase}" + (f": {explain}" if explain else ""), ECHO_LIMIT * 4)
+        error = {"code": _SERVER_ERROR_CODES.get(code, status.phrase.lower().replace(" ", "_")), "message": text}
+        self._send_json(code, {"error": error, "request_id": None}, close=True)
+
+    def _send_json(self, status: int, body: dict[str, Any], close: bool = False) -> None:
+        if close:
+            self.close_connection = True
+        headers = [("Content-Type", "application/json")] + ([("Connection", "close")] if close else [])
+        self._send(status, json.dumps(body).encode("utf-8"), headers)
+
+    def _send(self, status: int, payload: bytes, headers: list[tuple[str, str]]) -> None:
+        try:
+            self.send_response(status)
+            for key, value in headers:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client left; nobody is there to answer
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.quiet:
@@ -71,10 +145,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 
 def make_server(lambda_handler: Any, host: str = "127.0.0.1", port: int = 8080,
-                quiet: bool = False) -> ThreadingHTTPServer:
+                quiet: bool = False) -> LocalApiServer:
     handler_class = type("LocalApiHandler", (_RequestHandler,), {"lambda_handler": staticmethod(lambda_handler),
                                                                  "quiet": quiet})
-    return ThreadingHTTPServer((host, port), handler_class)
+    return LocalApiServer((host, port), handler_class)
 
 
 def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
