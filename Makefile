@@ -7,10 +7,13 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 .PHONY: demo test test-fast layer synth bench lint clean
 
-$(VENV)/.installed: pyproject.toml
+# Serving code runs the Lambda layers' exact versions everywhere: their pinned lists constrain the venv.
+SERVING_PINS := layers/runtime/requirements.txt layers/parquet/requirements.txt
+
+$(VENV)/.installed: pyproject.toml $(SERVING_PINS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" $(addprefix -c ,$(SERVING_PINS))
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

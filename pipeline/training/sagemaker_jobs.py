@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 XGBOOST_VERSION = "3.0-5"
 SKLEARN_VERSION = "1.4-2"
 STEPS = ("validate", "teacher", "distil", "export")
-JOB_REQUIREMENTS = ["scikit-learn==1.9.1", "skl2onnx==1.20.0", "onnx==1.23.2", "onnxruntime==1.31.1",
-                    "pandas>=2.0", "pyarrow>=14", "joblib>=1.3", "pydantic>=2.7,<3", "xgboost>=2.0"]
+# onnxruntime, numpy, pydantic and pyarrow exactly as the Lambda layers pin them (layers/*/requirements.txt):
+# parity is measured, and the manifest written, with what serves (tests/unit/test_serving_pins.py).
+JOB_REQUIREMENTS = ["scikit-learn==1.9.1", "skl2onnx==1.20.0", "onnx==1.23.2", "onnxruntime==1.31.1", "numpy==2.4.6",
+                    "pandas>=2.0", "pyarrow==26.0.1", "joblib>=1.3", "pydantic==2.14.3", "xgboost>=2.0"]
 
 
 @dataclass(frozen=True)
