@@ -23,7 +23,9 @@ EPHEMERAL_MIN_MIB, EPHEMERAL_MAX_MIB = 512, 10_240  # what Lambda allows for /tm
 
 
 class Settings(BaseModel):
-    """Base of every function's settings: parse from and render to environment variables."""
+    """Base of every function's settings: parse from and render to environment variables.
+
+    An optional field defaults to None, so that leaving it out of the environment means None."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -81,7 +83,7 @@ class BatchSettings(ModelSettings):
 
     max_rows: int = Field(default=1_000_000, gt=0)
     chunk_rows: int = Field(default=5000, gt=0, le=100_000)
-    max_file_bytes: int | None = Field(default=5 * 1024**3, gt=0)
+    max_file_bytes: int = Field(default=5 * 1024**3, gt=0)
     distributed_threshold_bytes: int = Field(default=256 * MIB, gt=0)
     state_machine_arn: str | None = None
     ephemeral_storage_mib: int | None = Field(default=None, ge=EPHEMERAL_MIN_MIB, le=EPHEMERAL_MAX_MIB,
@@ -93,7 +95,7 @@ class BatchSettings(ModelSettings):
         """The /tmp size, in MiB, the function is deployed with."""
         if self.ephemeral_storage_mib is not None:
             return self.ephemeral_storage_mib
-        needed = math.ceil((self.max_file_bytes or 0) / MIB) + 256  # one spooled file plus headroom
+        needed = math.ceil(self.max_file_bytes / MIB) + 256  # one spooled file plus headroom
         return min(EPHEMERAL_MAX_MIB, max(EPHEMERAL_MIN_MIB, needed))
 
 
