@@ -55,9 +55,11 @@ synth: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.js
 bench: $(VENV)/.installed
 	$(PY) benchmarks/serving.py
 
+## lint: ruff, mypy, and the import contracts in .importlinter (a Lambda package imports only itself and functions.common)
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy functions pipeline
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf cdk.out layers/build demo-output .pytest_cache

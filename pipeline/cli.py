@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from functions.common.errors import SlimserveError
+from functions.common.errors import ConfigurationError, SlimserveError
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -167,7 +167,7 @@ def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     table = args.table or os.environ.get("SLIMSERVE_REGISTRY_TABLE")
     if not table:
-        raise SystemExit("error: name the registry table with --table or SLIMSERVE_REGISTRY_TABLE")
+        raise ConfigurationError("name the registry table with --table or SLIMSERVE_REGISTRY_TABLE")
     return Registry(boto3.client("dynamodb", endpoint_url=args.endpoint_url), table)
 
 

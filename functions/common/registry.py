@@ -83,7 +83,8 @@ class Registry:
         return entry
 
     def get(self, model: str, version: str) -> ModelEntry:
-        item = self.client.get_item(TableName=self.table, Key=_key(model, version), ConsistentRead=True).get("Item")
+        with aws.translated(f"registry table {self.table}"):
+            item = self.client.get_item(TableName=self.table, Key=_key(model, version), ConsistentRead=True).get("Item")
         if not item:
             raise UnknownVersion(f"no version {version!r} of model {model!r} in the registry")
         return ModelEntry.from_item(item)
@@ -96,14 +97,16 @@ class Registry:
             pages = self.client.get_paginator("query").paginate(
                 TableName=self.table, KeyConditionExpression="#m = :m", ExpressionAttributeNames={"#m": "model"},
                 ExpressionAttributeValues={":m": {"S": model}})
-        for page in pages:
-            entries.extend(ModelEntry.from_item(i) for i in page.get("Items", []) if i["version"]["S"] !=
-                           CHAMPION_POINTER)
+        with aws.translated(f"registry table {self.table}"):
+            for page in pages:
+                entries.extend(ModelEntry.from_item(i) for i in page.get("Items", [])
+                               if i["version"]["S"] != CHAMPION_POINTER)
         return sorted(entries, key=lambda e: (e.model, e.created_at, e.version))
 
     def champion(self, model: str) -> ModelEntry | None:
-        pointer = self.client.get_item(TableName=self.table, Key=_key(model, CHAMPION_POINTER),
-                                       ConsistentRead=True).get("Item")
+        with aws.translated(f"registry table {self.table}"):
+            pointer = self.client.get_item(TableName=self.table, Key=_key(model, CHAMPION_POINTER),
+                                           ConsistentRead=True).get("Item")
         return self.get(model, pointer["champion_version"]["S"]) if pointer else None
 
     def record_verdict(self, entry: ModelEntry, verdict: dict[str, Any]) -> ModelEntry:

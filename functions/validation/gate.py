@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..common import metrics as m
 from ..common.bundle import Model
-from ..common.errors import InvalidInput
+from ..common.errors import InvalidInput, SlimserveError
 from ..common.manifest import Feature, Manifest
 from ..common.tabular import FileFormat, WholeFileRejected, open_records
 
@@ -44,9 +44,14 @@ class Holdout:
     slices: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class GateRefusal(Exception):
+class GateRefusal(SlimserveError):
+    """The candidate is refused before every check could run; ``reason`` is the report's code."""
+
+    status = 422
+    code = "gate_refused"
+
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
+        super().__init__(detail, code=reason)
         self.reason, self.detail = reason, detail
 
 
