@@ -8,6 +8,9 @@ from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from .buckets import AccessLogs, secure_bucket
+from .checks import check_range
+
 
 @dataclass(frozen=True)
 class ModelStoreProps:
@@ -17,9 +20,7 @@ class ModelStoreProps:
     """Bundles are the audit trail of what served which prediction: keep them when the stack goes."""
 
     def validate(self) -> None:
-        if self.access_log_expiration_days < 1:
-            raise ValueError(
-                f"ModelStoreProps.access_log_expiration_days must be >= 1, got {self.access_log_expiration_days}")
+        check_range("ModelStoreProps", "access_log_expiration_days", self.access_log_expiration_days, 1)
 
 
 class ModelStore(Construct):
@@ -33,31 +34,16 @@ class ModelStore(Construct):
         self.bucket = self._model_bucket()
 
     def _access_log_bucket(self) -> s3.Bucket:
-        # S3 server access logging cannot deliver to an SSE-KMS bucket, hence S3-managed keys here.
-        bucket = s3.Bucket(
-            self, "AccessLogBucket",
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            enforce_ssl=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            removal_policy=self.props.removal_policy,
+        return secure_bucket(
+            self, "AccessLogBucket", removal_policy=self.props.removal_policy, access_logs=None, versioned=False,
             lifecycle_rules=[s3.LifecycleRule(
                 id="expire-access-logs",
                 expiration=Duration.days(self.props.access_log_expiration_days),
                 abort_incomplete_multipart_upload_after=Duration.days(7),
             )],
         )
-        return bucket
 
     def _model_bucket(self) -> s3.Bucket:
-        return s3.Bucket(
-            self, "ModelBucket",
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            enforce_ssl=True,
-            versioned=True,  # a bundle overwritten by mistake can be recovered; sha256s pin the rest
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            removal_policy=self.props.removal_policy,
-            server_access_logs_bucket=self.access_log_bucket,
-            server_access_logs_prefix="model-bucket/",
-        )
+        # Versioned: a bundle overwritten by mistake can be recovered; sha256s pin the rest.
+        return secure_bucket(self, "ModelBucket", removal_policy=self.props.removal_policy,
+                             access_logs=AccessLogs(self.access_log_bucket, "model-bucket/"))

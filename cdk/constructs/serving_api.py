@@ -4,46 +4,35 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from aws_cdk import CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack
+from aws_cdk import CfnOutput, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from functions.common.settings import InferenceSettings
+
+from .checks import check_key_prefix, check_range, check_sha256
+from .function import FunctionProps, SlimserveFunction
 from .nag import ack
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_LAYER_DIR = REPO_ROOT / "layers" / "build" / "runtime"
 HANDLER = "functions.inference.handler.lambda_handler"
-SERVICE_NAME = "slimserve-inference"
-METRICS_NAMESPACE = "Slimserve"
-
-# gitignore semantics (IgnoreMode.GIT): drop everything at the top, then re-admit the `functions/`
-# tree but only its directories and `.py` files, so tests, .venv, cdk.out, caches never ship.
-FUNCTION_CODE_EXCLUDES = [
-    "/*",
-    "!/functions/",
-    "/functions/**",
-    "!/functions/**/",
-    "!/functions/**/*.py",
-    "__pycache__/",
-]
 
 # Lambda rejects synchronous request payloads above 6 MB, so a larger body limit could never apply.
 LAMBDA_SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 # A REST API integration times out at 29 s by default: a longer function would answer nobody.
 APIGW_INTEGRATION_TIMEOUT_SECONDS = 29
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9_]{1,128}$")
+_OWNER = "ServingApiProps"
 
 
 @dataclass(frozen=True)
 class ServingApiProps:
     model_bucket: s3.IBucket
+    layer: lambda_.ILayerVersion
+    """The runtime layer (onnxruntime, numpy, Powertools), made by the stack's `Layers`."""
     model_prefix: str
     """Key prefix of one model bundle, e.g. "models/churn/3/"; the function may read nothing else."""
     model_manifest_sha256: str | None = None
@@ -59,63 +48,30 @@ class ServingApiProps:
     max_body_bytes: int = 5 * 1024 * 1024
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
     stage_name: str = "v1"
-    layer_dir: Path = DEFAULT_LAYER_DIR
-    """Prebuilt layer folder holding `python/...` (written by `make layer`; synth never bundles)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad prop, before any resource is created."""
-        _validate_prefix(self.model_prefix)
-        if self.model_manifest_sha256 is not None and not _SHA256.match(self.model_manifest_sha256):
-            raise ValueError("ServingApiProps.model_manifest_sha256 must be 64 hex characters (a sha256 digest)")
-        _check_range("memory_size", self.memory_size, 128, 10_240)
-        _check_range("reserved_concurrency", self.reserved_concurrency, 1, None,
-                     hint="0 would throttle every request")
-        _check_range("timeout_seconds", self.timeout_seconds, 1, APIGW_INTEGRATION_TIMEOUT_SECONDS,
-                     hint="API Gateway gives up on the integration after 29 s")
-        _check_range("max_rows", self.max_rows, 1, None)
-        _check_range("max_body_bytes", self.max_body_bytes, 1, LAMBDA_SYNC_PAYLOAD_LIMIT,
-                     hint="Lambda rejects synchronous payloads above 6 MiB")
+        check_key_prefix(_OWNER, "model_prefix", self.model_prefix)
+        check_sha256(_OWNER, "model_manifest_sha256", self.model_manifest_sha256)
+        check_range(_OWNER, "memory_size", self.memory_size, 128, 10_240)
+        check_range(_OWNER, "reserved_concurrency", self.reserved_concurrency, 1, None,
+                    hint="0 would throttle every request")
+        check_range(_OWNER, "timeout_seconds", self.timeout_seconds, 1, APIGW_INTEGRATION_TIMEOUT_SECONDS,
+                    hint="API Gateway gives up on the integration after 29 s")
+        check_range(_OWNER, "max_rows", self.max_rows, 1, None)
+        check_range(_OWNER, "max_body_bytes", self.max_body_bytes, 1, LAMBDA_SYNC_PAYLOAD_LIMIT,
+                    hint="Lambda rejects synchronous payloads above 6 MiB")
         self._validate_throttle()
         if not _STAGE_NAME.match(self.stage_name):
             raise ValueError(f"ServingApiProps.stage_name must match {_STAGE_NAME.pattern}, got {self.stage_name!r}")
 
     def _validate_throttle(self) -> None:
-        if self.throttle_rate_limit <= 0:
+        if self.throttle_rate_limit <= 0:  # a float: > 0, which a range check cannot say
             raise ValueError(f"ServingApiProps.throttle_rate_limit must be > 0, got {self.throttle_rate_limit}")
         if self.throttle_burst_limit < self.throttle_rate_limit:
             raise ValueError(
                 f"ServingApiProps.throttle_burst_limit ({self.throttle_burst_limit}) must be >= "
                 f"throttle_rate_limit ({self.throttle_rate_limit}): the bucket must hold one second of traffic")
-
-    def layer_asset_dir(self) -> Path:
-        """The layer folder, or a FileNotFoundError that says how to build it."""
-        layer_dir = Path(self.layer_dir)
-        if not (layer_dir / "python").is_dir():
-            raise FileNotFoundError(
-                f"Lambda layer not built: {layer_dir / 'python'} does not exist. Run `make layer` first "
-                "(or pass layer_dir / `-c slimserve:layerDir=...` pointing at a folder holding python/).")
-        return layer_dir
-
-
-def function_code(root: Path) -> lambda_.Code:
-    """The `functions/` package under `root`, .py files only, at its import path (no bundling)."""
-    return lambda_.Code.from_asset(str(root), exclude=FUNCTION_CODE_EXCLUDES, ignore_mode=IgnoreMode.GIT)
-
-
-def _validate_prefix(prefix: str) -> None:
-    if not prefix or not prefix.endswith("/") or prefix.startswith("/"):
-        raise ValueError(
-            f"ServingApiProps.model_prefix must be a relative key prefix ending with '/', "
-            f"e.g. 'models/churn/3/', got {prefix!r}")
-    if "*" in prefix or "//" in prefix:
-        raise ValueError(f"ServingApiProps.model_prefix must not contain '*' or '//', got {prefix!r}")
-
-
-def _check_range(name: str, value: float, low: float, high: float | None, hint: str = "") -> None:
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-        why = f" ({hint})" if hint else ""
-        raise ValueError(f"ServingApiProps.{name} must be {bounds}, got {value}{why}")
 
 
 class ServingApi(Construct):
@@ -125,9 +81,8 @@ class ServingApi(Construct):
         super().__init__(scope, construct_id)
         props.validate()
         self.props = props
-        self.layer = self._layer(props.layer_asset_dir())
-        self.log_group = self._log_group("FunctionLogs")
         self.function = self._function()
+        self.log_group = self.function.execution_log_group
         self.alias = lambda_.Alias(self, "LiveAlias", alias_name="live", version=self.function.current_version)
         self.api = self._rest_api()
         self._add_routes()
@@ -139,62 +94,33 @@ class ServingApi(Construct):
 
     # --- function ---------------------------------------------------------------------------------
 
-    def _layer(self, layer_dir: Path) -> lambda_.LayerVersion:
-        return lambda_.LayerVersion(
-            self, "RuntimeLayer",
-            code=lambda_.Code.from_asset(str(layer_dir)),  # prebuilt folder: no bundling, no Docker
-            compatible_runtimes=[lambda_.Runtime.PYTHON_3_12],
-            compatible_architectures=[self.props.architecture],
-            description="slimserve runtime dependencies (prebuilt by `make layer`)",
-        )
-
-    def _log_group(self, construct_id: str) -> logs.LogGroup:
-        return logs.LogGroup(self, construct_id, retention=self.props.log_retention,
-                             removal_policy=RemovalPolicy.RETAIN)
-
-    def _function(self) -> lambda_.Function:
-        fn = lambda_.Function(
-            self, "InferenceFunction",
-            runtime=lambda_.Runtime.PYTHON_3_12,
-            architecture=self.props.architecture,
+    def _function(self) -> SlimserveFunction:
+        props = self.props
+        fn = SlimserveFunction(self, "InferenceFunction", FunctionProps(
             handler=HANDLER,
-            code=function_code(REPO_ROOT),
-            layers=[self.layer],
-            role=self._execution_role(),
-            memory_size=self.props.memory_size,
-            timeout=Duration.seconds(self.props.timeout_seconds),
-            reserved_concurrent_executions=self.props.reserved_concurrency,
-            tracing=lambda_.Tracing.ACTIVE,
-            log_group=self.log_group,
-            environment=self._environment(),
             description="slimserve inference: ONNX model via onnxruntime",
-        )
-        self.props.model_bucket.grant_read(fn, f"{self.props.model_prefix}*")
+            settings=InferenceSettings(
+                model_uri=f"s3://{props.model_bucket.bucket_name}/{props.model_prefix}",
+                model_manifest_sha256=props.model_manifest_sha256,
+                max_rows=props.max_rows,
+                max_body_bytes=props.max_body_bytes,
+            ),
+            layers=[props.layer],
+            memory_size=props.memory_size,
+            timeout_seconds=props.timeout_seconds,
+            reserved_concurrency=props.reserved_concurrency,
+            log_retention=props.log_retention,
+            architecture=props.architecture,
+            log_group_id="FunctionLogs",  # the id it was first deployed with
+        ))
+        fn.grant_read_objects(props.model_bucket, {f"{props.model_prefix}*": "one bundle prefix only"})
         return fn
-
-    def _execution_role(self) -> iam.Role:
-        # Own role instead of AWSLambdaBasicExecutionRole: logs may go to this function's group only.
-        role = iam.Role(self, "InferenceRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-                        description="slimserve inference function: own log group, model prefix read-only")
-        self.log_group.grant_write(role)
-        return role
-
-    def _environment(self) -> dict[str, str]:
-        env = {
-            "MODEL_URI": f"s3://{self.props.model_bucket.bucket_name}/{self.props.model_prefix}",
-            "MAX_ROWS": str(self.props.max_rows),
-            "MAX_BODY_BYTES": str(self.props.max_body_bytes),
-            "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
-            "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-        }
-        if self.props.model_manifest_sha256:
-            env["MODEL_MANIFEST_SHA256"] = self.props.model_manifest_sha256
-        return env
 
     # --- API --------------------------------------------------------------------------------------
 
     def _rest_api(self) -> apigw.RestApi:
-        access_logs = self._log_group("AccessLogs")
+        access_logs = logs.LogGroup(self, "AccessLogs", retention=self.props.log_retention,
+                                    removal_policy=RemovalPolicy.RETAIN)
         api = apigw.RestApi(
             self, "RestApi",
             description="slimserve inference API",
@@ -272,28 +198,13 @@ class ServingApi(Construct):
 
     def _acknowledge_nag_findings(self) -> None:
         """Each finding acknowledged on the narrowest construct, reason on the same line."""
-        role, fn, api = self.function.role, self.function, self.api
+        api = self.api
         cw_role = api.node.find_child("CloudWatchRole")
         cw_policy = "arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
-        ack(fn, "AwsSolutions-L1", "python3.12 is the runtime the product and its onnxruntime layer are built for")
-        ack(role, "AwsSolutions-IAM5[Resource::*]", "X-Ray trace writes take no resource scope")
-        ack(role, "AwsSolutions-IAM5[Action::s3:GetObject*]", "grant_read: read-only, model prefix only")
-        ack(role, "AwsSolutions-IAM5[Action::s3:GetBucket*]", "grant_read: read-only, model bucket only")
-        ack(role, "AwsSolutions-IAM5[Action::s3:List*]", "grant_read: lists the model bucket only")
-        if (bucket := self._bucket_token()) is not None:
-            ack(role, f"AwsSolutions-IAM5[Resource::{bucket}/{self.props.model_prefix}*]", "one bundle prefix only")
         ack(cw_role, f"AwsSolutions-IAM4[Policy::{cw_policy}]", "API Gateway's account-wide log role")
         ack(api.deployment_stage, "AwsSolutions-APIG3", "IAM-signed and throttled; WAF is an account-level add-on")
         for method in api.methods:
             ack(method, "AwsSolutions-COG4", "callers authenticate with IAM (SigV4), not Cognito user pools")
-
-    def _bucket_token(self) -> str | None:
-        """The bucket ARN as cdk-nag prints it (`<LogicalId.Arn>`); None for an imported bucket,
-        whose finding nag then reports with the exact id to acknowledge."""
-        cfn_bucket = self.props.model_bucket.node.default_child
-        if not isinstance(cfn_bucket, s3.CfnBucket):
-            return None
-        return f"<{Stack.of(cfn_bucket).resolve(cfn_bucket.logical_id)}.Arn>"
 
 
 def _add_error_responses(api: apigw.RestApi) -> None:

@@ -12,11 +12,14 @@ from constructs import Construct
 
 def logged_state_machine(scope: Construct, construct_id: str, chain: sfn.IChainable, *,
                          log_retention: logs.RetentionDays, timeout_hours: int, role_description: str,
-                         comment: str) -> sfn.StateMachine:
-    log_group = logs.LogGroup(scope, "StateMachineLogs", retention=log_retention,
+                         comment: str, log_group_id: str | None = None, role_id: str | None = None,
+                         ) -> sfn.StateMachine:
+    """The log group and role are `<construct_id>Logs` and `<construct_id>Role` beside the machine, so
+    two machines can share a scope; `log_group_id`/`role_id` keep the ids of an already deployed one."""
+    log_group = logs.LogGroup(scope, log_group_id or f"{construct_id}Logs", retention=log_retention,
                               removal_policy=RemovalPolicy.RETAIN)
-    role = iam.Role(scope, "StateMachineRole", assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
-                    description=role_description)
+    role = iam.Role(scope, role_id or f"{construct_id}Role",
+                    assumed_by=iam.ServicePrincipal("states.amazonaws.com"), description=role_description)
     return sfn.StateMachine(
         scope, construct_id,
         definition_body=sfn.DefinitionBody.from_chainable(chain),

@@ -30,7 +30,6 @@ from functools import cache
 from typing import Any, Literal
 
 from aws_cdk import ArnFormat, Aws, CfnMapping, CfnOutput, Duration, Fn, RemovalPolicy, Size, Stack, Token
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -39,13 +38,15 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from functions.common.layout import RUNS_PREFIX
 from pipeline.training.sagemaker_jobs import SKLEARN_VERSION, STEPS, XGBOOST_VERSION, SageMakerPlan
 
+from .buckets import AccessLogs, abort_incomplete_uploads, secure_bucket
+from .monitoring import Monitoring
 from .nag import ack, arn_token
 from .state_machines import logged_state_machine
 
-RUNS_PREFIX = "runs/"
-"""Job outputs and source bundles: `runs/<run_id>/...` in the artifacts bucket (the CLI's `--out` layout)."""
+# Job outputs and source bundles: `runs/<run_id>/...` in the artifacts bucket (the CLI's `--out` layout).
 SAGEMAKER_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 """Where SageMaker writes every training job's logs (one group per account and region, made by SageMaker)."""
 SAGEMAKER_METRICS_NAMESPACE = "/aws/sagemaker/TrainingJobs"
@@ -141,6 +142,7 @@ class TrainingSettings:
 class TrainingProps:
     access_log_bucket: s3.IBucket
     """Where both buckets' server access logs go (the model store's log bucket)."""
+    monitoring: Monitoring
     settings: TrainingSettings = field(default_factory=TrainingSettings)
 
     def validate(self) -> None:
@@ -174,12 +176,8 @@ class Training(Construct):
         self.role = self._sagemaker_role()
         self.plan = self._plan()
         self.state_machine = self._state_machine()
-        self.runs_failed_alarm = self.state_machine.metric_failed(
-            period=Duration.minutes(5), statistic=cloudwatch.Stats.SUM).create_alarm(
-            self, "RunsFailedAlarm", threshold=0, evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description="A training run (validate, teacher, distil, export) failed")
+        self.runs_failed_alarm = props.monitoring.runs_failed(
+            self, "RunsFailedAlarm", self.state_machine, "A training run (validate, teacher, distil, export) failed")
         self._acknowledge_nag_findings()
         CfnOutput(self, "DataBucketName", value=self.data_bucket.bucket_name,
                   description="Training data: <prefix>/train/, <prefix>/validation/, <prefix>/holdout/")
@@ -194,21 +192,10 @@ class Training(Construct):
     # --- storage ----------------------------------------------------------------------------------
 
     def _bucket(self, construct_id: str, log_prefix: str) -> s3.Bucket:
-        return s3.Bucket(
-            self, construct_id,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            encryption=s3.BucketEncryption.S3_MANAGED,  # SageMaker reads and writes it with no KMS grants
-            enforce_ssl=True,
-            versioned=True,  # a data set or artifact overwritten by mistake stays recoverable
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            removal_policy=self.settings.removal_policy,
-            server_access_logs_bucket=self.props.access_log_bucket,
-            server_access_logs_prefix=log_prefix,
-            lifecycle_rules=[s3.LifecycleRule(
-                id="abort-incomplete-multipart-uploads",
-                abort_incomplete_multipart_upload_after=Duration.days(1),
-            )],
-        )
+        # Versioned: a data set or artifact overwritten by mistake stays recoverable.
+        return secure_bucket(self, construct_id, removal_policy=self.settings.removal_policy,
+                             access_logs=AccessLogs(self.props.access_log_bucket, log_prefix),
+                             lifecycle_rules=[abort_incomplete_uploads()])
 
     # --- the jobs' role ---------------------------------------------------------------------------
 
@@ -357,6 +344,7 @@ class Training(Construct):
     def _state_machine(self) -> sfn.StateMachine:
         return logged_state_machine(
             self, "Pipeline", self.guarded_chain(self), log_retention=self.settings.log_retention,
+            log_group_id="StateMachineLogs", role_id="StateMachineRole",  # the ids it was first deployed with
             timeout_hours=self.settings.run_timeout_hours,
             role_description="slimserve training state machine: starts the four jobs, passes the job role",
             comment="slimserve training: validate data, teacher (GPU), distil student, export the ONNX bundle")

@@ -8,16 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import Aspects, Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from ..constructs.batch_scoring import (
-    DEFAULT_PARQUET_LAYER_DIR,
-    BatchScoring,
-    BatchScoringProps,
-    BatchScoringSettings,
-)
+from ..constructs.batch_scoring import BatchScoring, BatchScoringProps, BatchScoringSettings
+from ..constructs.guardrails import FunctionGuardrails
+from ..constructs.layers import DEFAULT_PARQUET_LAYER_DIR, DEFAULT_RUNTIME_LAYER_DIR, Layers, LayersProps
 from ..constructs.model_registry import (
     ModelRegistry,
     ModelRegistryProps,
@@ -26,7 +23,8 @@ from ..constructs.model_registry import (
     ValidationGateSettings,
 )
 from ..constructs.model_store import ModelStore, ModelStoreProps
-from ..constructs.serving_api import DEFAULT_LAYER_DIR, ServingApi, ServingApiProps
+from ..constructs.monitoring import Monitoring
+from ..constructs.serving_api import ServingApi, ServingApiProps
 from ..constructs.training import Training, TrainingProps, TrainingSettings
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -41,7 +39,7 @@ class ServingStackProps:
     model_manifest_sha256: str | None = None
     api_key_required: bool = False
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
-    layer_dir: Path = DEFAULT_LAYER_DIR
+    layer_dir: Path = DEFAULT_RUNTIME_LAYER_DIR
     parquet_layer_dir: Path = DEFAULT_PARQUET_LAYER_DIR
     """The parquet (pyarrow) layer of the batch functions; read only when batch scoring is on."""
     model_store: ModelStoreProps = field(default_factory=ModelStoreProps)
@@ -64,27 +62,37 @@ class ServingStackProps:
 class ServingStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, props: ServingStackProps, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        # Every Lambda function of the stack is traced, has reserved concurrency and retained logs, or synth stops.
+        Aspects.of(self).add(FunctionGuardrails())
+        # One set of layers: the gate and the batch functions load bundles exactly as inference does.
+        self.layers = Layers(self, "Layers", LayersProps(
+            architecture=props.architecture,
+            runtime_dir=props.layer_dir,
+            parquet_dir=props.parquet_layer_dir if props.batch is not None else None,
+        ))
+        self.monitoring = Monitoring(self, "Monitoring")
         self.model_store = ModelStore(self, "ModelStore", props.model_store)
         self.serving = ServingApi(self, "Serving", ServingApiProps(
             model_bucket=self.model_store.bucket,
+            layer=self.layers.runtime,
             model_prefix=props.resolved_prefix(),
             model_manifest_sha256=props.model_manifest_sha256,
             api_key_required=props.api_key_required,
             architecture=props.architecture,
-            layer_dir=props.layer_dir,
         ))
         self.registry = ModelRegistry(self, "Registry", props.registry)
-        # Same layer as serving: the gate loads bundles exactly as the inference function will.
         self.validation = ValidationGate(self, "Validation", ValidationGateProps(
             model_bucket=self.model_store.bucket,
             table=self.registry.table,
-            layer=self.serving.layer,
+            layer=self.layers.runtime,
+            monitoring=self.monitoring,
             architecture=props.architecture,
             settings=props.validation,
         ))
         # Its buckets log to the model store's access-log bucket, like every other bucket of the stack.
         self.training = Training(self, "Training", TrainingProps(
             access_log_bucket=self.model_store.access_log_bucket,
+            monitoring=self.monitoring,
             settings=props.training,
         ))
         self.batch: BatchScoring | None = None
@@ -94,9 +102,10 @@ class ServingStack(Stack):
                 model_bucket=self.model_store.bucket,
                 model_prefix=props.resolved_prefix(),
                 model_manifest_sha256=props.model_manifest_sha256,
-                layer=self.serving.layer,
+                layer=self.layers.runtime,
+                parquet_layer=self.layers.require_parquet(),
                 access_log_bucket=self.model_store.access_log_bucket,
+                monitoring=self.monitoring,
                 architecture=props.architecture,
-                parquet_layer_dir=props.parquet_layer_dir,
                 settings=props.batch,
             ))

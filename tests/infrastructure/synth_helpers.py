@@ -58,6 +58,38 @@ class Synth:
         return acks
 
 
+def as_list(value: Any) -> list[Any]:
+    """An IAM Action or Resource, which CloudFormation takes as one value or a list."""
+    return value if isinstance(value, list) else [value]
+
+
+def role_statements(synth: Synth, role_id: str) -> list[dict[str, Any]]:
+    """Every statement of every policy attached to the role with this logical id."""
+    policies = [p for p in synth.resources("AWS::IAM::Policy").values()
+                if {"Ref": role_id} in p["Properties"]["Roles"]]
+    return [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def violations(synth: Synth) -> list[str]:
+    """cdk-nag's findings of one synth, one line each (severity, rule, construct paths)."""
+    return [f"{v['severity']} {v['ruleName']} at {[c['constructPath'] for c in v['violatingConstructs']]}"
+            for report in synth.validation_report()["pluginReports"] for v in report["violations"]]
+
+
+def function_by_handler(synth: Synth, handler: str) -> tuple[str, dict[str, Any]]:
+    """The one function with this handler: (logical id, properties)."""
+    found = [(k, v["Properties"]) for k, v in synth.resources("AWS::Lambda::Function").items()
+             if v["Properties"].get("Handler") == handler]
+    assert len(found) == 1, f"expected one function with handler {handler}, found {[k for k, _ in found]}"
+    return found[0]
+
+
+def model_bucket_id(synth: Synth) -> str:
+    """The bucket the inference function's MODEL_URI names (s3://<bucket>/<prefix>)."""
+    _, fn = function_by_handler(synth, "functions.inference.handler.lambda_handler")
+    return fn["Environment"]["Variables"]["MODEL_URI"]["Fn::Join"][1][1]["Ref"]
+
+
 def synthesize(outdir: Path, layer_dir: Path, context: Mapping[str, Any] | None = None,
                parquet_layer_dir: Path | None = None) -> Synth:
     """Synthesize with cdk-nag attached. A nag failure is recorded, not raised, so that the

@@ -12,12 +12,14 @@ from aws_cdk import App, Stack
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from cfnlint.api import lint_all
-from synth_helpers import STACK_ID, Synth, build_app
+from synth_helpers import STACK_ID, Synth, build_app, violations
 from test_cdk_nag import EXPECTED_ACKNOWLEDGEMENTS as SERVING_ACKNOWLEDGEMENTS
 from test_cfn_lint import ALLOWED as ALLOWED_LINT_WARNINGS
 
 from cdk.app import load_cdk_json_context
 from cdk.constructs.batch_scoring import BatchScoring, BatchScoringProps, BatchScoringSettings
+from cdk.constructs.layers import Layers, LayersProps
+from cdk.constructs.monitoring import Monitoring
 from cdk.stacks.serving_stack import ServingStack, ServingStackProps
 
 BUCKET = "<BatchScoringBucket0B6940EF.Arn>"
@@ -32,11 +34,11 @@ BATCH_ACKNOWLEDGEMENTS = {
     "/Batch/ScoreFileFunction": {"AwsSolutions-L1"},
     "/Batch/ScoreChunkFunction": {"AwsSolutions-L1"},
     "/Batch/FinalizeFunction": {"AwsSolutions-L1"},
-    "/Batch/ScoreFileRole": GRANT_READ | XRAY_AND_PUT | {
+    "/Batch/ScoreFileFunctionRole": GRANT_READ | XRAY_AND_PUT | {
         f"AwsSolutions-IAM5[Resource::{BUCKET}/{prefix}*]" for prefix in ("incoming/", "scored/", "rejected/",
                                                                             "manifests/")},
-    "/Batch/ScoreChunkRole": GRANT_READ | XRAY_AND_PUT | {f"AwsSolutions-IAM5[Resource::{BUCKET}/runs/*]"},
-    "/Batch/FinalizeRole": GRANT_READ | XRAY_AND_PUT | {
+    "/Batch/ScoreChunkFunctionRole": GRANT_READ | XRAY_AND_PUT | {f"AwsSolutions-IAM5[Resource::{BUCKET}/runs/*]"},
+    "/Batch/FinalizeFunctionRole": GRANT_READ | XRAY_AND_PUT | {
         f"AwsSolutions-IAM5[Resource::{BUCKET}/runs/*]", f"AwsSolutions-IAM5[Resource::{BUCKET}/manifests/*]"},
     "/Batch/StateMachineRole": {
         "AwsSolutions-IAM5[Resource::*]",
@@ -56,15 +58,10 @@ BATCH_ACKNOWLEDGEMENTS = {
 
 # --- cdk-nag and cfn-lint ------------------------------------------------------------------------
 
-def _violations(synth: Synth) -> list[str]:
-    return [f"{v['severity']} {v['ruleName']} at {[c['constructPath'] for c in v['violatingConstructs']]}"
-            for report in synth.validation_report()["pluginReports"] for v in report["violations"]]
-
-
 @pytest.mark.slow
 def test_batch_variant_has_no_unacknowledged_nag_findings(batch_synth: Synth) -> None:
-    assert batch_synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(_violations(batch_synth))
-    assert _violations(batch_synth) == []
+    assert batch_synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(violations(batch_synth))
+    assert violations(batch_synth) == []
 
 
 @pytest.mark.slow
@@ -95,9 +92,10 @@ def layers(layer_dir: Path, parquet_layer_dir: Path) -> tuple[Path, Path]:
 def _build(layers: tuple[Path, Path], settings: BatchScoringSettings | None = None, **overrides: Any) -> BatchScoring:
     layer_dir, parquet_layer_dir = layers
     stack = Stack(App(), "BatchPropsTest")
-    layer = lambda_.LayerVersion(stack, "Layer", code=lambda_.Code.from_asset(str(layer_dir)))
-    props = BatchScoringProps(model_bucket=s3.Bucket(stack, "Models"), model_prefix="models/m/1/", layer=layer,
-                              access_log_bucket=s3.Bucket(stack, "Logs"), parquet_layer_dir=parquet_layer_dir,
+    built = Layers(stack, "Layers", LayersProps(runtime_dir=layer_dir, parquet_dir=parquet_layer_dir))
+    props = BatchScoringProps(model_bucket=s3.Bucket(stack, "Models"), model_prefix="models/m/1/",
+                              layer=built.runtime, parquet_layer=built.require_parquet(),
+                              access_log_bucket=s3.Bucket(stack, "Logs"), monitoring=Monitoring(stack, "Monitoring"),
                               settings=settings or BatchScoringSettings())
     return BatchScoring(stack, "Batch", dataclasses.replace(props, **overrides))
 
@@ -140,9 +138,9 @@ def test_bad_batch_props_raise_value_error(layers: tuple[Path, Path], overrides:
 def test_missing_parquet_layer_tells_how_to_build_it(layer_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"Lambda layer not built: .*python does not exist\. Run `make layer`"):
         _build((layer_dir, tmp_path / "no-parquet-layer"))
-    # A bad setting is still reported first: the layer is looked at after validation.
-    with pytest.raises(ValueError, match=r"chunk_rows"):
-        _build((layer_dir, tmp_path / "no-parquet-layer"), BatchScoringSettings(chunk_rows=0))
+    with pytest.raises(FileNotFoundError, match=r"slimserve:parquetLayerDir"):
+        build_app(layer_dir=layer_dir, context={"slimserve:batchScoring": "true",
+                                                "slimserve:parquetLayerDir": str(tmp_path / "no-parquet-layer")})
 
 
 def test_batch_functions_get_the_runtime_then_the_parquet_layer(layers: tuple[Path, Path]) -> None:
@@ -152,7 +150,7 @@ def test_batch_functions_get_the_runtime_then_the_parquet_layer(layers: tuple[Pa
         cfn = fn.node.default_child
         assert isinstance(cfn, lambda_.CfnFunction)
         assert stack.resolve(cfn.layers) == [stack.resolve(batch.props.layer.layer_version_arn),
-                                             stack.resolve(batch.parquet_layer.layer_version_arn)]
+                                             stack.resolve(batch.props.parquet_layer.layer_version_arn)]
 
 
 def test_visibility_timeout_is_derived_from_the_function_timeout(layers: tuple[Path, Path]) -> None:
@@ -169,8 +167,8 @@ def test_stack_settings_reach_the_construct(layer_dir: Path, parquet_layer_dir: 
                                                             batch=settings))
     assert stack.batch is not None and stack.batch.settings == settings
     assert stack.batch.props.model_prefix == "models/demo/1/"
-    assert stack.batch.props.layer is stack.serving.layer
-    assert stack.batch.props.parquet_layer_dir == parquet_layer_dir
+    assert stack.batch.props.layer is stack.layers.runtime is stack.serving.props.layer
+    assert stack.layers.props.parquet_dir == parquet_layer_dir
 
 
 def test_parquet_layer_dir_comes_from_context_and_is_not_needed_without_batch(layer_dir: Path,
@@ -180,7 +178,7 @@ def test_parquet_layer_dir_comes_from_context_and_is_not_needed_without_batch(la
                     context={"slimserve:batchScoring": "true", "slimserve:parquetLayerDir": str(parquet_layer_dir)})
     stack = app.node.find_child(STACK_ID)
     assert isinstance(stack, ServingStack) and stack.batch is not None
-    assert stack.batch.props.parquet_layer_dir == parquet_layer_dir
+    assert stack.layers.props.parquet_dir == parquet_layer_dir
     # Serving alone never reads the parquet layer folder.
     build_app(outdir=str(tmp_path / "b"), layer_dir=layer_dir, context={"slimserve:batchScoring": "false",
                                                                        "slimserve:parquetLayerDir": str(tmp_path)})

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from synth_helpers import MODEL_PREFIX, Synth
+from synth_helpers import MODEL_PREFIX, Synth, as_list, function_by_handler, model_bucket_id, role_statements
 
 from cdk.constructs.batch_scoring import (
     FINALIZE_HANDLER,
@@ -17,6 +17,7 @@ from cdk.constructs.batch_scoring import (
     MAP_STATE,
     SCORE_CHUNK_STATE,
 )
+from functions.common.settings import BatchSettings
 
 pytestmark = pytest.mark.slow  # the first test in a session pays for a full synth (~10 s)
 
@@ -27,34 +28,16 @@ PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "eu-west-1", "AWS::AccountId":
 READ_ACTIONS = ("s3:Get", "s3:List")
 # Logical-id prefix of the (always on) training construct: its versioned buckets and its own state machine
 # are not batch scoring's (test_training_template checks them).
-TRAINING = "Training"
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _function(synth: Synth, handler: str) -> tuple[str, dict[str, Any]]:
-    found = [(k, v["Properties"]) for k, v in synth.resources("AWS::Lambda::Function").items()
-             if v["Properties"].get("Handler") == handler]
-    assert len(found) == 1, f"expected one function with handler {handler}, found {[k for k, _ in found]}"
-    return found[0]
-
 
 def _role_id(function_props: dict[str, Any]) -> str:
     return function_props["Role"]["Fn::GetAtt"][0]
 
 
-def _statements(synth: Synth, role_id: str) -> list[dict[str, Any]]:
-    policies = [p for p in synth.resources("AWS::IAM::Policy").values()
-                if {"Ref": role_id} in p["Properties"]["Roles"]]
-    return [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
-
-
 def _s3_statements(synth: Synth, role_id: str) -> list[dict[str, Any]]:
-    return [s for s in _statements(synth, role_id) if any(a.startswith("s3:") for a in _as_list(s["Action"]))]
+    return [s for s in role_statements(synth, role_id) if any(a.startswith("s3:") for a in as_list(s["Action"]))]
 
 
 def _scoring_bucket_id(synth: Synth) -> str:
@@ -62,19 +45,10 @@ def _scoring_bucket_id(synth: Synth) -> str:
     return notifications["BucketName"]["Ref"]
 
 
-def _model_bucket_id(synth: Synth) -> str:
-    scoring = _scoring_bucket_id(synth)
-    versioned = [k for k, v in synth.resources("AWS::S3::Bucket").items()
-                 if v["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled" and k != scoring
-                 and not k.startswith(TRAINING)]
-    assert len(versioned) == 1, versioned
-    return versioned[0]
-
-
 def _state_machine(synth: Synth) -> tuple[str, dict[str, Any]]:
     """The batch state machine, as (logical id, resource); the stack also holds the training one."""
     found = [(k, v) for k, v in synth.resources("AWS::StepFunctions::StateMachine").items()
-             if not k.startswith(TRAINING)]
+             if k.startswith("Batch")]
     assert len(found) == 1, f"expected one batch state machine, found {[k for k, _ in found]}"
     return found[0]
 
@@ -92,9 +66,9 @@ def _s3_grants(synth: Synth, role_id: str, bucket_id: str, write: bool) -> set[s
     """Object key patterns of `bucket_id` on which the role may read (write=False) or write (write=True)."""
     patterns: set[str] = set()
     for statement in _s3_statements(synth, role_id):
-        actions = [a for a in _as_list(statement["Action"]) if a.startswith("s3:")]
+        actions = [a for a in as_list(statement["Action"]) if a.startswith("s3:")]
         if any(not a.startswith(READ_ACTIONS) for a in actions) == write:
-            patterns |= {p for r in _as_list(statement["Resource"]) if (p := _object_pattern(r, bucket_id))}
+            patterns |= {p for r in as_list(statement["Resource"]) if (p := _object_pattern(r, bucket_id))}
     return patterns
 
 
@@ -136,7 +110,7 @@ def _alarms_on(synth: Synth, metric_name: str) -> list[dict[str, Any]]:
 def test_batch_scoring_can_be_switched_off(default_synth: Synth) -> None:
     """With `slimserve:batchScoring=false` the stack is exactly the serving stack."""
     assert not default_synth.resources("AWS::SQS::Queue")
-    assert not [k for k in default_synth.resources("AWS::StepFunctions::StateMachine") if not k.startswith(TRAINING)]
+    assert not [k for k in default_synth.template["Resources"] if k.startswith("Batch")]
     assert not default_synth.resources("Custom::S3BucketNotifications")
 
 
@@ -154,7 +128,7 @@ def test_scoring_bucket_is_private_encrypted_versioned_retained_and_access_logge
     assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
     assert bucket["DeletionPolicy"] == "Retain"
     # The same access-log bucket as the model bucket, under its own prefix.
-    model_bucket = batch_synth.template["Resources"][_model_bucket_id(batch_synth)]
+    model_bucket = batch_synth.template["Resources"][model_bucket_id(batch_synth)]
     model_logging = model_bucket["Properties"]["LoggingConfiguration"]
     assert props["LoggingConfiguration"] == {"DestinationBucketName": model_logging["DestinationBucketName"],
                                              "LogFilePrefix": "scoring-bucket/"}
@@ -206,7 +180,7 @@ def test_only_the_scoring_bucket_may_send_to_the_queue(batch_synth: Synth) -> No
 
 def test_both_queues_are_encrypted_and_deny_requests_without_tls(batch_synth: Synth) -> None:
     queues = batch_synth.resources("AWS::SQS::Queue")
-    assert len(queues) == 2
+    assert {queue_id for queue_id, _ in _queues(batch_synth)} <= set(queues)
     for logical_id, queue in queues.items():
         props = queue["Properties"]
         assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props, logical_id
@@ -221,7 +195,7 @@ def test_both_queues_are_encrypted_and_deny_requests_without_tls(batch_synth: Sy
 
 def test_visibility_timeout_is_six_times_the_function_timeout(batch_synth: Synth) -> None:
     (_, incoming), _ = _queues(batch_synth)
-    _, fn = _function(batch_synth, HANDLER)
+    _, fn = function_by_handler(batch_synth, HANDLER)
     assert fn["Timeout"] == 900
     assert incoming["VisibilityTimeout"] == 6 * fn["Timeout"]
 
@@ -244,7 +218,7 @@ def test_a_message_in_the_dlq_raises_an_alarm(batch_synth: Synth) -> None:
 
 def test_batch_function_consumes_the_queue_with_partial_batch_responses(batch_synth: Synth) -> None:
     (incoming_id, _), _ = _queues(batch_synth)
-    fn_id, fn = _function(batch_synth, HANDLER)
+    fn_id, fn = function_by_handler(batch_synth, HANDLER)
     mapping = batch_synth.one("AWS::Lambda::EventSourceMapping")[1]["Properties"]
     assert mapping["EventSourceArn"] == {"Fn::GetAtt": [incoming_id, "Arn"]}
     assert mapping["FunctionName"] == {"Ref": fn_id}
@@ -258,8 +232,8 @@ def test_batch_function_consumes_the_queue_with_partial_batch_responses(batch_sy
 
 @pytest.mark.parametrize("handler", [HANDLER, MAP_HANDLER, FINALIZE_HANDLER])
 def test_batch_functions_share_runtime_layer_and_code_with_inference(batch_synth: Synth, handler: str) -> None:
-    _, inference = _function(batch_synth, INFERENCE_HANDLER)
-    _, fn = _function(batch_synth, handler)
+    _, inference = function_by_handler(batch_synth, INFERENCE_HANDLER)
+    _, fn = function_by_handler(batch_synth, handler)
     assert fn["Runtime"] == "python3.12"
     # The runtime layer version the inference function uses, then the parquet (pyarrow) layer.
     assert len(fn["Layers"]) == 2 and fn["Layers"][0] == inference["Layers"][0]
@@ -275,7 +249,7 @@ def test_batch_functions_share_runtime_layer_and_code_with_inference(batch_synth
 
 
 def _parquet_layer_id(synth: Synth) -> str:
-    found = [k for k in synth.resources("AWS::Lambda::LayerVersion") if "ParquetLayer" in k]
+    found = [k for k in synth.resources("AWS::Lambda::LayerVersion") if k.startswith("LayersParquet")]
     assert len(found) == 1, found
     return found[0]
 
@@ -285,41 +259,51 @@ def test_only_the_batch_functions_get_the_parquet_layer(batch_synth: Synth) -> N
     layer = batch_synth.template["Resources"][parquet["Ref"]]["Properties"]
     assert layer["CompatibleRuntimes"] == ["python3.12"] and layer["CompatibleArchitectures"] == ["x86_64"]
     assert "pyarrow" in layer["Description"]
-    assert len(batch_synth.resources("AWS::Lambda::LayerVersion")) == 2  # runtime + parquet
     with_parquet = {props["Handler"] for props in (f["Properties"] for f in
                                                    batch_synth.resources("AWS::Lambda::Function").values())
                     if parquet in props.get("Layers", [])}
     assert with_parquet == {HANDLER, MAP_HANDLER, FINALIZE_HANDLER}
-    _, inference = _function(batch_synth, INFERENCE_HANDLER)
+    _, inference = function_by_handler(batch_synth, INFERENCE_HANDLER)
     assert len(inference["Layers"]) == 1 and inference["Layers"] != [parquet]
 
 
 def test_batch_function_environment(batch_synth: Synth) -> None:
-    _, fn = _function(batch_synth, HANDLER)
+    _, fn = function_by_handler(batch_synth, HANDLER)
     state_machine_id, _ = _state_machine(batch_synth)
-    assert fn["Environment"]["Variables"] == {
-        "MODEL_URI": {"Fn::Join": ["", ["s3://", {"Ref": _model_bucket_id(batch_synth)}, f"/{MODEL_PREFIX}"]]},
-        "SCORING_BUCKET": {"Ref": _scoring_bucket_id(batch_synth)},
+    variables = fn["Environment"]["Variables"]
+    assert variables.items() >= {
+        "MODEL_URI": {"Fn::Join": ["", ["s3://", {"Ref": model_bucket_id(batch_synth)}, f"/{MODEL_PREFIX}"]]},
         "MAX_FILE_BYTES": str(5 * 1024**3),
         "DISTRIBUTED_THRESHOLD_BYTES": str(256 * 1024**2),
         "CHUNK_ROWS": "5000",
         "STATE_MACHINE_ARN": {"Ref": state_machine_id},
         "POWERTOOLS_SERVICE_NAME": "slimserve-batch",
         "POWERTOOLS_METRICS_NAMESPACE": "Slimserve",
-    }
+    }.items()
+    # Every variable is one the handler's settings model reads: the contract is typed once.
+    assert set(variables) - {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"} <= {
+        name.upper() for name in BatchSettings.model_fields}
+
+
+def test_only_the_batch_function_gets_tmp_sized_for_one_spooled_file(batch_synth: Synth) -> None:
+    _, fn = function_by_handler(batch_synth, HANDLER)
+    expected = BatchSettings(model_uri="s3://b/p/").ephemeral_storage
+    assert expected > 512 and fn["EphemeralStorage"] == {"Size": expected}
+    for handler in (MAP_HANDLER, FINALIZE_HANDLER):
+        assert "EphemeralStorage" not in function_by_handler(batch_synth, handler)[1]
 
 
 @pytest.mark.parametrize("handler", [MAP_HANDLER, FINALIZE_HANDLER])
 def test_map_and_finalize_functions_get_the_same_settings_but_the_state_machine_arn(
         batch_synth: Synth, handler: str) -> None:
-    _, batch = _function(batch_synth, HANDLER)
-    _, fn = _function(batch_synth, handler)
+    _, batch = function_by_handler(batch_synth, HANDLER)
+    _, fn = function_by_handler(batch_synth, handler)
     expected = {k: v for k, v in batch["Environment"]["Variables"].items() if k != "STATE_MACHINE_ARN"}
     assert fn["Environment"]["Variables"] == expected
 
 
 def test_batch_function_errors_raise_an_alarm(batch_synth: Synth) -> None:
-    fn_id, _ = _function(batch_synth, HANDLER)
+    fn_id, _ = function_by_handler(batch_synth, HANDLER)
     (alarm,) = [a for a in _alarms_on(batch_synth, "Errors")  # the validation function has its own
                 if a["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": fn_id}}]]
     assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
@@ -330,10 +314,10 @@ def test_batch_function_errors_raise_an_alarm(batch_synth: Synth) -> None:
 def test_no_statement_deletes_objects_or_grants_s3_on_every_resource(batch_synth: Synth) -> None:
     for policy in batch_synth.resources("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-            s3_actions = [a for a in _as_list(statement["Action"]) if a.startswith("s3:")]
+            s3_actions = [a for a in as_list(statement["Action"]) if a.startswith("s3:")]
             assert not [a for a in s3_actions if a.startswith("s3:Delete") or a == "s3:*"], statement
             if s3_actions:
-                assert "*" not in _as_list(statement["Resource"]), statement
+                assert "*" not in as_list(statement["Resource"]), statement
 
 
 @pytest.mark.parametrize(("handler", "reads", "writes"), [
@@ -343,39 +327,39 @@ def test_no_statement_deletes_objects_or_grants_s3_on_every_resource(batch_synth
 ])
 def test_each_function_touches_only_its_prefixes_of_the_scoring_bucket(
         batch_synth: Synth, handler: str, reads: set[str], writes: set[str]) -> None:
-    role_id = _role_id(_function(batch_synth, handler)[1])
+    role_id = _role_id(function_by_handler(batch_synth, handler)[1])
     bucket_id = _scoring_bucket_id(batch_synth)
     assert _s3_grants(batch_synth, role_id, bucket_id, write=False) == reads
     assert _s3_grants(batch_synth, role_id, bucket_id, write=True) == writes
 
 
 def test_batch_function_cannot_write_incoming(batch_synth: Synth) -> None:
-    role_id = _role_id(_function(batch_synth, HANDLER)[1])
+    role_id = _role_id(function_by_handler(batch_synth, HANDLER)[1])
     assert "incoming/*" not in _s3_grants(batch_synth, role_id, _scoring_bucket_id(batch_synth), write=True)
 
 
 @pytest.mark.parametrize("handler", [HANDLER, MAP_HANDLER, FINALIZE_HANDLER])
 def test_batch_functions_read_only_the_model_prefix(batch_synth: Synth, handler: str) -> None:
-    role_id = _role_id(_function(batch_synth, handler)[1])
-    model_id = _model_bucket_id(batch_synth)
+    role_id = _role_id(function_by_handler(batch_synth, handler)[1])
+    model_id = model_bucket_id(batch_synth)
     assert _s3_grants(batch_synth, role_id, model_id, write=False) == {f"{MODEL_PREFIX}*"}
     assert _s3_grants(batch_synth, role_id, model_id, write=True) == set()
 
 
 def test_finalize_lists_only_under_runs(batch_synth: Synth) -> None:
-    role_id = _role_id(_function(batch_synth, FINALIZE_HANDLER)[1])
+    role_id = _role_id(function_by_handler(batch_synth, FINALIZE_HANDLER)[1])
     scoring_arn = {"Fn::GetAtt": [_scoring_bucket_id(batch_synth), "Arn"]}
     lists = [s for s in _s3_statements(batch_synth, role_id)
-             if scoring_arn in _as_list(s["Resource"]) and any(a.startswith("s3:List") for a in _as_list(s["Action"]))]
+             if scoring_arn in as_list(s["Resource"]) and any(a.startswith("s3:List") for a in as_list(s["Action"]))]
     assert lists == [{"Action": "s3:ListBucket", "Effect": "Allow", "Resource": scoring_arn,
                       "Condition": {"StringLike": {"s3:prefix": ["runs/*"]}}}]
 
 
 def test_batch_function_may_start_only_its_state_machine(batch_synth: Synth) -> None:
-    role_id = _role_id(_function(batch_synth, HANDLER)[1])
+    role_id = _role_id(function_by_handler(batch_synth, HANDLER)[1])
     state_machine_id, _ = _state_machine(batch_synth)
-    states = [s for s in _statements(batch_synth, role_id)
-              if any(a.startswith("states:") for a in _as_list(s["Action"]))]
+    states = [s for s in role_statements(batch_synth, role_id)
+              if any(a.startswith("states:") for a in as_list(s["Action"]))]
     assert states == [{"Action": "states:StartExecution", "Effect": "Allow", "Resource": {"Ref": state_machine_id}}]
 
 
@@ -387,9 +371,9 @@ def test_state_machine_reads_incoming_and_invokes_only_its_two_functions(batch_s
     assert s3_statements == [{"Action": "s3:GetObject", "Effect": "Allow", "Resource": {
         "Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/incoming/*"]]}}]
     invoked = {r["Fn::GetAtt"][0] if "Fn::GetAtt" in r else r["Fn::Join"][1][0]["Fn::GetAtt"][0]
-               for s in _statements(batch_synth, role_id) if "lambda:InvokeFunction" in _as_list(s["Action"])
-               for r in _as_list(s["Resource"])}
-    assert invoked == {_function(batch_synth, MAP_HANDLER)[0], _function(batch_synth, FINALIZE_HANDLER)[0]}
+               for s in role_statements(batch_synth, role_id) if "lambda:InvokeFunction" in as_list(s["Action"])
+               for r in as_list(s["Resource"])}
+    assert invoked == {function_by_handler(batch_synth, handler)[0] for handler in (MAP_HANDLER, FINALIZE_HANDLER)}
 
 
 # --- state machine -------------------------------------------------------------------------------
@@ -433,7 +417,7 @@ def test_each_chunk_is_one_lambda_invoke_of_the_map_function_with_retries(batch_
     assert processor["StartAt"] == SCORE_CHUNK_STATE
     assert list(processor["States"]) == [SCORE_CHUNK_STATE]
     task = processor["States"][SCORE_CHUNK_STATE]
-    map_id, _ = _function(batch_synth, MAP_HANDLER)
+    map_id, _ = function_by_handler(batch_synth, MAP_HANDLER)
     assert task["Type"] == "Task" and task["End"] is True
     assert task["Resource"] == "arn:aws:states:::lambda:invoke"
     assert task["Parameters"] == {"FunctionName": f"<GetAtt:{map_id}.Arn>", "Payload.$": "$"}
@@ -446,7 +430,7 @@ def test_after_the_map_one_finalize_step_gets_the_original_input(batch_synth: Sy
     assert definition["States"][MAP_STATE]["Next"] == FINALIZE_STATE
     assert set(definition["States"]) == {MAP_STATE, FINALIZE_STATE}
     task = definition["States"][FINALIZE_STATE]
-    finalize_id, _ = _function(batch_synth, FINALIZE_HANDLER)
+    finalize_id, _ = function_by_handler(batch_synth, FINALIZE_HANDLER)
     assert task["Type"] == "Task" and task["End"] is True
     assert task["Resource"] == "arn:aws:states:::lambda:invoke"
     assert task["Parameters"] == {"FunctionName": f"<GetAtt:{finalize_id}.Arn>", "Payload.$": "$"}

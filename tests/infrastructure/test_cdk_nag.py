@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from aws_cdk import aws_s3 as s3
-from synth_helpers import MODEL_CONTEXT, STACK_ID, Synth, build_app
+from synth_helpers import MODEL_CONTEXT, STACK_ID, Synth, build_app, violations
 
 pytestmark = pytest.mark.slow  # full synths with the rule pack
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # full synths with the rule pack
 # reason next to it in the construct; a removed one (finding fixed) must be dropped from here.
 EXPECTED_ACKNOWLEDGEMENTS = {
     "/Serving/InferenceFunction": {"AwsSolutions-L1"},
-    "/Serving/InferenceRole": {
+    "/Serving/InferenceFunctionRole": {
         "AwsSolutions-IAM5[Resource::*]",
         "AwsSolutions-IAM5[Action::s3:GetObject*]",
         "AwsSolutions-IAM5[Action::s3:GetBucket*]",
@@ -31,7 +31,7 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     "/Serving/RestApi/Default/health/GET": {"AwsSolutions-COG4"},
     "/Serving/RestApi/Default/openapi.json/GET": {"AwsSolutions-COG4"},
     "/Validation/Function": {"AwsSolutions-L1"},
-    "/Validation/Role": {
+    "/Validation/FunctionRole": {
         "AwsSolutions-IAM5[Resource::*]",
         "AwsSolutions-IAM5[Action::s3:GetObject*]",
         "AwsSolutions-IAM5[Action::s3:GetBucket*]",
@@ -55,16 +55,11 @@ EXPECTED_ACKNOWLEDGEMENTS = {
 }
 
 
-def _violations(synth: Synth) -> list[str]:
-    return [f"{v['severity']} {v['ruleName']} at {[c['constructPath'] for c in v['violatingConstructs']]}"
-            for report in synth.validation_report()["pluginReports"] for v in report["violations"]]
-
-
 @pytest.mark.parametrize("variant", ["default_synth", "api_key_synth"])
 def test_no_unacknowledged_findings(variant: str, request: pytest.FixtureRequest) -> None:
     synth: Synth = request.getfixturevalue(variant)
-    assert synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(_violations(synth))
-    assert _violations(synth) == []
+    assert synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(violations(synth))
+    assert violations(synth) == []
 
 
 def test_acknowledgements_are_the_reviewed_set_each_with_a_one_line_reason(default_synth: Synth) -> None:

@@ -10,7 +10,7 @@ from aws_cdk import App, Stack
 from aws_cdk import aws_lambda as lambda_
 from synth_helpers import REPO_ROOT, Synth
 
-from cdk.constructs.serving_api import function_code
+from cdk.constructs.function import function_code
 
 pytestmark = pytest.mark.slow  # reads the staged asset of a full synth
 

@@ -11,6 +11,7 @@ from aws_cdk import App, Stack
 from aws_cdk import aws_s3 as s3
 from synth_helpers import build_app
 
+from cdk.constructs.layers import Layers, LayersProps
 from cdk.constructs.model_store import ModelStore, ModelStoreProps
 from cdk.constructs.serving_api import ServingApi, ServingApiProps
 from cdk.stacks.serving_stack import ServingStackProps
@@ -18,8 +19,8 @@ from cdk.stacks.serving_stack import ServingStackProps
 
 def _build(layer_dir: Path, **overrides: Any) -> ServingApi:
     stack = Stack(App(), "PropsTest")
-    props = ServingApiProps(model_bucket=s3.Bucket(stack, "Models"), model_prefix="models/m/1/",
-                            layer_dir=layer_dir)
+    layer = Layers(stack, "Layers", LayersProps(runtime_dir=layer_dir)).runtime
+    props = ServingApiProps(model_bucket=s3.Bucket(stack, "Models"), layer=layer, model_prefix="models/m/1/")
     return ServingApi(stack, "Serving", dataclasses.replace(props, **overrides))
 
 
@@ -28,7 +29,7 @@ def _build(layer_dir: Path, **overrides: Any) -> ServingApi:
     ({"model_prefix": "models/m/1"}, r"model_prefix must be a relative key prefix ending with '/'"),
     ({"model_prefix": "/models/m/1/"}, r"model_prefix must be a relative key prefix"),
     ({"model_prefix": ""}, r"model_prefix must be a relative key prefix"),
-    ({"model_prefix": "models/*/"}, r"model_prefix must not contain '\*'"),
+    ({"model_prefix": "models/*/"}, r"model_prefix must be a relative key prefix .* without '\*'"),
     ({"throttle_rate_limit": 100, "throttle_burst_limit": 50},
      r"throttle_burst_limit \(50\) must be >= throttle_rate_limit \(100\)"),
     ({"throttle_rate_limit": 0}, r"throttle_rate_limit must be > 0"),
@@ -50,8 +51,8 @@ def test_good_props_build(layer_dir: Path) -> None:
 
 
 def test_missing_layer_tells_how_to_build_it(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"Run `make layer`"):
-        _build(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"Lambda layer not built: .*python does not exist\. Run `make layer`"):
+        Layers(Stack(App(), "LayersTest"), "Layers", LayersProps(runtime_dir=tmp_path / "nowhere"))
 
 
 def test_model_store_rejects_non_positive_log_expiry() -> None:

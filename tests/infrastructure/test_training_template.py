@@ -20,10 +20,11 @@ from aws_cdk import aws_stepfunctions as sfn
 from cdk_nag import AwsSolutionsChecks
 from cfnlint.api import lint_all
 from constructs import Construct
-from synth_helpers import MODEL_CONTEXT, STACK_ID, Synth, synth_app
+from synth_helpers import MODEL_CONTEXT, STACK_ID, Synth, as_list, role_statements, synth_app, violations
 from test_cfn_lint import ALLOWED as ALLOWED_LINT_WARNINGS
 
 from cdk.app import load_cdk_json_context, stack_props_from_context
+from cdk.constructs.monitoring import Monitoring
 from cdk.constructs.training import (
     CHECK_INPUT_STATE,
     INPUT_REFUSED_ERROR,
@@ -159,21 +160,6 @@ def _jobs(definition: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         name = state["Next"]
 
 
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _statements(synth: Synth, role_id: str) -> list[dict[str, Any]]:
-    policies = [p for p in synth.resources("AWS::IAM::Policy").values()
-                if {"Ref": role_id} in p["Properties"]["Roles"]]
-    return [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
-
-
-def _violations(synth: Synth) -> list[str]:
-    return [f"{v['severity']} {v['ruleName']} at {[c['constructPath'] for c in v['violatingConstructs']]}"
-            for report in synth.validation_report()["pluginReports"] for v in report["violations"]]
-
-
 # --- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -240,12 +226,12 @@ def test_sagemaker_role_touches_only_the_two_buckets_and_never_deletes(default_s
     ids = _ids(default_synth)
     data, artifacts = ({"Fn::GetAtt": [ids[k], "Arn"]} for k in ("data", "artifacts"))
     grants: dict[str, set[str]] = {}
-    for statement in _statements(default_synth, ids["role"]):
-        actions = [a for a in _as_list(statement["Action"]) if a.startswith("s3:")]
+    for statement in role_statements(default_synth, ids["role"]):
+        actions = [a for a in as_list(statement["Action"]) if a.startswith("s3:")]
         if not actions:
             continue
         assert set(actions) <= JOB_S3_ACTIONS, statement  # no s3:Delete*, no wildcards
-        for resource in _as_list(statement["Resource"]):
+        for resource in as_list(statement["Resource"]):
             rendered = _render(resource, default_synth.template, REGION)
             assert isinstance(resource, dict), statement  # never "*"
             assert resource in (data, artifacts) or resource["Fn::Join"][1][0] in (data, artifacts), statement
@@ -257,18 +243,18 @@ def test_sagemaker_role_touches_only_the_two_buckets_and_never_deletes(default_s
         artifacts_arn: {"s3:ListBucket"},
         f"{artifacts_arn}/runs/*": {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"},
     }
-    (list_runs,) = [s for s in _statements(default_synth, ids["role"]) if s["Resource"] == artifacts]
+    (list_runs,) = [s for s in role_statements(default_synth, ids["role"]) if s["Resource"] == artifacts]
     assert list_runs["Condition"] == {"StringLike": {"s3:prefix": ["runs/*"]}}
 
 
 @slow
 def test_sagemaker_role_logs_images_and_metrics_are_scoped(default_synth: Synth) -> None:
-    statements = _statements(default_synth, _ids(default_synth)["role"])
-    by_action = {a: s for s in statements for a in _as_list(s["Action"])}
+    statements = role_statements(default_synth, _ids(default_synth)["role"])
+    by_action = {a: s for s in statements for a in as_list(s["Action"])}
     group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{SAGEMAKER_LOG_GROUP}"
 
     def resources(action: str) -> list[str]:
-        return [_render(r, default_synth.template, REGION) for r in _as_list(by_action[action]["Resource"])]
+        return [_render(r, default_synth.template, REGION) for r in as_list(by_action[action]["Resource"])]
 
     assert resources("logs:CreateLogGroup") == [group]
     for action in ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"):
@@ -282,11 +268,11 @@ def test_sagemaker_role_logs_images_and_metrics_are_scoped(default_synth: Synth)
     for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"):
         assert set(resources(action)) == repositories, action
     # The only statements on "*": the ECR login (takes no resource) and metrics held to SageMaker's namespace.
-    on_star = [s for s in statements if "*" in _as_list(s["Resource"])]
+    on_star = [s for s in statements if "*" in as_list(s["Resource"])]
     assert sorted(s["Action"] for s in on_star) == ["cloudwatch:PutMetricData", "ecr:GetAuthorizationToken"]
     assert by_action["cloudwatch:PutMetricData"]["Condition"] == {
         "StringEquals": {"cloudwatch:namespace": "/aws/sagemaker/TrainingJobs"}}
-    assert not [a for s in statements for a in _as_list(s["Action"]) if a.startswith(("iam:", "sagemaker:"))]
+    assert not [a for s in statements for a in as_list(s["Action"]) if a.startswith(("iam:", "sagemaker:"))]
 
 
 # --- state machine -------------------------------------------------------------------------------
@@ -389,12 +375,12 @@ def test_tasks_pass_their_input_on_and_keep_a_small_result(default_synth: Synth)
 def test_state_machine_role_starts_jobs_and_passes_only_the_job_role(default_synth: Synth) -> None:
     ids = _ids(default_synth)
     _, props = _state_machine(default_synth)
-    statements = _statements(default_synth, props["RoleArn"]["Fn::GetAtt"][0])
-    (pass_role,) = [s for s in statements if "iam:PassRole" in _as_list(s["Action"])]
+    statements = role_statements(default_synth, props["RoleArn"]["Fn::GetAtt"][0])
+    (pass_role,) = [s for s in statements if "iam:PassRole" in as_list(s["Action"])]
     assert pass_role["Resource"] == {"Fn::GetAtt": [ids["role"], "Arn"]}
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
-    assert not [s for s in statements if any(a.startswith("s3:") for a in _as_list(s["Action"]))]
-    jobs = [s for s in statements if "sagemaker:CreateTrainingJob" in _as_list(s["Action"])]
+    assert not [s for s in statements if any(a.startswith("s3:") for a in as_list(s["Action"]))]
+    jobs = [s for s in statements if "sagemaker:CreateTrainingJob" in as_list(s["Action"])]
     assert [_render(s["Resource"], default_synth.template, REGION) for s in jobs] == [
         f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/*"]
 
@@ -411,8 +397,8 @@ def test_request_integration_only_changes_the_resource_and_the_result(default_sy
         assert request_state["Parameters"] == sync_state["Parameters"], name
     # Only .sync needs the managed EventBridge rule that reports job completion.
     role = _state_machine(request_synth)[1]["RoleArn"]["Fn::GetAtt"][0]
-    assert not [s for s in _statements(request_synth, role) if any(a.startswith("events:")
-                                                                   for a in _as_list(s["Action"]))]
+    assert not [s for s in role_statements(request_synth, role) if any(a.startswith("events:")
+                                                                   for a in as_list(s["Action"]))]
 
 
 @slow
@@ -501,8 +487,8 @@ def test_outputs_name_the_buckets_the_role_and_the_state_machine(default_synth: 
 @pytest.mark.parametrize("variant", ["default_synth", "request_synth", "regional_synth"])
 def test_training_passes_cdk_nag(variant: str, request: pytest.FixtureRequest) -> None:
     synth: Synth = request.getfixturevalue(variant)
-    assert synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(_violations(synth))
-    assert _violations(synth) == []
+    assert synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(violations(synth))
+    assert violations(synth) == []
     ours = {k: reason for k, reason in synth.acknowledgements().items() if k.startswith(f"/{STACK_ID}/Training")}
     assert {k.split(" ", 1)[0] for k in ours} == {f"/{STACK_ID}/Training/SageMakerPolicy",
                                                   f"/{STACK_ID}/Training/StateMachineRole"}
@@ -542,6 +528,7 @@ def test_the_construct_refuses_bad_settings_before_creating_anything() -> None:
     stack = Stack(App(), "TrainingPropsTest")
     with pytest.raises(ValueError, match=r"TrainingSettings\.integration"):
         Training(stack, "Training", TrainingProps(access_log_bucket=s3.Bucket(stack, "Logs"),
+                                                  monitoring=Monitoring(stack, "Monitoring"),
                                                   settings=TrainingSettings(integration="async")))  # type: ignore[arg-type]
     training = stack.node.try_find_child("Training")
     assert training is None or not training.node.children
@@ -559,13 +546,13 @@ def test_a_fresh_chain_can_be_embedded_in_another_state_machine() -> None:
     """The retraining machine will chain its own copy of the four jobs (a state belongs to one machine)."""
     app = App(context=load_cdk_json_context())
     stack = Stack(app, "ChainReuse")
-    training = Training(stack, "Training", TrainingProps(access_log_bucket=s3.Bucket(stack, "Logs")))
+    training = Training(stack, "Training", TrainingProps(access_log_bucket=s3.Bucket(stack, "Logs"),
+                                                         monitoring=Monitoring(stack, "Monitoring")))
     scope = Construct(stack, "Retraining")
     sfn.StateMachine(scope, "Machine", definition_body=sfn.DefinitionBody.from_chainable(
         training.training_chain(scope).next(sfn.Succeed(scope, "Done"))))
     template = app.synth().get_stack_by_name("ChainReuse").template
     machines = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::StepFunctions::StateMachine"}
-    assert len(machines) == 2
     (other,) = [v for k, v in machines.items() if k.startswith("Retraining")]
     body = json.loads(_render(other["Properties"]["DefinitionString"], template, REGION))
     assert body["StartAt"] == "ValidateData" and body["States"]["ExportBundle"]["Next"] == "Done"
@@ -573,7 +560,7 @@ def test_a_fresh_chain_can_be_embedded_in_another_state_machine() -> None:
     role = other["Properties"]["RoleArn"]["Fn::GetAtt"][0]
     statements = [s for p in template["Resources"].values() if p["Type"] == "AWS::IAM::Policy"
                   and {"Ref": role} in p["Properties"]["Roles"] for s in p["Properties"]["PolicyDocument"]["Statement"]]
-    assert any("iam:PassRole" in _as_list(s["Action"]) for s in statements)
+    assert any("iam:PassRole" in as_list(s["Action"]) for s in statements)
 
 
 def test_a_failed_training_run_raises_an_alarm(default_synth: Synth) -> None:

@@ -10,19 +10,20 @@ from typing import Any
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_dynamodb as dynamodb
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from cfnlint.api import lint_all
-from synth_helpers import STACK_ID, Synth
+from synth_helpers import STACK_ID, Synth, as_list, function_by_handler, role_statements
 from test_cfn_lint import ALLOWED as ALLOWED_LINT_WARNINGS
 
 from cdk.app import load_cdk_json_context
+from cdk.constructs.layers import Layers, LayersProps
 from cdk.constructs.model_registry import (
     HANDLER,
     ValidationGate,
     ValidationGateProps,
     ValidationGateSettings,
 )
+from cdk.constructs.monitoring import Monitoring
 from cdk.stacks.serving_stack import ServingStack, ServingStackProps
 from pipeline.local.emulation import create_registry_table as create_table
 
@@ -34,25 +35,12 @@ slow = pytest.mark.slow  # reads a full synth (the first test in a session pays 
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
 def _function(synth: Synth, handler: str = HANDLER) -> tuple[str, dict[str, Any]]:
-    found = [(k, v["Properties"]) for k, v in synth.resources("AWS::Lambda::Function").items()
-             if v["Properties"].get("Handler") == handler]
-    assert len(found) == 1, f"expected one function with handler {handler}, found {[k for k, _ in found]}"
-    return found[0]
+    return function_by_handler(synth, handler)
 
 
 def _role_id(synth: Synth) -> str:
     return _function(synth)[1]["Role"]["Fn::GetAtt"][0]
-
-
-def _statements(synth: Synth, role_id: str) -> list[dict[str, Any]]:
-    policies = [p for p in synth.resources("AWS::IAM::Policy").values()
-                if {"Ref": role_id} in p["Properties"]["Roles"]]
-    return [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
 
 
 def _table(synth: Synth) -> tuple[str, dict[str, Any]]:
@@ -79,11 +67,11 @@ def _s3_grants(synth: Synth, write: bool) -> dict[str, set[str]]:
     of the model bucket, plus 'bucket' for the model bucket ARN and 'other' for any other resource."""
     bucket_id = _model_bucket_id(synth)
     grants: dict[str, set[str]] = {"objects": set(), "bucket": set(), "other": set()}
-    for statement in _statements(synth, _role_id(synth)):
-        actions = [a for a in _as_list(statement["Action"]) if a.startswith("s3:")]
+    for statement in role_statements(synth, _role_id(synth)):
+        actions = [a for a in as_list(statement["Action"]) if a.startswith("s3:")]
         if not actions or any(not a.startswith(READ_ACTIONS) for a in actions) != write:
             continue
-        for resource in _as_list(statement["Resource"]):
+        for resource in as_list(statement["Resource"]):
             if (pattern := _object_pattern(resource, bucket_id)) is not None:
                 grants["objects"].add(pattern)
             elif resource == {"Fn::GetAtt": [bucket_id, "Arn"]}:
@@ -164,8 +152,8 @@ def test_validation_function_logs_to_its_own_retained_group(default_synth: Synth
     assert group["DeletionPolicy"] == "Retain"
     _, inference = _function(default_synth, INFERENCE_HANDLER)
     assert inference["LoggingConfig"]["LogGroup"]["Ref"] != group_id
-    logs = [s for s in _statements(default_synth, _role_id(default_synth))
-            if any(a.startswith("logs:") for a in _as_list(s["Action"]))]
+    logs = [s for s in role_statements(default_synth, _role_id(default_synth))
+            if any(a.startswith("logs:") for a in as_list(s["Action"]))]
     assert logs == [{"Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Effect": "Allow",
                      "Resource": {"Fn::GetAtt": [group_id, "Arn"]}}]
 
@@ -194,7 +182,7 @@ def test_validation_writes_only_each_bundles_report(variant: str, request: pytes
     synth: Synth = request.getfixturevalue(variant)
     assert _s3_grants(synth, write=True) == {"objects": {"models/*/validation-report.json"}, "bucket": set(),
                                              "other": set()}
-    s3_actions = {a for s in _statements(synth, _role_id(synth)) for a in _as_list(s["Action"])
+    s3_actions = {a for s in role_statements(synth, _role_id(synth)) for a in as_list(s["Action"])
                   if a.startswith("s3:")}
     assert not {a for a in s3_actions if a.startswith("s3:Delete") or a in ("s3:*", "s3:Put*")}
     assert "s3:PutObject" in s3_actions and "s3:PutObjectAcl" not in s3_actions
@@ -210,12 +198,12 @@ def test_validation_role_has_no_managed_policies(default_synth: Synth) -> None:
 @slow
 def test_registry_access_is_four_item_actions_on_the_table_only(default_synth: Synth) -> None:
     table_id, _ = _table(default_synth)
-    dynamo = [s for s in _statements(default_synth, _role_id(default_synth))
-              if any(a.startswith("dynamodb:") for a in _as_list(s["Action"]))]
+    dynamo = [s for s in role_statements(default_synth, _role_id(default_synth))
+              if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
     assert len(dynamo) == 1
     assert dynamo[0]["Effect"] == "Allow"
-    assert set(_as_list(dynamo[0]["Action"])) == REGISTRY_ACTIONS  # no Scan, no Delete, no transactions
-    assert _as_list(dynamo[0]["Resource"]) == [{"Fn::GetAtt": [table_id, "Arn"]}]
+    assert set(as_list(dynamo[0]["Action"])) == REGISTRY_ACTIONS  # no Scan, no Delete, no transactions
+    assert as_list(dynamo[0]["Resource"]) == [{"Fn::GetAtt": [table_id, "Arn"]}]
 
 
 @slow
@@ -224,7 +212,7 @@ def test_no_other_role_touches_the_registry(default_synth: Synth) -> None:
     for policy in default_synth.resources("AWS::IAM::Policy").values():
         if {"Ref": gate_role} in policy["Properties"]["Roles"]:
             continue
-        actions = {a for s in policy["Properties"]["PolicyDocument"]["Statement"] for a in _as_list(s["Action"])}
+        actions = {a for s in policy["Properties"]["PolicyDocument"]["Statement"] for a in as_list(s["Action"])}
         assert not {a for a in actions if a.startswith("dynamodb:")}, policy["Properties"]["PolicyName"]
 
 
@@ -261,14 +249,15 @@ def test_registry_and_validation_pass_cdk_nag_with_narrow_acknowledgements(defau
     ours = {key.split(" ", 1)[0]: reason for key, reason in default_synth.acknowledgements().items()
             if key.startswith((f"/{STACK_ID}/Registry", f"/{STACK_ID}/Validation"))}
     # The table passes on its own merits (PITR, encryption); only the function and its role are acknowledged.
-    assert set(ours) == {f"/{STACK_ID}/Validation/Function", f"/{STACK_ID}/Validation/Role"}
+    assert set(ours) == {f"/{STACK_ID}/Validation/Function", f"/{STACK_ID}/Validation/FunctionRole"}
     assert all(reason.strip() and "\n" not in reason for reason in ours.values())
 
 
 @slow
 def test_registry_and_validation_resources_have_no_lint_findings(default_synth: Synth) -> None:
     (template,) = sorted(default_synth.outdir.glob("*.template.json"))
-    ours = ("Registry", "Validation")  # logical ids and output ids of the two constructs
+    # Logical ids and output ids of the two constructs, and the gate's alarm (made by Monitoring).
+    ours = ("Registry", "Validation", "MonitoringValidation")
     assert len([k for k in default_synth.template["Resources"] if k.startswith(ours)]) >= 6
     problems = [f"{m.rule.id} {m.message} (line {m.linenumber})" for m in lint_all(template.read_text())
                 if m.rule.id[0] in "EW" and m.rule.id not in ALLOWED_LINT_WARNINGS
@@ -280,11 +269,11 @@ def test_registry_and_validation_resources_have_no_lint_findings(default_synth: 
 
 def _build(layer_dir: Path, settings: ValidationGateSettings) -> ValidationGate:
     stack = Stack(App(), "ValidationPropsTest")
-    layer = lambda_.LayerVersion(stack, "Layer", code=lambda_.Code.from_asset(str(layer_dir)))
+    layer = Layers(stack, "Layers", LayersProps(runtime_dir=layer_dir)).runtime
     table = dynamodb.Table(stack, "Registry",
                            partition_key=dynamodb.Attribute(name="model", type=dynamodb.AttributeType.STRING))
     props = ValidationGateProps(model_bucket=s3.Bucket(stack, "Models"), table=table, layer=layer,
-                                settings=settings)
+                                monitoring=Monitoring(stack, "Monitoring"), settings=settings)
     return ValidationGate(stack, "Validation", props)
 
 
@@ -304,7 +293,7 @@ def test_stack_wires_registry_layer_and_settings_into_the_gate(layer_dir: Path) 
     stack = ServingStack(App(context=load_cdk_json_context()), "Composed",
                          ServingStackProps(layer_dir=layer_dir, validation=settings))
     assert stack.validation.settings == settings
-    assert stack.validation.props.layer is stack.serving.layer
+    assert stack.validation.props.layer is stack.layers.runtime is stack.serving.props.layer
     assert stack.validation.props.table is stack.registry.table
     assert stack.validation.props.model_bucket is stack.model_store.bucket
     assert stack.validation.errors_alarm is not None
