@@ -100,7 +100,7 @@ def _batch(model_uri: str, body: bytes) -> None:
     resources = create_scoring_resources(s3, sqs)
     bucket, queue = resources["bucket"], resources["queue_url"]
     sqs.purge_queue(QueueUrl=queue)  # S3's test event
-    batch = load_function("functions.batch.handler", model_uri, SCORING_BUCKET=bucket, STATE_MACHINE_ARN="")
+    batch = load_function("functions.batch.handler", model_uri, STATE_MACHINE_ARN="")
     s3.put_object(Bucket=bucket, Key="incoming/holdout-messy.csv", Body=body)
     messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
     response = batch.lambda_handler(sqs_event(messages), LambdaContext(function_name="slimserve-batch"))

@@ -37,7 +37,7 @@ def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
 
 
 def batch_function(aws: dict[str, Any], **settings: str) -> ModuleType:
-    return load_function("functions.batch.handler", aws["model_uri"], SCORING_BUCKET=aws["bucket"], **settings)
+    return load_function("functions.batch.handler", aws["model_uri"], **settings)
 
 
 def upload_and_deliver(aws: dict[str, Any], module: ModuleType, key: str, body: bytes) -> dict[str, Any]:
