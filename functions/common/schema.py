@@ -67,9 +67,9 @@ class RowSchema:
         if feature.type == "category":
             # A null category is refused whatever the manifest says: the encoder has no value for it.
             return {"type": "string", "enum": list(feature.categories or ()), "title": feature.name}
-        limit = _FLOAT32_MAX if self._dtype == np.float32 else float(np.finfo(np.float64).max)
+        # Request rows are held to float32's range whatever the model's dtype (see _number_column).
         cell: dict[str, Any] = {"type": ["number", "null"] if feature.nullable else "number",
-                                "minimum": -limit, "maximum": limit, "title": feature.name}
+                                "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX, "title": feature.name}
         if feature.minimum is not None and feature.maximum is not None:
             cell["description"] = f"seen in training from {feature.minimum:g} to {feature.maximum:g}"
         return cell

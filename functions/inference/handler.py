@@ -150,7 +150,9 @@ def _openapi_document(model: Model | None) -> str:
         document["info"]["description"] += f": {model.manifest.name} {model.version}"
     document.setdefault("components", {}).setdefault("schemas", {})["PredictRequest"] = schema
     document["paths"]["/predict"]["post"]["requestBody"] = {
-        "required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}}
+        "required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+        "description": f"A body over {settings.max_body_bytes} bytes is refused with 413 before it is read, "
+                       "whatever its rows"}
     return json.dumps(document)
 
 
