@@ -23,12 +23,13 @@ node_modules/.installed: package.json package-lock.json
 # The layer build's code: the script, its package and the import checks it runs under python3.12.
 LAYER_BUILD := layers/build.py $(wildcard layers/slimserve_layers/*.py layers/slimserve_layers/import_checks/*.py)
 
+# A failed build still writes its report: remove it, so the next make builds again.
 layers/build/runtime-report.json: $(VENV)/.installed $(LAYER_BUILD) layers/runtime/requirements.txt
-	$(PY) layers/build.py
+	$(PY) layers/build.py || { rm -f $@; exit 1; }
 
 # Stacked on the runtime layer (its numpy, the combined 250 MB check, the import test with both).
 layers/build/parquet-report.json: $(VENV)/.installed $(LAYER_BUILD) layers/parquet/requirements.txt layers/build/runtime-report.json
-	$(PY) layers/build.py --recipe parquet
+	$(PY) layers/build.py --recipe parquet || { rm -f $@; exit 1; }
 
 ## demo: train, bundle, serve and call a model on the local emulation (no AWS account, no Docker)
 demo: $(VENV)/.installed
