@@ -220,23 +220,24 @@ def duplicate_libraries(root: Path, candidates: Sequence[Path]) -> tuple[list[Pa
                 kept[rel] = "no copy of it is named in any DT_NEEDED entry"
             elif lib.parent in unparsed_dirs:
                 kept[rel] = f"cannot parse {unparsed_dirs[lib.parent]}"
+            elif (reason := _named_whole(root, lib.name, others, py_texts)) is not None:
+                kept[rel] = reason
             else:
-                reason = None
-                for obj in others:
-                    with obj.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                        if names_whole(data, lib.name):
-                            reason = f"{lib.name!r} appears in {obj.relative_to(root).as_posix()}"
-                            break
-                if reason is None:
-                    reason = next((f"{lib.name!r} appears in {py}" for py, text in py_texts
-                                   if names_whole(text.encode("utf-8", "replace"), lib.name)), None)
-                if reason is not None:
-                    kept[rel] = reason
-                else:
-                    removable.append(lib)
+                removable.append(lib)
     evidence["removed"] = [lib.relative_to(root).as_posix() for lib in removable]
     evidence["kept"] = kept
     return removable, kept, evidence
+
+
+def _named_whole(root: Path, name: str, objects: Sequence[Path], py_texts: Sequence[tuple[str, str]]) -> str | None:
+    """Where ``name`` appears as a whole file name: in a shared object's bytes (a possible dlopen) or a
+    .py file (ctypes); None when nowhere."""
+    for obj in objects:
+        with obj.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if names_whole(data, name):
+                return f"{name!r} appears in {obj.relative_to(root).as_posix()}"
+    return next((f"{name!r} appears in {py}" for py, text in py_texts
+                 if names_whole(text.encode("utf-8", "replace"), name)), None)
 
 
 def unresolved_libraries(root: Path, machine: str) -> tuple[list[str], list[str]]:
