@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test test-fast layer synth bench lint clean
+.PHONY: demo test test-fast layer synth bench fuzz load lint clean
 
 # Serving code runs the Lambda layers' exact versions everywhere: their pinned lists constrain the venv.
 SERVING_PINS := layers/runtime/requirements.txt layers/parquet/requirements.txt
@@ -57,6 +57,14 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/serving.py
 
 ## lint: ruff, mypy, and the import contracts in .importlinter (a Lambda package imports only itself and functions.common)
+## fuzz: schemathesis (all checks) against the local API's OpenAPI document, >= 2,000 cases on two bundles
+fuzz: $(VENV)/.installed
+	$(PY) benchmarks/fuzz.py
+
+## load: requests/s, p50/p99 and errors at 1, 8 and 32 clients on the local API, then server memory over a soak
+load: $(VENV)/.installed
+	$(PY) benchmarks/load.py $(LOAD_ARGS)
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy functions pipeline

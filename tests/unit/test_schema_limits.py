@@ -161,3 +161,11 @@ def test_the_row_schema_names_every_feature_with_its_categories_and_nullability(
     assert "18 to 90" in keyed["properties"]["age"]["description"]
     assert [c["title"] for c in ordered["prefixItems"]] == ["age", "plan", "income"]
     assert (doc["minItems"], doc["maxItems"]) == (1, 100)
+
+
+def test_request_rows_keep_float32_range_even_for_a_float64_model() -> None:
+    wide = RowSchema([Feature(name="x", type="number")],
+                     OnnxSignature(input_mode="tensor", input_dtype="float64", inputs=["X"], prediction_output="y"),
+                     max_rows=10)
+    for value in (3.4e38, 3.5e38, -1e300):
+        assert accepted_by_schema(wide, [[value]]) == accepted_by_code(wide, [[value]]) == (abs(value) < 3.41e38)
