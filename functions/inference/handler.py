@@ -203,7 +203,7 @@ def request_shape_error(errors: Any) -> SlimserveError:
     if kind == "missing":
         return InvalidInput(f"'{field}' is required", code="missing_field", field=field)
     if kind == "extra_forbidden":
-        return InvalidInput(f"unknown field '{field}': the body takes 'instances' and an optional 'id'",
+        return InvalidInput(f"unknown field {echo(field)}: the body takes 'instances' and an optional 'id'",
                             code="unknown_field", field=field)
     if field == "body":
         return InvalidInput("request body must be a JSON object with 'instances'", code="wrong_type", field=field)

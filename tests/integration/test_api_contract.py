@@ -119,3 +119,11 @@ def test_every_undocumented_method_on_a_documented_path_is_405_with_allow(mixed:
             assert status != 405
             continue
         assert (status, body["error"]["code"], headers["Allow"]) == (405, "method_not_allowed", ", ".join(allowed))
+
+
+def test_a_huge_unknown_field_is_quoted_in_short_and_the_message_still_says_what_the_body_takes(
+        mixed: ModuleType) -> None:
+    status, _, body = call(mixed, "POST", "/predict", {"instances": [[40, "pro", None, "north"]], "f" * 1_000_000: 1})
+    assert (status, body["error"]["code"]) == (400, "unknown_field")
+    assert body["error"]["message"].endswith("the body takes 'instances' and an optional 'id'")
+    assert len(json.dumps(body)) < 1024
