@@ -56,7 +56,7 @@ def fuzz(bundle: Path, examples: int, seed: int, max_rows: int, report_dir: Path
         done = subprocess.run([str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--checks", "all",
                                "--max-examples", str(examples), "--seed", str(seed), "--report", "har",
                                "--report-dir", str(report_dir), "--no-color"],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, cwd=report_dir)  # its crash cache stays out of the repo
     print(done.stdout[-3000:] if done.returncode else done.stdout[-600:])
     (har,) = report_dir.glob("*.json")
     entries = json.loads(har.read_text())["log"]["entries"]
