@@ -11,7 +11,6 @@ import json
 import time
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -31,23 +30,18 @@ from ..common.errors import (
     UnsupportedMediaType,
     echo,
 )
+from ..common.runtime import Runtime
 from ..common.settings import InferenceSettings
-from .service import ModelHolder
 
-logger = Logger(service="slimserve-inference")
-metrics = Metrics(namespace="Slimserve", service="slimserve-inference")
-tracer = Tracer(service="slimserve-inference")
+rt = Runtime.for_settings(InferenceSettings)
+logger, metrics = rt.logger, rt.metrics
 # Request bodies are validated in the route with pydantic's JSON parser (one pass in Rust); the
 # resolver's own validation middleware cost ~150 us of introspection per call on a single row.
 app = APIGatewayRestResolver()
 
 settings = InferenceSettings.from_env()
-holder = ModelHolder(settings)
-try:
-    holder.load()
-except ModelUnavailable as _exc:
-    logger.error("model failed to load at cold start; answering 503 until it loads",
-                 extra={"reason": _exc.message, "model_uri": settings.model_uri})
+holder = rt.model_holder(settings)
+holder.preload()  # in Lambda's init phase; a failure is logged and answered 503 until a load succeeds
 
 
 class PredictRequest(BaseModel):
@@ -107,7 +101,6 @@ def predict() -> Response[Any]:
     model = holder.load()
     started = time.perf_counter()
     result = model.predict(request.instances)
-    metrics.add_dimension(name="model_version", value=model.version)
     metrics.add_metric(name="PredictedRows", unit=MetricUnit.Count, value=len(result.predictions))
     metrics.add_metric(name="ModelLatency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1e3)
     body: dict[str, Any] = {"predictions": result.predictions}
@@ -239,9 +232,7 @@ def _error(exc: SlimserveError) -> Response[Any]:
                     body=json.dumps(exc.to_body(_request_id())), headers=headers)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
-@metrics.log_metrics(capture_cold_start_metric=True)
-@tracer.capture_lambda_handler
+@rt.handler(correlation_id_path=correlation_paths.API_GATEWAY_REST, cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     proxy_event = APIGatewayProxyEvent(event)
     refused = guard(proxy_event, settings.max_body_bytes)
