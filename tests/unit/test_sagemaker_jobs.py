@@ -1,16 +1,13 @@
-"""`slimserve train --on sagemaker`: the exact requests, checked offline against moto."""
+"""`slimserve train --on sagemaker`: the exact requests, built offline (sending them: tests/integration)."""
 
 from __future__ import annotations
 
 import io
 import tarfile
-from typing import Any
 
-import boto3
 import pytest
 
-from pipeline.local.emulation import REGION, emulated_account
-from pipeline.training.sagemaker_jobs import STEPS, SageMakerPlan, launch, source_bundle
+from pipeline.training.sagemaker_jobs import STEPS, SageMakerPlan, source_bundle
 
 ROLE = "arn:aws:iam::123456789012:role/slimserve-training"
 
@@ -66,22 +63,6 @@ def test_source_bundle_carries_the_code_and_pinned_requirements() -> None:
     assert {f"pipeline/training/{s}_job.py" for s in STEPS} <= names and "functions/common/bundle.py" in names
     assert "scikit-learn==1.9.1" in requirements and "onnxruntime==1.31.1" in requirements
     assert not any(n.startswith(("tests/", "cdk/")) for n in names)
-
-
-def test_launch_sends_the_four_jobs_in_order_to_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    with emulated_account():
-        s3, sm = boto3.client("s3", region_name=REGION), boto3.client("sagemaker", region_name=REGION)
-        s3.create_bucket(Bucket="artifacts")
-        sent: list[dict[str, Any]] = []
-        real = sm.create_training_job
-        monkeypatch.setattr(sm, "create_training_job", lambda **req: (sent.append(req), real(**req))[1])
-        p = plan()
-        p = SageMakerPlan(**{**p.__dict__, "region": REGION})
-        launch(p, sm, s3)
-        assert [r["TrainingJobName"] for r in sent] == [f"slimserve-r1-{s}" for s in STEPS]
-        assert sent == [p.request(s) for s in STEPS]
-        assert sm.describe_training_job(TrainingJobName="slimserve-r1-export")["TrainingJobStatus"] == "Completed"
-        assert s3.head_object(Bucket="artifacts", Key="runs/r1/sourcedir.tar.gz")["ContentLength"] > 1000
 
 
 def test_cli_refuses_sagemaker_without_s3_locations(capsys: pytest.CaptureFixture[str]) -> None:
