@@ -144,4 +144,37 @@ class WriteConflict(AwsError):
     code = "write_conflict"
 
 
+class LockHeld(SlimserveError):
+    """A model's release lock is held by another owner (a release, a rollback or a code deployment)."""
+
+    status = 409
+    code = "lock_held"
+
+
+class NotAdmitted(SlimserveError):
+    """A version asked to serve that the validation gate did not admit, or that is not a candidate."""
+
+    status = 409
+    code = "not_admitted"
+
+
+class NoChampion(SlimserveError):
+    """The model has no champion yet: nothing to compare with or roll back from."""
+
+    status = 409
+    code = "no_champion"
+
+
+class NothingToRollBack(SlimserveError):
+    """A rollback found no earlier known-good version to serve again."""
+
+    status = 409
+    code = "nothing_to_roll_back"
+
+
+class UnknownModel(SlimserveError):
+    status = 404
+    code = "unknown_model"
+
+
 INTERNAL_ERROR_BODY = {"code": "internal_error", "message": "internal error"}
