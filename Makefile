@@ -35,8 +35,9 @@ layers/build/parquet-report.json: $(VENV)/.installed $(LAYER_BUILD) layers/parqu
 demo: $(VENV)/.installed
 	$(VENV)/bin/slimserve demo
 
-## test: the whole suite (unit, infrastructure, integration, end-to-end)
+## test: the lint checks, then the whole suite (unit, infrastructure, integration, end-to-end)
 test: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json layers/build/parquet-report.json
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
 ## test-fast: everything not marked slow
@@ -56,7 +57,6 @@ synth: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.js
 bench: $(VENV)/.installed
 	$(PY) benchmarks/serving.py
 
-## lint: ruff, mypy, and the import contracts in .importlinter (a Lambda package imports only itself and functions.common)
 ## fuzz: schemathesis (all checks) against the local API's OpenAPI document, >= 2,000 cases on two bundles
 fuzz: $(VENV)/.installed
 	$(PY) benchmarks/fuzz.py
@@ -65,10 +65,13 @@ fuzz: $(VENV)/.installed
 load: $(VENV)/.installed
 	$(PY) benchmarks/load.py $(LOAD_ARGS)
 
+## lint: ruff, mypy, the import contracts in .importlinter (a Lambda package imports only itself and
+## functions.common), and no block of 8 or more duplicated lines in functions/ or cdk/
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy functions pipeline
+	$(VENV)/bin/mypy functions pipeline cdk layers/slimserve_layers
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --min-similarity-lines=8 --score=n functions cdk
 
 clean:
 	rm -rf cdk.out layers/build demo-output .pytest_cache
