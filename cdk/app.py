@@ -16,6 +16,7 @@ from aws_cdk import aws_lambda as lambda_
 from cdk_nag import AwsSolutionsChecks
 
 from .constructs.batch_scoring import BatchScoringSettings
+from .constructs.release import ReleaseMachineSettings
 from .constructs.training import Integration, TrainingSettings
 from .stacks.serving_stack import ServingStack, ServingStackProps
 
@@ -78,7 +79,21 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None,
         batch=BatchScoringSettings() if _as_bool(ctx("batchScoring", False), CTX + "batchScoring") else None,
         # "request" for the local emulation (moto runs sagemaker:createTrainingJob, not its .sync form).
         training=TrainingSettings(integration=_integration(ctx("trainingIntegration", "sync"))),
+        release=_release(ctx),
     )
+
+
+def _release(ctx: Any) -> ReleaseMachineSettings:
+    """Bake and least canary traffic per stage (the local emulation and tests bake for seconds)."""
+    defaults = ReleaseMachineSettings()
+    values = {"bake_seconds": ctx("releaseBakeSeconds", defaults.bake_seconds),
+              "min_canary_requests": ctx("releaseMinCanaryRequests", defaults.min_canary_requests)}
+    for name, value in values.items():
+        if not str(value).isdigit():
+            raise ValueError(f"context {CTX}release{name.title().replace('_', '')} must be a whole number, "
+                             f"got {value!r}")
+    return ReleaseMachineSettings(bake_seconds=int(values["bake_seconds"]),
+                                  min_canary_requests=int(values["min_canary_requests"]))
 
 
 def build_app(outdir: str | None = None, context: Mapping[str, Any] | None = None,

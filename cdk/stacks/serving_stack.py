@@ -24,6 +24,7 @@ from ..constructs.model_registry import (
 )
 from ..constructs.model_store import ModelStore, ModelStoreProps
 from ..constructs.monitoring import Monitoring
+from ..constructs.release import Release, ReleaseMachineSettings, ReleaseProps
 from ..constructs.serving_api import ServingApi, ServingApiProps
 from ..constructs.training import Training, TrainingProps, TrainingSettings
 
@@ -49,6 +50,8 @@ class ServingStackProps:
     """Batch scoring (S3 incoming/ → SQS → Lambda, Distributed Map for big CSVs); None leaves it out."""
     training: TrainingSettings = field(default_factory=TrainingSettings)
     """The SageMaker training jobs and their state machine (always on)."""
+    release: ReleaseMachineSettings = field(default_factory=ReleaseMachineSettings)
+    """Model releases by canary: stage weights, bake, the least canary traffic a comparison needs."""
 
     def resolved_prefix(self) -> str:
         if self.model_prefix is not None:
@@ -94,6 +97,13 @@ class ServingStack(Stack):
             access_log_bucket=self.model_store.access_log_bucket,
             monitoring=self.monitoring,
             settings=props.training,
+        ))
+        self.release = Release(self, "Release", ReleaseProps(
+            table=self.registry.table,
+            layer=self.layers.runtime,
+            monitoring=self.monitoring,
+            architecture=props.architecture,
+            settings=props.release,
         ))
         self.batch: BatchScoring | None = None
         if props.batch is not None:
