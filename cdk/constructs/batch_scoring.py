@@ -42,6 +42,7 @@ from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFuncti
 from .monitoring import Monitoring
 from .nag import ack, arn_token
 from .state_machines import logged_state_machine
+from .topology import OBJECT_CREATED, BatchTopology
 
 HANDLER = "functions.batch.handler.lambda_handler"
 MAP_HANDLER = "functions.batch.handler.score_items_handler"
@@ -56,9 +57,6 @@ MAP_RUN_LABEL = "ScoreChunks"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 S3_MAX_OBJECT_BYTES = 5 * 1024 * GIB
-# AWS: set an SQS event source's visibility timeout to at least six times the function timeout.
-VISIBILITY_TIMEOUT_FACTOR = 6
-DLQ_RETENTION = Duration.days(14)  # SQS maximum: the longest window to inspect and redrive failures
 _SETTINGS, _PROPS = "BatchScoringSettings", "BatchScoringProps"
 
 
@@ -72,7 +70,7 @@ class BatchScoringSettings:
     reserved_concurrency: int = 10
     """Reserved concurrency of the batch function, also the SQS event source's maximum concurrency."""
     batch_size: int = 1
-    max_receive_count: int = 3
+    max_receive_count: int = BatchTopology.max_receive_count
     """Receives of one message before it moves to the dead-letter queue."""
     max_file_bytes: int = 5 * GIB
     distributed_threshold_bytes: int = 256 * MIB
@@ -109,8 +107,13 @@ class BatchScoringSettings:
         check_range(_SETTINGS, "run_timeout_hours", self.run_timeout_hours, 1, 24 * 365)
 
     @property
+    def topology(self) -> BatchTopology:
+        """The wiring these settings make: what the construct synthesizes and the local emulation creates."""
+        return BatchTopology(function_timeout_seconds=self.timeout_seconds, max_receive_count=self.max_receive_count)
+
+    @property
     def visibility_timeout(self) -> Duration:
-        return Duration.seconds(VISIBILITY_TIMEOUT_FACTOR * self.timeout_seconds)
+        return Duration.seconds(self.topology.visibility_timeout_seconds)
 
 
 @dataclass(frozen=True)
@@ -159,15 +162,19 @@ class BatchScoring(Construct):
             self, "ScoringBucket", removal_policy=self.settings.removal_policy,
             access_logs=AccessLogs(props.access_log_bucket, "scoring-bucket/"),
             lifecycle_rules=[abort_incomplete_uploads()])
-        self.dead_letter_queue = self._queue("DeadLetterQueue", retention_period=DLQ_RETENTION)
+        topology = self.settings.topology
+        self.dead_letter_queue = self._queue("DeadLetterQueue",
+                                             retention_period=Duration.days(topology.dlq_retention_days))
         self.queue = self._queue(
             "IncomingQueue",
-            visibility_timeout=self.settings.visibility_timeout,
-            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=self.settings.max_receive_count,
+            visibility_timeout=Duration.seconds(topology.visibility_timeout_seconds),
+            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=topology.max_receive_count,
                                                   queue=self.dead_letter_queue),
         )
-        self.bucket.add_event_notification(s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.queue),
-                                           s3.NotificationKeyFilter(prefix=INCOMING_PREFIX))
+        events = {OBJECT_CREATED: s3.EventType.OBJECT_CREATED}
+        for event in topology.events:
+            self.bucket.add_event_notification(events[event], s3n.SqsDestination(self.queue),
+                                               s3.NotificationKeyFilter(prefix=topology.incoming_prefix))
 
         self.map_function = self._function("ScoreChunk", MAP_HANDLER, self.settings.map_max_concurrency,
                                            "slimserve batch: score one Distributed Map chunk of rows")

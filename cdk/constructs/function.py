@@ -27,10 +27,10 @@ from functions.common.settings import EPHEMERAL_MAX_MIB, EPHEMERAL_MIN_MIB, Sett
 
 from .checks import check_range
 from .nag import ack, arn_token
+from .topology import LAMBDA_MAX_TIMEOUT_SECONDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = lambda_.Runtime.PYTHON_3_12
-LAMBDA_MAX_TIMEOUT_SECONDS = 900
 
 # gitignore semantics (IgnoreMode.GIT): drop everything at the top, then re-admit the `functions/`
 # tree but only its directories and `.py` files, so tests, .venv, cdk.out, caches never ship.

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cdk.constructs.topology import BatchTopology
 from functions.common import aws, layout
 from functions.common.manifest import MANIFEST_FILE, Manifest
 
@@ -48,20 +49,22 @@ SCORING_BUCKET = "slimserve-scoring-local"
 
 
 def create_scoring_resources(s3: Any, sqs: Any, bucket: str = SCORING_BUCKET,
-                             max_receive_count: int = 3) -> dict[str, str]:
-    """The batch path of the stack: scoring bucket, its incoming/ notifications to a queue with a DLQ."""
+                             topology: BatchTopology | None = None) -> dict[str, str]:
+    """The batch path of the stack, from the definition BatchScoring synthesizes: scoring bucket, its
+    notifications to a queue with a DLQ."""
+    wiring = topology or BatchTopology()
     s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    dlq = sqs.create_queue(QueueName=f"{bucket}-dlq")["QueueUrl"]
+    if wiring.bucket_versioned:
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    dlq = sqs.create_queue(QueueName=f"{bucket}-dlq", Attributes={
+        "MessageRetentionPeriod": str(wiring.dlq_retention_days * 86_400)})["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     queue = sqs.create_queue(QueueName=f"{bucket}-incoming", Attributes={
-        "VisibilityTimeout": "5400",
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)})})[
-        "QueueUrl"]
+        "VisibilityTimeout": str(wiring.visibility_timeout_seconds),
+        "RedrivePolicy": json.dumps(wiring.redrive_policy(dlq_arn))})["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [{
-        "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"],
-        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": layout.INCOMING_PREFIX}]}}}]})
+        "QueueArn": queue_arn, "Events": list(wiring.events), "Filter": wiring.key_filter()}]})
     return {"bucket": bucket, "queue_url": queue, "dlq_url": dlq}
 
 
