@@ -24,7 +24,7 @@ from ..common.settings import BatchSettings
 from ..common.tabular import FileFormat, WholeFileRejected
 from . import distributed
 from .scoring import Source, score_file
-from .stores import S3Store
+from .stores import S3Body, S3Store
 
 rt = Runtime.for_settings(BatchSettings)
 logger, metrics = rt.logger, rt.metrics
@@ -79,13 +79,15 @@ def process_source(source: Source) -> dict[str, Any]:
     if body is None:
         return {"status": "superseded"}
     result = score_file(model, store, source, body, chunk_rows=settings.chunk_rows,
-                        max_file_bytes=settings.max_file_bytes)
+                        max_file_bytes=settings.max_file_bytes, logger=logger)
     manifest = result.manifest
     if not result.skipped:
         rows = manifest["rows"]
         metrics.add_metric(name="RowsScored", unit=MetricUnit.Count, value=rows["scored"])
         metrics.add_metric(name="RowsRejected", unit=MetricUnit.Count, value=rows["rejected"])
         metrics.add_metric(name="FilesRejected", unit=MetricUnit.Count, value=int(manifest["status"] == "rejected"))
+        internal = manifest["status"] == "rejected" and manifest["reason"]["code"] == "internal_error"
+        metrics.add_metric(name="FilesFailedInternally", unit=MetricUnit.Count, value=int(internal))
     logger.info("file processed", extra={"key": source.key, "status": manifest["status"], "rows": manifest["rows"],
                                          "run_id": manifest["run_id"], "skipped": result.skipped})
     return {"status": manifest["status"], "skipped": result.skipped}
@@ -101,7 +103,7 @@ def _open_source(source: Source) -> Any:
         args["IfMatch"] = source.etag
     try:
         with aws.translated(f"reading s3://{source.bucket}/{source.key}"):
-            return aws.client("s3").get_object(**args)["Body"]
+            return S3Body(aws.client("s3").get_object(**args)["Body"], f"s3://{source.bucket}/{source.key}")
     except (ObjectMissing, ObjectChanged) as exc:
         logger.warning("announced object is gone or replaced; its own event covers the new one",
                        extra={"key": source.key, "code": exc.code})
@@ -121,8 +123,17 @@ def _goes_to_distributed_map(source: Source) -> bool:
 
 
 def record_handler(record: SQSRecord) -> None:
-    for source in sources_from_message(record.body):
-        process_source(source)
+    """One message; any error leaves it on the queue (a batch item failure), to be delivered again
+    and, after the queue's receive limit, parked in the DLQ."""
+    try:
+        for source in sources_from_message(record.body):
+            process_source(source)
+    except Exception as exc:
+        metrics.add_metric(name="MessagesFailed", unit=MetricUnit.Count, value=1)
+        logger.warning("message failed; it will be delivered again", extra={"message_id": record.message_id,
+                                                                           "error": type(exc).__name__,
+                                                                           "code": getattr(exc, "code", None)})
+        raise
 
 
 @rt.handler()

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,8 +23,11 @@ import numpy as np
 
 from ..common import layout
 from ..common.bundle import Model
-from ..common.errors import InvalidInput
+from ..common.errors import AwsError, InvalidInput, clip
+from ..common.holder import Log
 from ..common.tabular import Chunk, FileFormat, Reader, WholeFileRejected, open_records
+
+_log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
@@ -80,9 +84,13 @@ def manifest_key(source: Source) -> str:
 
 
 def already_done(store: Store, source: Source) -> dict[str, Any] | None:
-    """The committed manifest if this version (or a newer one) was already scored."""
-    existing = store.read_json(manifest_key(source))
-    if not existing:
+    """The committed manifest if this version (or a newer one) was already scored; a manifest that
+    cannot be read commits nothing, so the file is scored again and the manifest rewritten."""
+    try:
+        existing = store.read_json(manifest_key(source))
+    except ValueError:
+        return None
+    if not isinstance(existing, dict):
         return None
     if existing.get("run_id") == source.run_id:
         return existing
@@ -97,8 +105,13 @@ def _sequencer_order(sequencer: str) -> tuple[int, str]:
 
 
 def score_file(model: Model, store: Store, source: Source, stream: IO[bytes], *, chunk_rows: int = 5000,
-               max_file_bytes: int | None = None) -> RunResult:
-    """Score ``stream`` (the content of ``source``) into ``store``; idempotent per file version."""
+               max_file_bytes: int | None = None, logger: Log = _log) -> RunResult:
+    """Score ``stream`` (the content of ``source``) into ``store``; idempotent per file version.
+
+    Every file ends with a manifest, whatever its content: a whole-file problem, or an error nobody
+    foresaw (code ``internal_error``, its detail in the log), is a rejected manifest. Only a failure
+    of the store itself (AwsError) leaves without one, so that the message is delivered again.
+    """
     done = already_done(store, source)
     if done is not None:
         return RunResult(done, skipped=True)
@@ -110,10 +123,15 @@ def score_file(model: Model, store: Store, source: Source, stream: IO[bytes], *,
         if max_file_bytes is not None and source.size is not None and source.size > max_file_bytes:
             raise WholeFileRejected(f"file is {source.size} bytes; the limit is {max_file_bytes}",
                                     code="file_too_large")
-        outputs, counts = _score(model, store, source, fmt, stream, chunk_rows)
+        outputs, counts = _score(model, store, source, fmt, stream, chunk_rows, max_file_bytes)
     except WholeFileRejected as exc:
-        manifest: dict[str, Any] = {**base, "status": "rejected", "reason": {"code": exc.code, "message": exc.message},
-                    "rows": {"in": 0, "scored": 0, "rejected": 0}, "outputs": {}}
+        manifest: dict[str, Any] = rejected_manifest(base, exc.code, exc.message)
+    except (AwsError, MemoryError):
+        raise  # the store, the source or the process failed, not the file: no manifest, so a retry scores it
+    except Exception as exc:
+        logger.error("scoring failed unexpectedly", exc_info=True, extra={"key": source.key, "run_id": source.run_id})
+        detail = f"scoring failed unexpectedly ({clip(type(exc).__name__, 60)}); the function's log has the detail"
+        manifest = rejected_manifest(base, "internal_error", detail)
     else:
         manifest = {**base, "status": "complete", "format": fmt.kind, "compression": "gzip" if fmt.gzip else None,
                     "rows": {"in": counts.rows_in, "scored": counts.scored, "rejected": counts.rejected},
@@ -124,9 +142,14 @@ def score_file(model: Model, store: Store, source: Source, stream: IO[bytes], *,
     return RunResult(manifest)
 
 
+def rejected_manifest(base: dict[str, Any], code: str, message: str) -> dict[str, Any]:
+    return {**base, "status": "rejected", "reason": {"code": code, "message": message},
+            "rows": {"in": 0, "scored": 0, "rejected": 0}, "outputs": {}}
+
+
 def _score(model: Model, store: Store, source: Source, fmt: FileFormat, stream: IO[bytes],
-           chunk_rows: int) -> tuple[dict[str, Any], Counts]:
-    with open_records(stream, fmt, model.manifest.features) as reader:
+           chunk_rows: int, max_bytes: int | None) -> tuple[dict[str, Any], Counts]:
+    with open_records(stream, fmt, model.manifest.features, max_bytes) as reader:
         return _score_records(model, store, source, fmt, reader, chunk_rows)
 
 
@@ -237,13 +260,14 @@ class OutputWriter:
             body = "".join(f"{chunk.raw[i]},{s}\n" for i, s in zip(result.good.tolist(), suffixes, strict=True))
             self.scored.write(body.encode("utf-8"))
         elif self.fmt.kind == "jsonl":
+            # The record's own text with the answer spliced before its closing brace: never parsed
+            # or encoded again, so whatever the reader accepted is written back unchanged.
             lines = []
             for k, i in enumerate(result.good.tolist()):
-                record = json.loads(chunk.raw[i])
-                record["prediction"] = preds[k].item() if isinstance(preds[k], np.generic) else preds[k]
+                answer = {"prediction": preds[k].item() if isinstance(preds[k], np.generic) else preds[k]}
                 if proba is not None and self.classes:
-                    record["probabilities"] = dict(zip(map(str, self.classes), proba[k].tolist(), strict=True))
-                lines.append(json.dumps(record))
+                    answer["probabilities"] = dict(zip(map(str, self.classes), proba[k].tolist(), strict=True))
+                lines.append(f"{chunk.raw[i][:-1].rstrip()}, {json.dumps(answer)[1:]}")
             self.scored.write(("\n".join(lines) + "\n").encode("utf-8"))
         else:
             self._write_parquet([chunk.raw[i] for i in result.good.tolist()], preds, proba)
@@ -252,7 +276,7 @@ class OutputWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(records)
+        table = pa.Table.from_pylist(records, schema=self.reader.schema)  # a column null in one chunk keeps its type
         table = table.append_column("prediction", pa.array(preds.tolist()))
         if proba is not None and self.classes:
             for j, c in enumerate(self.classes):

@@ -6,6 +6,7 @@ single PUT or a multipart upload completed at the end (aborted on failure).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import aws
-from ..common.errors import ObjectMissing
+from ..common.errors import AwsError, ObjectMissing
 from .scoring import HashingBuffer
 
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB (all but the last)
@@ -76,28 +77,32 @@ class S3Sink:
             self._flush_part()
 
     def _flush_part(self) -> None:
-        if self._upload_id is None:
-            self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
-        number = len(self._parts) + 1
-        etag = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                                        PartNumber=number, Body=bytes(self._buffer))["ETag"]
+        with aws.translated(f"writing s3://{self._bucket}/{self._key}"):
+            if self._upload_id is None:
+                self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
+            number = len(self._parts) + 1
+            etag = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                            PartNumber=number, Body=bytes(self._buffer))["ETag"]
         self._parts.append({"PartNumber": number, "ETag": etag})
         self._buffer.clear()
 
     def commit(self) -> dict[str, Any]:
-        if self._upload_id is None:
-            self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer))
-        else:
-            if self._buffer:
-                self._flush_part()
-            self._client.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                                                   MultipartUpload={"Parts": self._parts})
+        if self._upload_id is not None and self._buffer:
+            self._flush_part()
+        with aws.translated(f"writing s3://{self._bucket}/{self._key}"):
+            if self._upload_id is None:
+                self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer))
+            else:
+                self._client.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                                       MultipartUpload={"Parts": self._parts})
         return self._hash.summary()
 
     def abort(self) -> None:
+        """Drop an unfinished upload; if S3 refuses, its lifecycle rule removes the parts later."""
         if self._upload_id is not None:
-            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
-            self._upload_id = None
+            upload_id, self._upload_id = self._upload_id, None
+            with contextlib.suppress(AwsError), aws.translated(f"aborting the upload of s3://{self._bucket}/{self._key}"):
+                self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=upload_id)
 
 
 class S3Store:
@@ -116,11 +121,26 @@ class S3Store:
         return json.loads(body)
 
     def put_json(self, key: str, body: dict[str, Any]) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=(json.dumps(body, indent=2) + "\n").encode(),
-                               ContentType="application/json")
+        with aws.translated(f"writing s3://{self.bucket}/{key}"):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=(json.dumps(body, indent=2) + "\n").encode(),
+                                   ContentType="application/json")
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        with aws.translated(f"listing s3://{self.bucket}/{prefix}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return sorted(keys)
+
+
+class S3Body:
+    """An S3 object's body whose read errors (a connection cut mid-stream) arrive as AwsError: a
+    retry of the message, not a verdict on the file."""
+
+    def __init__(self, body: Any, what: str) -> None:
+        self._body, self._what = body, what
+
+    def read(self, size: int = -1, /) -> bytes:
+        with aws.translated(f"reading {self._what}"):
+            data: bytes = self._body.read(size)
+        return data

@@ -18,15 +18,18 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
-from .errors import SlimserveError
+from .errors import SlimserveError, clip
 from .manifest import Feature
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_RECORD_CHARS = 1 << 20  # a longer record is a rejected row, never held whole in memory
+CHUNK_CHARS = 16 << 20  # a chunk ends here whatever its row count: wide rows keep memory bounded too
+ECHO_CHARS = 1024  # of an oversized or unreadable record, echoed into the rejected rows
 
 
 class WholeFileRejected(SlimserveError):
@@ -69,118 +72,247 @@ class Chunk:
         return len(self.line_numbers)
 
 
-def open_text_lines(stream: IO[bytes], fmt: FileFormat) -> IO[bytes]:
-    """A line-iterable binary stream, transparently gunzipped, refusing a mislabelled file early."""
-    buffered: Any = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Raw(stream), 1 << 20)
+def open_text_lines(stream: IO[bytes], fmt: FileFormat, max_bytes: int | None = None) -> Lines:
+    """The stream's physical lines, transparently gunzipped (to at most ``max_bytes``), refusing a
+    mislabelled file early."""
+    # Wrapped even when already buffered: the text layer closes what it wraps, never the caller's stream.
+    buffered: Any = io.BufferedReader(_Raw(stream), 1 << 20)
     head = buffered.peek(2)[:2]
     if fmt.gzip:
         if head != GZIP_MAGIC:
             raise WholeFileRejected("file is named .gz but is not gzip", code="corrupt_gzip")
-        return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
+        unzipped = gzip.GzipFile(fileobj=buffered)
+        return Lines(unzipped if max_bytes is None else io.BufferedReader(_Raw(unzipped, max_bytes), 1 << 20))
     if head == GZIP_MAGIC:
         raise WholeFileRejected("file is gzip-compressed but not named .gz", code="wrong_format")
-    return buffered
+    return Lines(buffered)
+
+
+class ByteSource(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
 
 
 class _Raw(io.RawIOBase):
-    """Any object with ``read(n)`` (an S3 StreamingBody, a file) as a raw stream to buffer."""
+    """Any object with ``read(n)`` (an S3 StreamingBody, a file) as a raw stream to buffer; past
+    ``limit`` bytes (a decompressed gzip bomb) the file is refused."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
+    def __init__(self, stream: ByteSource, limit: int | None = None) -> None:
+        self._stream, self._limit, self._read = stream, limit, 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         data = self._stream.read(len(buffer))
+        self._read += len(data)
+        if self._limit is not None and self._read > self._limit:
+            raise WholeFileRejected(f"file's content is over the limit of {self._limit} bytes once decompressed",
+                                    code="file_too_large")
         buffer[: len(data)] = data
         return len(data)
 
 
-def _read_lines(lines: IO[bytes], count: int) -> list[bytes]:
-    out = []
-    try:
-        for _ in range(count):
-            line = lines.readline()
-            if not line:
-                break
-            out.append(line)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise WholeFileRejected(f"file cannot be decompressed: {exc}", code="corrupt_gzip") from None
-    return out
+class _TooLong(Exception):
+    """A record grew past MAX_RECORD_CHARS while it was being read."""
 
 
-def _decode(line: bytes, line_no: int) -> str:
+@dataclass(frozen=True)
+class Line:
+    number: int  # 1-based physical line
+    text: str  # with its line ending; only the head of an oversized line
+    oversized: bool = False
+
+    @property
+    def body(self) -> str:
+        return self.text.rstrip("\r\n")
+
+
+class Lines:
+    """Physical lines of a text file, numbered from 1: each ends at \\n, \\r\\n or a lone \\r. Bytes
+    that are not UTF-8 are kept (as surrogates) so the line holding them can be named and refused.
+    A line over MAX_RECORD_CHARS keeps only its head; the rest is read past, never held."""
+
+    def __init__(self, binary: io.BufferedReader | gzip.GzipFile) -> None:
+        self._text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        self.number = 0
+
+    def next(self) -> Line | None:
+        text = self._readline()
+        if not text:
+            return None
+        self.number += 1
+        if len(text) < MAX_RECORD_CHARS or text.endswith(("\n", "\r")):
+            return Line(self.number, text)
+        rest = text
+        while rest and not rest.endswith(("\n", "\r")):
+            rest = self._readline()
+        return Line(self.number, text[:ECHO_CHARS], oversized=True)
+
+    def _readline(self) -> str:
+        try:
+            return self._text.readline(MAX_RECORD_CHARS)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise WholeFileRejected(f"file cannot be decompressed: {clip(str(exc), 200)}",
+                                    code="corrupt_gzip") from None
+
+
+def not_utf8(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (decoded as surrogates)."""
+    if text.isascii():
+        return False
     try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        raise WholeFileRejected(f"line {line_no} is not UTF-8 text: is this really the declared format?",
-                                code="wrong_format") from None
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def printable(text: str, limit: int = ECHO_CHARS) -> str:
+    """A record as echoed into the rejected rows: bytes that were not UTF-8 shown as \\xNN, cut to ``limit``."""
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return clip(text, limit)
+
+
+def too_long(line: int) -> str:
+    return f"record_too_large: the record at line {line} is over {MAX_RECORD_CHARS} characters"
+
+
+def not_text(line: int) -> str:
+    return f"invalid_encoding: line {line} is not UTF-8 text"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One CSV record: the line it starts on, its text (raw) and, when it was quoted, its fields."""
+
+    line: int
+    raw: str
+    fields: list[str] | None = None
+    error: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        return self.fields is None and self.error is None
 
 
 # -- CSV -------------------------------------------------------------------------------------------
 
 class CsvReader:
-    def __init__(self, lines: IO[bytes], features: list[Feature]) -> None:
+    """Records may span lines (a quoted field holding a newline); each is numbered by the line it
+    starts on. A malformed record is a rejected row, never the end of the file."""
+
+    def __init__(self, lines: Lines, features: list[Feature]) -> None:
         self._lines = lines
-        first = _read_lines(lines, 1)
-        if not first:
+        header = self._next_record()
+        if header is None:
             raise WholeFileRejected("file is empty", code="empty_file")
-        header_text = _decode(first[0], 1).lstrip("\ufeff")
-        self.header = next(csv.reader([header_text]))
-        self.header_line = first[0].rstrip(b"\r\n")
+        if header.error is not None:
+            code = "wrong_format" if header.error.startswith("invalid_encoding") else "wrong_header"
+            raise WholeFileRejected(f"header: {header.error}", code=code)
+        self.header = header.fields if header.fields is not None else header.raw.split(",")
+        self.header_line = header.raw.encode("utf-8")
         names = [f.name for f in features]
-        missing = [n for n in names if n not in self.header]
+        columns = set(self.header)
+        missing = [n for n in names if n not in columns]
         if missing:
             raise WholeFileRejected(f"header lacks the model's features {missing}; header is {self.header[:50]}",
                                     code="wrong_header")
-        if len(set(self.header)) != len(self.header):
+        if len(columns) != len(self.header):
             raise WholeFileRejected("header repeats a column name", code="wrong_header")
         self._features = features
         self._positions = [self.header.index(n) for n in names]
         self._all_numeric = all(f.type == "number" for f in features)
-        self._next_line = 2
 
     def chunks(self, rows: int) -> Iterator[Chunk]:
         while True:
-            lines = _read_lines(self._lines, rows)
-            if not lines:
+            records: list[Record] = []
+            size = 0
+            while len(records) < rows and size < CHUNK_CHARS:
+                record = self._next_record()
+                if record is None:
+                    break
+                records.append(record)
+                size += len(record.raw)
+            if not records:
                 return
-            start, self._next_line = self._next_line, self._next_line + len(lines)
-            try:
-                block = b"".join(lines).decode("utf-8")  # one decode per chunk, not per line
-            except UnicodeDecodeError:
-                for i, line in enumerate(lines):
-                    _decode(line, start + i)  # names the first line that is not UTF-8
-                raise
-            texts = block.split("\n")
-            if texts[-1] == "":
-                texts.pop()
-            kept = [(start + i, t.rstrip("\r")) for i, t in enumerate(texts) if t and not t.isspace()]
-            if kept:
-                yield self._chunk(kept, quoted='"' in block)
+            yield self._chunk(records)
 
-    def _chunk(self, kept: list[tuple[int, str]], quoted: bool) -> Chunk:
-        chunk = Chunk(line_numbers=[n for n, _ in kept], raw=[t for _, t in kept])
-        if self._all_numeric and not quoted:
-            # When the header is exactly the features, loadtxt itself refuses rows of another width.
-            exact = self._positions == list(range(len(self.header)))
-            try:
-                parsed = np.loadtxt(chunk.raw, delimiter=",", dtype=np.float64, ndmin=2, comments=None,
-                                    usecols=None if exact else self._positions)
-                if parsed.shape == (len(chunk), len(self._positions)) and (
-                        exact or all(t.count(",") == len(self.header) - 1 for t in chunk.raw)):
-                    chunk.numbers = parsed
-                    chunk.cells = [None] * len(chunk)
-                    chunk.errors = [None] * len(chunk)
-                    return chunk
-            except ValueError:
-                pass  # some row is off: parse row by row below to name it
-        for fields in csv.reader(chunk.raw):
-            cells, error = self._cells(fields)
+    def _next_record(self) -> Record | None:
+        """The next non-blank record, or None at the end of the file."""
+        while True:
+            line = self._lines.next()
+            if line is None:
+                return None
+            if line.oversized:
+                return Record(line.number, printable(line.text), error=too_long(line.number))
+            body = line.body
+            if not body or body.isspace():
+                continue  # a blank line is no row
+            if '"' in body:
+                return self._quoted(line)
+            if not_utf8(body):
+                return Record(line.number, printable(body), error=not_text(line.number))
+            return Record(line.number, body)
+
+    def _quoted(self, first: Line) -> Record:
+        """A record with quotes, read by the csv module, which pulls as many lines as the quotes span."""
+        texts = [first.text]
+        size = len(first.text)
+
+        def more() -> Iterator[str]:
+            nonlocal size
+            yield first.text
+            while (line := self._lines.next()) is not None:
+                size += len(line.text)
+                if line.oversized or size > MAX_RECORD_CHARS:
+                    raise _TooLong
+                texts.append(line.text)
+                yield line.text
+
+        error = None
+        try:
+            fields: list[str] | None = next(csv.reader(more(), strict=True))
+        except _TooLong:
+            fields, error = None, too_long(first.number)
+        except csv.Error as exc:
+            code = "field_too_large" if "field limit" in str(exc) else "malformed_csv"
+            fields, error = None, f"{code}: record at line {first.number}: {exc}"
+        raw = "".join(texts).rstrip("\r\n")
+        if error is None and not_utf8(raw):
+            fields, error = None, not_text(first.number)
+        return Record(first.number, raw if error is None else printable(raw), fields, error)
+
+    def _chunk(self, records: list[Record]) -> Chunk:
+        chunk = Chunk(line_numbers=[r.line for r in records], raw=[r.raw for r in records])
+        if self._all_numeric and all(r.plain for r in records) and self._fast(chunk):
+            return chunk
+        for record in records:
+            if record.error is not None:
+                chunk.cells.append(None)
+                chunk.errors.append(record.error)
+                continue
+            cells, error = self._cells(record.fields if record.fields is not None else record.raw.split(","))
             chunk.cells.append(cells)
             chunk.errors.append(error)
         return chunk
+
+    def _fast(self, chunk: Chunk) -> bool:
+        """Every record single-line, unquoted and numeric: parse the chunk in one call, if every row parses."""
+        # When the header is exactly the features, loadtxt itself refuses rows of another width.
+        exact = self._positions == list(range(len(self.header)))
+        try:
+            parsed = np.loadtxt(chunk.raw, delimiter=",", dtype=np.float64, ndmin=2, comments=None,
+                                usecols=None if exact else self._positions)
+        except ValueError:
+            return False  # some row is off: parse row by row to name it
+        if parsed.shape != (len(chunk), len(self._positions)) or not (
+                exact or all(t.count(",") == len(self.header) - 1 for t in chunk.raw)):
+            return False
+        chunk.numbers = parsed
+        chunk.cells = [None] * len(chunk)
+        chunk.errors = [None] * len(chunk)
+        return True
 
     def _cells(self, fields: list[str]) -> tuple[list[Any] | None, str | None]:
         if len(fields) != len(self.header):
@@ -208,45 +340,56 @@ def cells_from_text(features: list[Feature], texts: list[str]) -> tuple[list[Any
 # -- JSON Lines ------------------------------------------------------------------------------------
 
 class JsonLinesReader:
-    def __init__(self, lines: IO[bytes], features: list[Feature]) -> None:
+    def __init__(self, lines: Lines, features: list[Feature]) -> None:
         self._lines = lines
         self._names = [f.name for f in features]
-        self._next_line = 1
         self._empty = True
 
     def chunks(self, rows: int) -> Iterator[Chunk]:
         while True:
-            lines = _read_lines(self._lines, rows)
-            if not lines:
+            chunk = Chunk()
+            size = 0
+            while len(chunk) < rows and size < CHUNK_CHARS:
+                line = self._lines.next()
+                if line is None:
+                    break
+                text = line.text.strip()
+                if not text:
+                    continue
+                if self._empty and not_utf8(text):
+                    raise WholeFileRejected(f"line {line.number} is not UTF-8 text: is this really JSON Lines?",
+                                            code="wrong_format")
+                self._empty = False
+                size += len(text)
+                cells, error = self._cells(line, text)
+                chunk.line_numbers.append(line.number)
+                chunk.raw.append(text if error is None else printable(text))
+                chunk.cells.append(cells)
+                chunk.errors.append(error)
+            if not len(chunk):
                 if self._empty:
                     raise WholeFileRejected("file is empty", code="empty_file")
                 return
-            start, self._next_line = self._next_line, self._next_line + len(lines)
-            chunk = Chunk()
-            for i, line in enumerate(lines):
-                text = _decode(line, start + i).strip()
-                if not text:
-                    continue
-                self._empty = False
-                chunk.line_numbers.append(start + i)
-                chunk.raw.append(text)
-                cells, error = self._cells(text)
-                chunk.cells.append(cells)
-                chunk.errors.append(error)
-            if chunk.line_numbers:
-                yield chunk
+            yield chunk
 
-    def _cells(self, text: str) -> tuple[list[Any] | None, str | None]:
+    def _cells(self, line: Line, text: str) -> tuple[list[Any] | None, str | None]:
+        if line.oversized:
+            return None, too_long(line.number)
+        if not_utf8(text):
+            return None, not_text(line.number)
         try:
             row = json.loads(text)
         except ValueError:
             return None, "malformed_json: line is not valid JSON"
+        except RecursionError:
+            return None, "malformed_json: line nests deeper than the parser allows"
         if not isinstance(row, dict):
             return None, "wrong_type: each line must be a JSON object keyed by feature name"
         missing = [n for n in self._names if n not in row]
         if missing:
             return None, f"missing_feature: feature {missing[0]!r} is missing"
         return [row[n] for n in self._names], None
+
 
 
 # -- Parquet ---------------------------------------------------------------------------------------
@@ -258,11 +401,15 @@ class ParquetReader:
         except ImportError:
             raise WholeFileRejected("Parquet needs pyarrow, which this deployment does not include",
                                     code="unsupported_format") from None
+        if os.path.getsize(path) == 0:
+            raise WholeFileRejected("file is empty", code="empty_file")
         try:
             self._file = pq.ParquetFile(path)
         except Exception as exc:  # pyarrow raises ArrowInvalid and friends for a corrupt file
-            raise WholeFileRejected(f"not a readable Parquet file: {str(exc)[:200]}", code="wrong_format") from None
-        self.columns = self._file.schema_arrow.names
+            raise WholeFileRejected(f"not a readable Parquet file: {clip(str(exc), 200)}",
+                                    code="wrong_format") from None
+        self.schema = self._file.schema_arrow
+        self.columns = self.schema.names
         names = [f.name for f in features]
         missing = [n for n in names if n not in self.columns]
         if missing:
@@ -273,8 +420,16 @@ class ParquetReader:
 
     def chunks(self, rows: int) -> Iterator[Chunk]:
         line = 1
-        for batch in self._file.iter_batches(batch_size=rows):
-            records = batch.to_pylist()
+        batches = self._file.iter_batches(batch_size=rows)
+        while True:
+            try:  # a corrupt page surfaces only when it is read
+                batch = next(batches, None)
+                records = [] if batch is None else batch.to_pylist()
+            except Exception as exc:
+                raise WholeFileRejected(f"Parquet data cannot be read: {clip(str(exc), 200)}",
+                                        code="wrong_format") from None
+            if batch is None:
+                return
             chunk = Chunk(line_numbers=list(range(line, line + len(records))), raw=records)
             line += len(records)
             for record in records:
@@ -312,11 +467,13 @@ Reader = CsvReader | JsonLinesReader | ParquetReader
 
 
 @contextlib.contextmanager
-def open_records(stream: IO[bytes], fmt: FileFormat, features: list[Feature]) -> Iterator[Reader]:
-    """The reader for ``fmt`` over ``stream``; a spooled Parquet copy is removed when the block ends."""
+def open_records(stream: IO[bytes], fmt: FileFormat, features: list[Feature],
+                 max_bytes: int | None = None) -> Iterator[Reader]:
+    """The reader for ``fmt`` over ``stream``; a spooled Parquet copy is removed when the block ends.
+    ``max_bytes`` bounds a gzip file's decompressed content."""
     if fmt.kind == "parquet":
         with spooled(stream, ".parquet") as path:
             yield ParquetReader(path, features)
         return
-    lines = open_text_lines(stream, fmt)
+    lines = open_text_lines(stream, fmt, max_bytes)
     yield CsvReader(lines, features) if fmt.kind == "csv" else JsonLinesReader(lines, features)
