@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .bundle import Model, load_model, reader_for_uri
-from .errors import ModelUnavailable, SlimserveError
+from .errors import ConfigurationError, ModelUnavailable, SlimserveError
 from .settings import ModelSettings
 
 # What a caller of a function that has no model is told; the reason goes to the log only.
@@ -47,10 +47,12 @@ class PinnedSource:
         self.settings = settings
 
     def describe(self) -> str:
-        return self.settings.model_uri
+        return self.settings.model_uri or ""
 
     def load(self) -> Model:
         s = self.settings
+        if s.model_uri is None:
+            raise ConfigurationError("no MODEL_URI: this environment routes through the registry")
         return load_model(reader_for_uri(s.model_uri), expected_manifest_sha256=s.model_manifest_sha256,
                           max_rows=s.max_rows, threads=s.ort_threads)
 

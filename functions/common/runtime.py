@@ -15,6 +15,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 
 from .bundle import Model
 from .holder import ModelHolder, ModelSource
+from .routing import RoutingSource
 from .settings import METRICS_NAMESPACE, ModelSettings, Settings
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -44,6 +45,18 @@ class Runtime:
             return ModelHolder.pinned(settings, on_load=self.bind_model, logger=self.logger)
         return ModelHolder(source, retry_load_seconds=settings.retry_load_seconds, on_load=self.bind_model,
                            logger=self.logger)
+
+    def serving_models(self, settings: ModelSettings) -> ModelHolder | RoutingSource:
+        """A pinned bundle's holder when MODEL_URI is set, else the registry's routing of MODEL_NAME."""
+        if not settings.routed:
+            return self.model_holder(settings)
+        from . import aws
+        from .registry import Registry
+
+        assert settings.registry_table and settings.model_name  # checked by the settings
+        table, name = settings.registry_table, settings.model_name
+        return RoutingSource.from_settings(settings, lambda: Registry(aws.client("dynamodb"), table).routing(name),
+                                           logger=self.logger)
 
     def handler(self, *, correlation_id_path: str | None = None, metrics: bool = True,
                 cold_start_metric: bool = False) -> Callable[[Handler], Handler]:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigurationError
 
@@ -60,13 +60,32 @@ def _env_text(value: Any) -> str:
 
 
 class ModelSettings(Settings):
-    """What a function that serves a model needs: where the bundle is and how to load it."""
+    """What a function that serves a model needs: where the bundle is and how to load it.
 
-    model_uri: str = Field(min_length=1, description="s3://bucket/prefix/ of the bundle, or a local folder")
+    Either a pinned bundle (MODEL_URI, for `slimserve serve` and tests) or the registry's routing
+    item of one model (MODEL_NAME + REGISTRY_TABLE); a pinned bundle wins when both are set."""
+
+    model_uri: str | None = Field(default=None, min_length=1,
+                                  description="s3://bucket/prefix/ of a pinned bundle, or a local folder")
     model_manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    model_name: str | None = Field(default=None, min_length=1, description="the model routed by the registry")
+    registry_table: str | None = Field(default=None, min_length=1, description="the model registry's table")
+    routing_ttl_seconds: float = Field(default=15.0, ge=0, description="how long a read of the routing item "
+                                                                        "is trusted before it is read again")
     max_rows: int = Field(default=10_000, gt=0)
     ort_threads: int = Field(default=1, ge=1, le=64)
     retry_load_seconds: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way_to_find_the_model(self) -> Self:
+        if self.model_uri is None and not (self.model_name and self.registry_table):
+            raise ValueError("set MODEL_URI (a pinned bundle) or MODEL_NAME and REGISTRY_TABLE (registry routing)")
+        return self
+
+    @property
+    def routed(self) -> bool:
+        """Whether the bundles come from the registry's routing item rather than a pinned URI."""
+        return self.model_uri is None
 
 
 class InferenceSettings(ModelSettings):
@@ -103,3 +122,30 @@ class ValidationSettings(Settings):
     service: ClassVar[str] = "slimserve-validation"
 
     registry_table: str = Field(min_length=1, description="the model registry's DynamoDB table")
+
+
+class ReleaseSettings(Settings):
+    """The release function: the registry, where to notify, and how far a canary may stray from the champion."""
+
+    service: ClassVar[str] = "slimserve-release"
+
+    registry_table: str = Field(min_length=1, description="the model registry's DynamoDB table")
+    notify_topic_arn: str | None = Field(default=None, description="SNS topic told of every rollback")
+    lock_ttl_seconds: int = Field(default=6 * 3600, gt=0, description="a lock whose owner died frees itself after")
+    max_error_rate_delta: float = Field(default=0.02, ge=0, le=1,
+                                        description="canary 5xx rate minus the champion's, at most")
+    max_latency_ratio: float = Field(default=2.0, gt=1, description="canary p99 model latency / champion's, at most")
+    min_latency_delta_ms: float = Field(default=25.0, ge=0,
+                                        description="a smaller latency regression is noise, whatever the ratio")
+    max_prediction_psi: float = Field(default=0.25, gt=0,
+                                      description="PSI of the canary's prediction distribution against the champion's")
+
+
+class RollbackSettings(Settings):
+    """The rollback function: a champion alarm serves the last known-good version again."""
+
+    service: ClassVar[str] = "slimserve-rollback"
+
+    registry_table: str = Field(min_length=1, description="the model registry's DynamoDB table")
+    notify_topic_arn: str | None = Field(default=None, description="SNS topic told of every rollback")
+    lock_ttl_seconds: int = Field(default=900, gt=0)

@@ -2,6 +2,8 @@
 
 Thin by design: parse, call the model, shape the answer. The model loads at import time (the
 Lambda init phase), verified against its manifest, and fails closed with 503 if anything is off.
+With MODEL_NAME + REGISTRY_TABLE (and no MODEL_URI) each request is routed to the registry's
+champion or canary, and per-role metrics say how each did.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..common.errors import (
     UnsupportedMediaType,
     echo,
 )
+from ..common.routing import Routed, RoutingSource, emit_request_metrics, prediction_counts
 from ..common.runtime import Runtime
 from ..common.settings import InferenceSettings
 
@@ -40,7 +43,7 @@ logger, metrics = rt.logger, rt.metrics
 app = APIGatewayRestResolver()
 
 settings = InferenceSettings.from_env()
-holder = rt.model_holder(settings)
+holder = rt.serving_models(settings)
 holder.preload()  # in Lambda's init phase; a failure is logged and answered 503 until a load succeeds
 
 
@@ -98,11 +101,22 @@ def predict() -> Response[Any]:
         request = PredictRequest.model_validate_json(app.current_event.body or "")
     except ValidationError as exc:
         raise request_shape_error(exc.errors()) from None
-    model = holder.load()
-    started = time.perf_counter()
-    result = model.predict(request.instances)
+    routed = route()
+    try:
+        started = clock()
+        result = routed.model.predict(request.instances)
+        latency_ms = (clock() - started) * 1e3
+    except SlimserveError as exc:
+        emit_request_metrics(routed.model.manifest.name, routed.role, routed.version, status=exc.status)
+        raise
+    except Exception:
+        emit_request_metrics(routed.model.manifest.name, routed.role, routed.version, status=500)
+        raise
+    emit_request_metrics(routed.model.manifest.name, routed.role, routed.version, status=200,
+                         latency_ms=latency_ms, counts=prediction_counts(routed.model, result.predictions))
+    model = routed.model
     metrics.add_metric(name="PredictedRows", unit=MetricUnit.Count, value=len(result.predictions))
-    metrics.add_metric(name="ModelLatency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1e3)
+    metrics.add_metric(name="ModelLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
     body: dict[str, Any] = {"predictions": result.predictions}
     if result.probabilities is not None:
         body["probabilities"] = result.probabilities
@@ -111,6 +125,18 @@ def predict() -> Response[Any]:
     if request.id is not None:
         body["id"] = request.id
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
+
+
+clock = time.perf_counter  # what model latency is measured with (tests advance a clock of their own)
+
+
+def route() -> Routed:
+    """The model that answers this request and its role; logs carry both from here on."""
+    if isinstance(holder, RoutingSource):
+        routed = holder.route(_request_id())
+        logger.append_keys(model_version=routed.version, model_role=routed.role)
+        return routed
+    return Routed(holder.load(), "champion")
 
 
 @app.get("/health", summary="Liveness and model status", responses={

@@ -1,0 +1,267 @@
+"""Routing inside one function, like SageMaker production variants: the registry's routing item
+names a champion and perhaps a canary with its weight; every execution environment reads it (a
+read is trusted for ROUTING_TTL_SECONDS), keeps the bundles it names loaded, and sends each
+request to one of them by a hash of its request id. Per-role metrics leave as EMF records.
+
+Alias `live` belongs to code deployments; models never move it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .bundle import Model, load_model, reader_for_uri
+from .errors import ModelUnavailable, SlimserveError
+from .holder import UNAVAILABLE_MESSAGE, Log
+from .registry import Routing
+from .settings import METRICS_NAMESPACE, ModelSettings
+
+ROLES = ("champion", "canary")
+ROLE_DIMENSIONS = ["model_name", "model_role"]  # what alarms watch: versions do not exist at synth time
+VERSION_DIMENSIONS = ["model_name", "model_role", "model_version"]  # what a release compares
+PREDICTION_BINS = 10
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The model that answers one request and the role it plays."""
+
+    model: Model
+    role: str
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+
+def traffic_slot(request_id: str) -> int:
+    """A request's slot in 0..99, the same for the same request id in every environment."""
+    return int.from_bytes(hashlib.sha256(request_id.encode("utf-8")).digest()[:8], "big") % 100
+
+
+def role_for(request_id: str, canary_weight: int) -> str:
+    return "canary" if traffic_slot(request_id) < canary_weight else "champion"
+
+
+class RoutingSource:
+    """The models of one execution environment, as the registry's routing item names them.
+
+    The routing item is read at most once per ``ttl_seconds``; a failed read keeps the last good
+    routing. A bundle that fails to load is remembered and retried after ``retry_load_seconds``:
+    a canary that cannot load leaves its traffic to the champion; no champion answers 503.
+    """
+
+    def __init__(self, read_routing: Callable[[], Routing], load_bundle: Callable[[str, str], Model], *,
+                 ttl_seconds: float = 15.0, retry_load_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, logger: Log | None = None,
+                 description: str = "the registry's routing item") -> None:
+        self._read_routing, self._load_bundle = read_routing, load_bundle
+        self.ttl_seconds, self.retry_load_seconds, self.clock = ttl_seconds, retry_load_seconds, clock
+        self.log: Log = logger or logging.getLogger("slimserve.routing")
+        self._description = description
+        self._routing: Routing | None = None
+        self._read_at = -math.inf
+        self._models: dict[tuple[str, str], Model] = {}  # (bundle uri, manifest sha256) -> model
+        self._failures: dict[tuple[str, str], tuple[SlimserveError, float]] = {}
+        self._error: SlimserveError | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, read_routing: Callable[[], Routing], *,
+                      clock: Callable[[], float] = time.monotonic, logger: Log | None = None) -> RoutingSource:
+        def load_bundle(uri: str, manifest_sha256: str) -> Model:
+            return load_model(reader_for_uri(uri), expected_manifest_sha256=manifest_sha256 or None,
+                              max_rows=settings.max_rows, threads=settings.ort_threads)
+
+        return cls(read_routing, load_bundle, ttl_seconds=settings.routing_ttl_seconds,
+                   retry_load_seconds=settings.retry_load_seconds, clock=clock, logger=logger,
+                   description=f"registry {settings.registry_table}, model {settings.model_name}")
+
+    def describe(self) -> str:
+        return self._description
+
+    # -- what handlers call -----------------------------------------------------------------------
+
+    def route(self, request_id: str | None) -> Routed:
+        """The model that answers this request: the canary for its weight's share of request ids."""
+        routing = self.routing()
+        if routing.canary_version and routing.canary_weight > 0:
+            role = role_for(request_id or uuid.uuid4().hex, routing.canary_weight)
+            if role == "canary":
+                canary = self._model(routing.canary_uri, routing.canary_sha256, "canary")
+                if canary is not None:
+                    return Routed(canary, "canary")
+        return Routed(self.load(), "champion")
+
+    def load(self) -> Model:
+        """The champion (health checks and documents describe it); ModelUnavailable when none serves."""
+        routing = self.routing()
+        if routing.champion_version is None:
+            raise ModelUnavailable(UNAVAILABLE_MESSAGE)
+        model = self._model(routing.champion_uri, routing.champion_sha256, "champion")
+        if model is None:
+            raise ModelUnavailable(UNAVAILABLE_MESSAGE)
+        return model
+
+    def preload(self) -> None:
+        """Load what the routing names at cold start; failures are remembered and logged, not raised."""
+        try:
+            routing = self.routing()
+        except ModelUnavailable:
+            return
+        if routing.canary_version:
+            self._model(routing.canary_uri, routing.canary_sha256, "canary")
+        if routing.champion_version:
+            self._model(routing.champion_uri, routing.champion_sha256, "champion")
+
+    @property
+    def last_error(self) -> SlimserveError | None:
+        """The latest failure not yet recovered from: a bundle that would not load, or the first routing read."""
+        if self._failures:
+            return max(self._failures.values(), key=lambda failure: failure[1])[0]
+        return self._error
+
+    def routing(self) -> Routing:
+        """The routing item as last read, read again once it is older than the TTL."""
+        if self._routing is not None and self.clock() - self._read_at < self.ttl_seconds:
+            return self._routing
+        with self._lock:
+            if self._routing is not None and self.clock() - self._read_at < self.ttl_seconds:
+                return self._routing
+            try:
+                routing = self._read_routing()
+            except SlimserveError as exc:
+                self._read_at = self.clock()  # the next read waits a TTL too: no storm on a throttled table
+                self.log.error("routing item could not be read; keeping the last one",
+                               extra={"reason": exc.message, "code": exc.code, "model_source": self._description})
+                if self._routing is None:
+                    self._error = exc
+                    raise ModelUnavailable(UNAVAILABLE_MESSAGE) from None
+                return self._routing
+            self._routing, self._read_at, self._error = routing, self.clock(), None
+            self._forget_unnamed(routing)
+            return routing
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _model(self, uri: str, manifest_sha256: str, role: str) -> Model | None:
+        key = (uri, manifest_sha256)
+        model = self._models.get(key)
+        if model is not None:
+            return model
+        with self._lock:
+            if key in self._models:
+                return self._models[key]
+            failed = self._failures.get(key)
+            if failed is not None and self.clock() - failed[1] < self.retry_load_seconds:
+                return None
+            try:
+                model = self._load_bundle(uri, manifest_sha256)
+            except SlimserveError as exc:
+                self._failures[key] = (exc, self.clock())
+                self.log.error(f"{role} failed to load; its traffic is not served by it",
+                               extra={"reason": exc.message, "code": exc.code, "model_role": role,
+                                      "model_source": self._description})
+                return None
+            self._models[key] = model
+            self._failures.pop(key, None)
+            return model
+
+    def _forget_unnamed(self, routing: Routing) -> None:
+        """Bundles the routing no longer names are dropped, so memory holds two models at most."""
+        named = {(routing.champion_uri, routing.champion_sha256), (routing.canary_uri, routing.canary_sha256)}
+        for key in [k for k in self._models if k not in named]:
+            del self._models[key]
+        for key in [k for k in self._failures if k not in named]:
+            del self._failures[key]
+
+
+# -- per-role metrics (EMF) ---------------------------------------------------------------------------
+
+MetricSink = Callable[[dict[str, Any]], None]
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    """On Lambda, CloudWatch reads EMF records from standard output."""
+    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() not in ("1", "true"):
+        print(json.dumps(record, separators=(",", ":")), flush=True)
+
+
+_sink: list[MetricSink] = [_print_record]
+
+
+def set_metric_sink(sink: MetricSink | None) -> MetricSink:
+    """Where EMF records go (None: standard output again); returns the previous sink."""
+    previous = _sink[0]
+    _sink[0] = sink or _print_record
+    return previous
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def metric_label(value: Any) -> str:
+    """A class label as part of a metric name: letters, digits, '_', '.', '-' only, 64 at most."""
+    return _UNSAFE.sub("_", str(value))[:64] or "_"
+
+
+def prediction_counts(model: Model, predictions: Sequence[Any]) -> dict[str, int]:
+    """The prediction distribution of one answer: a count per class, or per bin for a regressor."""
+    counts: dict[str, int] = {}
+    if model.manifest.classes:
+        for p in predictions:
+            name = f"Predictions_{metric_label(p)}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+    low, high = _prediction_range(model)
+    for p in predictions:
+        name = f"PredictionBin_{_bin(float(p), low, high)}"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _prediction_range(model: Model) -> tuple[float | None, float | None]:
+    profile = model.manifest.profile.get("prediction") or {}
+    low, high = profile.get("min"), profile.get("max")
+    return (float(low), float(high)) if low is not None and high is not None and high > low else (None, None)
+
+
+def _bin(value: float, low: float | None, high: float | None) -> int:
+    if not math.isfinite(value):
+        return PREDICTION_BINS - 1
+    if low is None or high is None:  # no profiled range: log-scale bins of the magnitude
+        return min(PREDICTION_BINS - 1, int(math.log2(1 + abs(value))))
+    return min(PREDICTION_BINS - 1, max(0, int((value - low) / (high - low) * PREDICTION_BINS)))
+
+
+def emit_request_metrics(model_name: str, role: str, version: str, *, status: int,
+                         latency_ms: float | None = None, counts: dict[str, int] | None = None,
+                         timestamp_ms: int | None = None) -> dict[str, Any]:
+    """One EMF record for one request, under both dimension sets; returns the record."""
+    values: dict[str, tuple[float, str]] = {
+        "Requests": (1, "Count"), "Errors4xx": (int(400 <= status < 500), "Count"),
+        "Errors5xx": (int(status >= 500), "Count")}
+    if latency_ms is not None:
+        values["ModelLatency"] = (latency_ms, "Milliseconds")
+    for name, count in (counts or {}).items():
+        values[name] = (count, "Count")
+    record: dict[str, Any] = {
+        "_aws": {"Timestamp": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
+                 "CloudWatchMetrics": [{"Namespace": METRICS_NAMESPACE,
+                                        "Dimensions": [ROLE_DIMENSIONS, VERSION_DIMENSIONS],
+                                        "Metrics": [{"Name": n, "Unit": u} for n, (_, u) in values.items()]}]},
+        "model_name": model_name, "model_role": role, "model_version": version,
+        **{n: v for n, (v, _) in values.items()}}
+    _sink[0](record)
+    return record
