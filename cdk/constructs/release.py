@@ -50,10 +50,10 @@ from .state_machines import logged_state_machine
 HANDLER = "functions.release.handler.lambda_handler"
 
 # The registry calls of the release function: routing item and lock by conditional writes, promotion in
-# one transaction (champion pointer + both versions' status), one model's versions by Query. No Scan.
+# one transaction (IAM checks each item's own action: put, update, condition check), one model's versions
+# by Query, the lock's delete. No Scan.
 REGISTRY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
                     "dynamodb:Query", "dynamodb:ConditionCheckItem")
-TRANSACTION_ACTIONS = ("dynamodb:TransactWriteItems",)
 
 # State names in the synthesized ASL (tests and the local emulation look them up by these names).
 CHECK_INPUT_STATE = "CheckReleaseInput"
@@ -185,7 +185,7 @@ class Release(Construct):
             log_retention=settings.log_retention,
             architecture=self.props.architecture,
         ))
-        self.props.table.grant(fn, *REGISTRY_ACTIONS, *TRANSACTION_ACTIONS)
+        self.props.table.grant(fn, *REGISTRY_ACTIONS)
         # Not grant_publish: that adds kms on key/*; SNS's managed key already serves the account's publishers.
         fn.add_to_role_policy(iam.PolicyStatement(sid="PublishReleaseNotices", actions=["sns:Publish"],
                                                   resources=[self.topic.topic_arn]))

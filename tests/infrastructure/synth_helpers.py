@@ -110,3 +110,43 @@ def synth_app(app: Any, outdir: Path) -> Synth:
         nag_error = str(exc)
     template = json.loads((outdir / f"{STACK_ID}.template.json").read_text())
     return Synth(outdir=outdir, template=template, nag_error=nag_error)
+
+
+# --- running a synthesized state machine on moto ----------------------------------------------------
+
+ACCOUNT = "123456789012"  # moto's default account: the ARNs a definition names must be the ones moto makes
+
+
+def render(value: Any, synth: Synth, region: str) -> Any:
+    """A template value as deploy time would see it in `region`: pseudo parameters, a function's Arn as an
+    ARN named by its logical id (the name the local Lambda dispatcher answers to), a topic's Ref as its ARN."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return str(separator).join(str(render(p, synth, region)) for p in parts)
+    if "Ref" in value:
+        pseudo = {"AWS::Partition": "aws", "AWS::Region": region, "AWS::AccountId": ACCOUNT,
+                  "AWS::URLSuffix": "amazonaws.com"}
+        if value["Ref"] in pseudo:
+            return pseudo[value["Ref"]]
+        kind = synth.template["Resources"][value["Ref"]]["Type"]
+        return f"arn:aws:sns:{region}:{ACCOUNT}:{value['Ref']}" if kind == "AWS::SNS::Topic" else value["Ref"]
+    if "Fn::GetAtt" in value:
+        logical_id, attribute = value["Fn::GetAtt"]
+        if synth.template["Resources"][logical_id]["Type"] == "AWS::Lambda::Function" and attribute == "Arn":
+            return f"arn:aws:lambda:{region}:{ACCOUNT}:function:{logical_id}"
+    raise AssertionError(f"cannot render {value}")
+
+
+def machine_definition(synth: Synth, logical_id: str, region: str) -> str:
+    """The definition of one state machine of the template, rendered for moto's interpreter."""
+    body = synth.template["Resources"][logical_id]["Properties"]["DefinitionString"]
+    return str(render(body, synth, region))
+
+
+def resource_id(synth: Synth, prefix: str, resource_type: str) -> str:
+    """The logical id of the one resource of this type whose id starts with `prefix` (its construct path)."""
+    found = [k for k in synth.resources(resource_type) if k.startswith(prefix)]
+    assert len(found) == 1, f"expected one {resource_type} under {prefix}, found {found}"
+    return found[0]

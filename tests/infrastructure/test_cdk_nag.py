@@ -48,6 +48,12 @@ EXPECTED_ACKNOWLEDGEMENTS = {
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
         "log-group:/aws/sagemaker/TrainingJobs:*]",
     },
+    "/Release/Function": {"AwsSolutions-L1"},
+    "/Release/FunctionRole": {"AwsSolutions-IAM5[Resource::*]"},
+    "/Release/StateMachineRole": {
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Resource::<ReleaseFunction7C47E101.Arn>:*]",
+    },
     "/Training/StateMachineRole": {
         "AwsSolutions-IAM5[Resource::*]",
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:training-job/*]",
