@@ -11,7 +11,7 @@ from ..common.bundle import Model, load_model, read_manifest
 from ..common.errors import BundleError
 from ..common.layout import REPORT_FILE
 from ..common.manifest import MANIFEST_FILE, Manifest, sha256_hex
-from .gate import GateConfig, GateRefusal, LatencyProbe, judge, read_holdout, refused
+from .gate import GateConfig, GateRefusal, LatencyProbe, incompatibility, judge, read_holdout, refused
 
 
 def validate(candidate_reader: Callable[[str], bytes], champion_reader: Callable[[str], bytes] | None,
@@ -19,7 +19,7 @@ def validate(candidate_reader: Callable[[str], bytes], champion_reader: Callable
              measure_latency: LatencyProbe | None = None) -> dict[str, Any]:
     """The verdict as a report (a dict); never raises for a bad candidate, champion or holdout.
 
-    `measure_latency` replaces the wall-clock p99 measurement (tests pass a fixed figure)."""
+    `measure_latency` replaces the interleaved p99 measurement (tests pass fixed figures)."""
     started = time.perf_counter()
     manifest: Manifest | None = None
     try:
@@ -34,7 +34,10 @@ def validate(candidate_reader: Callable[[str], bytes], champion_reader: Callable
                 champion = load_model(champion_reader, max_rows=10_000_000)
             except BundleError as exc:
                 raise GateRefusal("champion_invalid", f"champion: {exc.message}") from None
-        rows = read_holdout(holdout[0], holdout[1], manifest, config)
+        # A compatible champion may read columns the candidate dropped: the holdout rows carry them too.
+        theirs = champion.manifest if champion is not None else None
+        rows = read_holdout(holdout[0], holdout[1], manifest, config,
+                            theirs if theirs is not None and incompatibility(manifest, theirs) is None else None)
         bundle_bytes = len(raw) + sum(manifest.sizes.values())
         report = judge(candidate, champion, rows, config, bundle_bytes, measure_latency)
         report["manifest_sha256"] = sha256_hex(raw)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from functions.common.bundle import directory_reader
-from functions.validation.gate import GateConfig
+from functions.validation.gate import GateConfig, Latency
 from functions.validation.service import validate
 from pipeline.bundler import build_bundle
 from pipeline.cli import main as cli
@@ -68,15 +68,16 @@ def holdout_csv() -> bytes:
     return gate_frame(3000, SEED + 1).to_csv(index=False).encode()
 
 
-def measured(p99_ms: float) -> Any:
-    """A latency probe that reports a fixed p99: the gate's rule is tested, not this machine's load."""
-    return lambda model, holdout, samples: p99_ms
+def measured(candidate_ms: float, champion_ms: float = 0.2) -> Any:
+    """A latency probe that reports fixed p99s: the gate's rule is tested, not this machine's load."""
+    return lambda candidate, champion, holdout, samples: Latency(candidate_ms,
+                                                                 None if champion is None else champion_ms)
 
 
 def verdict(candidate: Path, champion: Path | None, holdout: bytes, name: str = "holdout.csv",
-            p99_ms: float = 0.2, **config: Any) -> dict[str, Any]:
+            p99_ms: float = 0.2, champion_ms: float = 0.2, **config: Any) -> dict[str, Any]:
     return validate(directory_reader(candidate), directory_reader(champion) if champion else None,
-                    (io.BytesIO(holdout), name), GateConfig(**config), measured(p99_ms))
+                    (io.BytesIO(holdout), name), GateConfig(**config), measured(p99_ms, champion_ms))
 
 
 def test_a_better_candidate_passes(bundles: dict[str, Path], holdout_csv: bytes) -> None:
@@ -155,6 +156,7 @@ def test_without_a_probe_the_gate_measures_latency_itself(bundles: dict[str, Pat
     checks = {c["check"]: c for c in report["checks"]}
     assert 0 < report["latency_p99_ms"] < 60_000 and checks["latency"]["passed"]
     assert f"p99 single-row {report['latency_p99_ms']:.3f} ms" in checks["latency"]["detail"]
+    assert report["champion_latency_p99_ms"] is None and "no champion" in checks["latency"]["detail"]
 
 
 def test_slice_refusal_names_the_slice_and_overall_is_within_tolerance(bundles: dict[str, Path],
