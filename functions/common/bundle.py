@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from . import aws
 from .errors import AwsError, BundleError, ObjectMissing
-from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, sha256_hex
+from .manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, Manifest, sha256_hex
 from .schema import RowSchema
 
 # Probabilities closer than this count as a tie, broken towards the first class as scikit-learn does.
@@ -71,9 +71,23 @@ def read_manifest(read: Reader, expected_manifest_sha256: str | None = None) -> 
     if expected_manifest_sha256 and not hmac.compare_digest(sha256_hex(raw), expected_manifest_sha256.lower()):
         raise BundleError("manifest.json does not match the pinned sha256: refusing the bundle")
     try:
-        return Manifest.model_validate(json.loads(raw)), raw
+        document = json.loads(raw)
+    except ValueError as exc:
+        raise BundleError(f"manifest.json is not a valid manifest: {_first_line(exc)}") from None
+    _check_format_version(document)
+    try:
+        return Manifest.model_validate(document), raw
     except (ValueError, ValidationError) as exc:
         raise BundleError(f"manifest.json is not a valid manifest: {_first_line(exc)}") from None
+
+
+def _check_format_version(document: Any) -> None:
+    """Every format up to this loader's own is read; a newer one is refused by name, never guessed at."""
+    version = document.get("format_version", 1) if isinstance(document, dict) else None
+    if type(version) is int and version > FORMAT_VERSION:
+        raise BundleError(f"manifest format_version {version} is newer than this loader reads (up to "
+                          f"{FORMAT_VERSION}): deploy the code that wrote the bundle",
+                          code="unsupported_format_version")
 
 
 def verified_files(read: Reader, manifest: Manifest) -> dict[str, bytes]:

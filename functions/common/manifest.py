@@ -11,6 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 
+# Bumped whenever the manifest gains or changes a field. A loader reads every version up to its
+# own and refuses a newer one. 2: features read by the fitted pipeline only (ignored_columns),
+# nullability and openness with their reasons, missing_category, missing_markers, ONNX input names.
+FORMAT_VERSION = 2
+
+# pandas' default missing-value strings (read_csv's na_values): what training and bundling read as missing.
+PANDAS_MISSING_MARKERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                          "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+
 ClassLabel = bool | int | float | str
 
 
@@ -19,21 +28,29 @@ class _Strict(BaseModel):
 
 
 class Feature(_Strict):
-    """One input column, in the order the model expects it."""
+    """One input column the fitted pipeline reads, in the order the model expects it."""
 
     name: str = Field(min_length=1)
     type: Literal["number", "category"]
     nullable: bool = False
+    nullable_reason: str | None = Field(default=None, description="the step that handles a null, when nullable")
     minimum: float | None = None
     maximum: float | None = None
-    categories: list[str] | None = None
+    categories: list[str] | None = Field(default=None, description="the categories the fitted encoder knows")
+    unknown_categories: Literal["refuse", "accept"] = Field(
+        default="refuse", description="accept: the fitted encoder encodes an unseen category itself")
+    categories_reason: str | None = Field(default=None, description="the step that decides unknown_categories")
+    missing_category: str | None = Field(default=None, description="the category a null is read as (an imputer's fill)")
 
     @model_validator(mode="after")
     def _categories_only_for_categoricals(self) -> Feature:
         if self.type == "category" and not self.categories:
             raise ValueError(f"categorical feature {self.name!r} needs its categories")
-        if self.type == "number" and self.categories is not None:
+        if self.type == "number" and (self.categories is not None or self.missing_category is not None
+                                      or self.unknown_categories != "refuse"):
             raise ValueError(f"numeric feature {self.name!r} cannot list categories")
+        if self.type == "category" and self.nullable and self.missing_category is None:
+            raise ValueError(f"nullable categorical feature {self.name!r} needs the category a null is read as")
         return self
 
 
@@ -55,13 +72,17 @@ class Parity(_Strict):
 
 
 class Manifest(_Strict):
-    format_version: Literal[1] = 1
+    format_version: int = Field(default=FORMAT_VERSION, ge=1, le=FORMAT_VERSION)
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     created_at: str
     task: Literal["classification", "regression"]
     estimator: str
     features: list[Feature] = Field(min_length=1)
+    ignored_columns: list[str] = Field(default_factory=list, description=(
+        "columns the model was fitted with but never reads (an ID, a date): a keyed row may carry them"))
+    missing_markers: list[str] = Field(default_factory=lambda: list(PANDAS_MISSING_MARKERS), description=(
+        "text cells read as missing when the training and bundling data were read"))
     classes: list[ClassLabel] | None = None
     onnx: OnnxSignature
     files: dict[str, str] = Field(description="file name -> sha256 hex digest")
@@ -79,6 +100,10 @@ class Manifest(_Strict):
         names = [f.name for f in self.features]
         if len(set(names)) != len(names):
             raise ValueError("feature names must be unique")
+        if set(self.ignored_columns) & set(names):
+            raise ValueError("a column cannot be both a feature and ignored")
+        if self.onnx.input_mode == "columns" and len(self.onnx.inputs) != len(names):
+            raise ValueError("columns mode needs one ONNX input per feature, in feature order")
         if self.task == "classification":
             if not self.classes or len(self.classes) < 2:
                 raise ValueError("a classifier needs at least two class labels")
@@ -98,6 +123,13 @@ class Manifest(_Strict):
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @property
+    def onnx_inputs(self) -> dict[str, str]:
+        """Feature name -> ONNX input name (columns mode; names may be sanitized in the graph)."""
+        if self.onnx.input_mode == "tensor":
+            return {}
+        return dict(zip(self.feature_names, self.onnx.inputs, strict=True))
 
 
 def sha256_hex(data: bytes) -> str:
