@@ -66,7 +66,7 @@ class RoutingSource:
                  ttl_seconds: float = 15.0, retry_load_seconds: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, logger: Log | None = None,
                  description: str = "the registry's routing item") -> None:
-        self._read_routing, self._load_bundle = read_routing, load_bundle
+        self._read_routing, self.load_bundle = read_routing, load_bundle
         self.ttl_seconds, self.retry_load_seconds, self.clock = ttl_seconds, retry_load_seconds, clock
         self.log: Log = logger or logging.getLogger("slimserve.routing")
         self._description = description
@@ -125,6 +125,13 @@ class RoutingSource:
         if routing.champion_version:
             self._model(routing.champion_uri, routing.champion_sha256, "champion")
 
+    def reset(self) -> None:
+        """Forget the routing read and every loaded bundle, as a fresh execution environment would."""
+        with self._lock:
+            self._routing, self._read_at, self._error = None, -math.inf, None
+            self._models.clear()
+            self._failures.clear()
+
     @property
     def last_error(self) -> SlimserveError | None:
         """The latest failure not yet recovered from: a bundle that would not load, or the first routing read."""
@@ -167,7 +174,7 @@ class RoutingSource:
             if failed is not None and self.clock() - failed[1] < self.retry_load_seconds:
                 return None
             try:
-                model = self._load_bundle(uri, manifest_sha256)
+                model = self.load_bundle(uri, manifest_sha256)
             except SlimserveError as exc:
                 self._failures[key] = (exc, self.clock())
                 self.log.error(f"{role} failed to load; its traffic is not served by it",

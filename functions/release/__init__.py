@@ -1,0 +1,1 @@
+"""Model releases: canary stages, comparison with the champion, promotion or rollback."""

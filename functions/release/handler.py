@@ -1,0 +1,130 @@
+"""Release Lambda: one step of a model release per call, named by ``action``.
+
+Event: {"action": "lock"|"unlock"|"admit"|"set_weight"|"compare"|"promote"|"rollback"|"first_release",
+        "model": ..., "version": ..., and the action's own fields}. A refusal raises the project's error;
+its class name (LockHeld, NotAdmitted, UnknownVersion, ...) is the error the state machine catches.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated, Any, Literal
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ..common import aws
+from ..common.errors import SlimserveError
+from ..common.registry import Registry
+from ..common.runtime import Runtime
+from ..common.settings import ReleaseSettings
+from . import service
+
+rt = Runtime.for_settings(ReleaseSettings)
+logger = rt.logger
+settings = ReleaseSettings.from_env()
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a model or version name, as the manifest allows
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(pattern=NAME, max_length=128)
+
+
+class _VersionStep(_Step):
+    version: str = Field(pattern=NAME, max_length=128)
+
+
+class Lock(_Step):
+    action: Literal["lock"]
+    owner: str = Field(min_length=1, max_length=1024)
+
+
+class Unlock(_Step):
+    action: Literal["unlock"]
+    owner: str = Field(min_length=1, max_length=1024)
+
+
+class Admit(_VersionStep):
+    action: Literal["admit"]
+
+
+class SetWeight(_VersionStep):
+    action: Literal["set_weight"]
+    weight: int = Field(ge=0, le=100)
+
+
+class Compare(_VersionStep):
+    action: Literal["compare"]
+    since: str = Field(min_length=10, max_length=40)
+    min_requests: int = Field(default=100, ge=0)
+    extended: bool = False
+
+
+class Promote(_VersionStep):
+    action: Literal["promote"]
+    reason: str = Field(default="the canary passed every stage", max_length=1024)
+
+
+class Rollback(_VersionStep):
+    action: Literal["rollback"]
+    reason: str = Field(min_length=1, max_length=1024)
+    figures: dict[str, Any] = Field(default_factory=dict)
+
+
+class FirstRelease(_VersionStep):
+    action: Literal["first_release"]
+
+
+Step = Annotated[Lock | Unlock | Admit | SetWeight | Compare | Promote | Rollback | FirstRelease,
+                 Field(discriminator="action")]
+STEP = TypeAdapter(Step)
+
+
+@cache
+def registry() -> Registry:
+    return Registry(aws.client("dynamodb"), settings.registry_table)
+
+
+def parse(event: Any) -> Any:
+    try:
+        return STEP.validate_python(event)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first.get("loc", ()))) or "event"
+        raise SlimserveError(f"bad release step: {where}: {first.get('msg', '')}", code="bad_request",
+                             field=where) from None
+
+
+def run(step: Any) -> dict[str, Any]:
+    reg = registry()
+    match step:
+        case Lock():
+            return service.lock(reg, step.model, step.owner, settings.lock_ttl_seconds)
+        case Unlock():
+            return service.unlock(reg, step.model, step.owner)
+        case Admit():
+            return service.admit(reg, step.model, step.version)
+        case SetWeight():
+            return service.set_weight(reg, step.model, step.version, step.weight)
+        case Compare():
+            return service.compare(reg, settings, aws.client("cloudwatch"), step.model, step.version, step.since,
+                                   step.min_requests, step.extended)
+        case Promote():
+            return service.promote(reg, step.model, step.version, step.reason)
+        case Rollback():
+            return service.rollback(reg, settings, step.model, step.version, step.reason, step.figures)
+        case FirstRelease():
+            return service.first_release(reg, step.model, step.version)
+    raise SlimserveError(f"unknown release step {type(step).__name__}")
+
+
+@rt.handler()
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    step = parse(event)
+    result = run(step)
+    logger.info("release step", extra={"action": step.action, "model": step.model,
+                                       "version": getattr(step, "version", None), "result": result})
+    return result
