@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Statistic = Literal["Sum", "Maximum", "Minimum", "Average", "SampleCount"]
+Statistic = Literal["Sum", "Maximum", "Minimum", "Average", "SampleCount", "p99"]
 Comparison = Literal["GreaterThanThreshold", "GreaterThanOrEqualToThreshold", "LessThanThreshold",
                      "LessThanOrEqualToThreshold"]
 _COMPARE = {
@@ -36,6 +36,8 @@ class AlarmSpec:
     """Consecutive breaching periods before the alarm fires."""
     comparison: Comparison = "GreaterThanThreshold"
     """Missing data never breaches: an idle resource is a healthy one."""
+    fixed_dimensions: tuple[tuple[str, str], ...] = ()
+    """Dimensions with the same value wherever the spec is used, e.g. (("model_role", "champion"),)."""
 
     def __post_init__(self) -> None:
         if self.period_seconds < 60 or self.period_seconds % 60:
@@ -55,3 +57,29 @@ FUNCTION_ERRORS = AlarmSpec("AWS/Lambda", "Errors", "FunctionName", "Sum", perio
 DEAD_LETTERS = AlarmSpec("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "Maximum", period_seconds=60)
 RUNS_FAILED = AlarmSpec("AWS/States", "ExecutionsFailed", "StateMachineArn", "Sum", period_seconds=300)
 RUNS_TIMED_OUT = AlarmSpec("AWS/States", "ExecutionsTimedOut", "StateMachineArn", "Sum", period_seconds=300)
+
+# Serving, per model role, on the EMF metrics the inference handler writes (dimensions model_name, model_role):
+# versions do not exist at synth time, roles do. A champion alarm rolls the champion back (its name says so).
+MODEL_ROLES = ("champion", "canary")
+SERVING_NAMESPACE = "Slimserve"
+
+
+def role_errors(role: str) -> AlarmSpec:
+    """Server errors of one role: more than 5 a minute, two minutes running."""
+    return AlarmSpec(SERVING_NAMESPACE, "Errors5xx", "model_name", "Sum", period_seconds=60, threshold=5,
+                     datapoints=2, fixed_dimensions=(("model_role", role),))
+
+
+def role_latency(role: str) -> AlarmSpec:
+    """The model's own p99 latency of one role (inference only, no I/O): above 250 ms three minutes running."""
+    return AlarmSpec(SERVING_NAMESPACE, "ModelLatency", "model_name", "p99", period_seconds=60, threshold=250,
+                     datapoints=3, fixed_dimensions=(("model_role", role),))
+
+
+# Alias `live` (the dimension `Resource` is `<function>:live`) and the API stage: what a code release watches.
+ALIAS_ERRORS = AlarmSpec("AWS/Lambda", "Errors", "Resource", "Sum", period_seconds=60)
+ALIAS_THROTTLES = AlarmSpec("AWS/Lambda", "Throttles", "Resource", "Sum", period_seconds=60)
+ALIAS_DURATION = AlarmSpec("AWS/Lambda", "Duration", "Resource", "p99", period_seconds=60, threshold=5000,
+                           datapoints=2)
+"""p99 above 5 s (half the function's default timeout), two minutes running."""
+API_5XX = AlarmSpec("AWS/ApiGateway", "5XXError", "ApiName", "Sum", period_seconds=60, threshold=5, datapoints=2)

@@ -30,11 +30,14 @@ from typing import Any, ClassVar
 
 from aws_cdk import CfnOutput, Duration
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
@@ -43,11 +46,14 @@ from functions.common.settings import METRICS_NAMESPACE, Settings
 
 from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
-from .monitoring import Monitoring
+from .monitoring import Monitoring, model_alarm_prefix
 from .nag import ack, arn_token
 from .state_machines import logged_state_machine
+from .topology import DLQ_RETENTION_DAYS
 
 HANDLER = "functions.release.handler.lambda_handler"
+ROLLBACK_HANDLER = "functions.rollback.handler.lambda_handler"
+ALARM_STATE_CHANGE = "CloudWatch Alarm State Change"
 
 # The registry calls of the release function: routing item and lock by conditional writes, promotion in
 # one transaction (IAM checks each item's own action: put, update, condition check), one model's versions
@@ -125,6 +131,8 @@ class ReleaseMachineSettings:
 
 @dataclass(frozen=True)
 class ReleaseProps:
+    model_name: str
+    """The model the stack serves: its champion alarms (`slimserve-<model>-champion-*`) start a rollback."""
     table: dynamodb.ITable
     """The model registry: versions, champion pointer, routing item and release lock."""
     layer: lambda_.ILayerVersion
@@ -148,7 +156,22 @@ class Release(Construct):
         self.props = props
         self.settings = props.settings
         self.topic = self._topic()
-        self.function = self._function()
+        self.function = self._function("Function", HANDLER, props.settings.reserved_concurrency,
+                                       "slimserve release: lock, admit, canary weight, compare, promote, roll back")
+        # One at a time: two alarms of one incident must not race for the same champion.
+        self.rollback_function = self._function(
+            "RollbackFunction", ROLLBACK_HANDLER, 1,
+            "slimserve rollback: a champion alarm puts the last known-good version back")
+        self.rollback_dead_letters = sqs.Queue(self, "RollbackDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
+                                               enforce_ssl=True, retention_period=Duration.days(DLQ_RETENTION_DAYS))
+        self.champion_alarm_rule = events.Rule(
+            self, "ChampionAlarmRule", description=f"A champion alarm of {props.model_name} rolls the champion back",
+            event_pattern=events.EventPattern(
+                source=["aws.cloudwatch"], detail_type=[ALARM_STATE_CHANGE],
+                detail={"alarmName": events.Match.prefix(model_alarm_prefix(props.model_name, "champion")),
+                        "state": {"value": ["ALARM"]}}),
+            targets=[targets.LambdaFunction(self.rollback_function, dead_letter_queue=self.rollback_dead_letters,
+                                            retry_attempts=4, max_event_age=Duration.hours(1))])
         self.state_machine = logged_state_machine(
             self, "StateMachine", ReleaseSteps(self, self, entry=True).start,
             log_retention=self.settings.log_retention, timeout_hours=self.settings.run_timeout_hours,
@@ -156,6 +179,10 @@ class Release(Construct):
             comment="slimserve release: lock, admit, canary stages with bake and comparison, promote or roll back")
         self.errors_alarm = props.monitoring.function_errors(
             self, "ErrorsAlarm", self.function, "The release function raised errors (a step did not complete)")
+        self.rollback_errors_alarm = props.monitoring.function_errors(
+            self, "RollbackErrorsAlarm", self.rollback_function, "The rollback function raised errors")
+        self.rollback_dead_letter_alarm = props.monitoring.dead_letters(
+            self, "RollbackDeadLetterAlarm", self.rollback_dead_letters, "A champion alarm event was never handled")
         self.runs_failed_alarm = props.monitoring.runs_failed(
             self, "RunsFailedAlarm", self.state_machine, "A model release was refused or failed")
         self._acknowledge_nag_findings()
@@ -171,17 +198,19 @@ class Release(Construct):
         key = kms.Alias.from_alias_name(self, "TopicKey", "alias/aws/sns")
         return sns.Topic(self, "Topic", display_name="slimserve releases", master_key=key, enforce_ssl=True)
 
-    def _function(self) -> SlimserveFunction:
+    def _function(self, construct_id: str, handler: str, reserved_concurrency: int,
+                  description: str) -> SlimserveFunction:
+        """The release or rollback function: same settings, registry rights and topic."""
         settings = self.settings
-        fn = SlimserveFunction(self, "Function", FunctionProps(
-            handler=HANDLER,
-            description="slimserve release: lock, admit, canary weight, compare, promote, roll back",
+        fn = SlimserveFunction(self, construct_id, FunctionProps(
+            handler=handler,
+            description=description,
             settings=ReleaseSettings(registry_table=self.props.table.table_name,
                                      notify_topic_arn=self.topic.topic_arn, **self.props.function_settings),
             layers=[self.props.layer],
             memory_size=settings.memory_size,
             timeout_seconds=settings.timeout_seconds,
-            reserved_concurrency=settings.reserved_concurrency,
+            reserved_concurrency=reserved_concurrency,
             log_retention=settings.log_retention,
             architecture=self.props.architecture,
         ))
@@ -196,9 +225,10 @@ class Release(Construct):
         return fn
 
     def _acknowledge_nag_findings(self) -> None:
-        role = self.function.execution_role
-        ack(role, "AwsSolutions-IAM5[Resource::*]",
-            "X-Ray writes and CloudWatch metric reads take no resource scope (reads held to the Slimserve namespace)")
+        for fn in (self.function, self.rollback_function):
+            ack(fn.execution_role, "AwsSolutions-IAM5[Resource::*]",
+                "X-Ray writes and metric reads take no resource scope (reads held to the Slimserve namespace)")
+        ack(self.rollback_dead_letters, "AwsSolutions-SQS3", "it is the dead-letter queue of the champion alarm rule")
         machine_role = self.state_machine.role
         ack(machine_role, "AwsSolutions-IAM5[Resource::*]", "X-Ray and CloudWatch Logs delivery take no resource scope")
         ack(machine_role, f"AwsSolutions-IAM5[Resource::{arn_token(self.function)}:*]",

@@ -83,6 +83,10 @@ class ServingStack(Stack):
             api_key_required=props.api_key_required,
             architecture=props.architecture,
         ))
+        # Serving alarms: per model role on the handler's metrics, and on alias `live` and the API stage.
+        self.role_alarms = self.monitoring.model_roles(self.serving, props.model_name)
+        self.alias_alarms = self.monitoring.alias(self.serving, self.serving.function, self.serving.alias)
+        self.api_alarm = self.monitoring.api_errors(self.serving, self.serving.api)
         self.registry = ModelRegistry(self, "Registry", props.registry)
         self.validation = ValidationGate(self, "Validation", ValidationGateProps(
             model_bucket=self.model_store.bucket,
@@ -99,6 +103,7 @@ class ServingStack(Stack):
             settings=props.training,
         ))
         self.release = Release(self, "Release", ReleaseProps(
+            model_name=props.model_name,
             table=self.registry.table,
             layer=self.layers.runtime,
             monitoring=self.monitoring,

@@ -17,9 +17,6 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     "/Serving/InferenceFunction": {"AwsSolutions-L1"},
     "/Serving/InferenceFunctionRole": {
         "AwsSolutions-IAM5[Resource::*]",
-        "AwsSolutions-IAM5[Action::s3:GetObject*]",
-        "AwsSolutions-IAM5[Action::s3:GetBucket*]",
-        "AwsSolutions-IAM5[Action::s3:List*]",
         "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/churn/7/*]",
     },
     "/Serving/RestApi/CloudWatchRole": {
@@ -33,9 +30,6 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     "/Validation/Function": {"AwsSolutions-L1"},
     "/Validation/FunctionRole": {
         "AwsSolutions-IAM5[Resource::*]",
-        "AwsSolutions-IAM5[Action::s3:GetObject*]",
-        "AwsSolutions-IAM5[Action::s3:GetBucket*]",
-        "AwsSolutions-IAM5[Action::s3:List*]",
         "AwsSolutions-IAM5[Action::s3:Abort*]",
         "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/*]",
         "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/holdout/*]",
@@ -50,6 +44,9 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     },
     "/Release/Function": {"AwsSolutions-L1"},
     "/Release/FunctionRole": {"AwsSolutions-IAM5[Resource::*]"},
+    "/Release/RollbackFunction": {"AwsSolutions-L1"},
+    "/Release/RollbackFunctionRole": {"AwsSolutions-IAM5[Resource::*]"},
+    "/Release/RollbackDeadLetters": {"AwsSolutions-SQS3"},
     "/Release/StateMachineRole": {
         "AwsSolutions-IAM5[Resource::*]",
         "AwsSolutions-IAM5[Resource::<ReleaseFunction7C47E101.Arn>:*]",
