@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -30,6 +30,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD_CHARS = 1 << 20  # a longer record is a rejected row, never held whole in memory
 CHUNK_CHARS = 16 << 20  # a chunk ends here whatever its row count: wide rows keep memory bounded too
 ECHO_CHARS = 1024  # of an oversized or unreadable record, echoed into the rejected rows
+NO_MARKERS: tuple[str, ...] = ("",)  # an empty text cell is missing; a bundle's missing_markers add to it
 
 
 class WholeFileRejected(SlimserveError):
@@ -202,8 +203,9 @@ class CsvReader:
     """Records may span lines (a quoted field holding a newline); each is numbered by the line it
     starts on. A malformed record is a rejected row, never the end of the file."""
 
-    def __init__(self, lines: Lines, features: list[Feature]) -> None:
+    def __init__(self, lines: Lines, features: list[Feature], missing_markers: Collection[str] = NO_MARKERS) -> None:
         self._lines = lines
+        self._missing = markers_set(missing_markers)
         header = self._next_record()
         if header is None:
             raise WholeFileRejected("file is empty", code="empty_file")
@@ -306,6 +308,8 @@ class CsvReader:
                                 usecols=None if exact else self._positions)
         except ValueError:
             return False  # some row is off: parse row by row to name it
+        if _reads_nan_as_missing(self._missing) and np.isnan(parsed).any():
+            return False  # 'nan' is a missing marker: row by row, it is a null
         if parsed.shape != (len(chunk), len(self._positions)) or not (
                 exact or all(t.count(",") == len(self.header) - 1 for t in chunk.raw)):
             return False
@@ -317,15 +321,26 @@ class CsvReader:
     def _cells(self, fields: list[str]) -> tuple[list[Any] | None, str | None]:
         if len(fields) != len(self.header):
             return None, f"wrong_length: row has {len(fields)} fields; the header has {len(self.header)}"
-        return cells_from_text(self._features, [fields[pos] for pos in self._positions])
+        return cells_from_text(self._features, [fields[pos] for pos in self._positions], self._missing)
 
 
-def cells_from_text(features: list[Feature], texts: list[str]) -> tuple[list[Any] | None, str | None]:
-    """CSV cells (text) as JSON-like values: '' is null, numbers parsed, categories kept as text."""
+def markers_set(missing_markers: Collection[str]) -> frozenset[str]:
+    """The text cells read as missing (compared stripped): the given markers and the empty cell."""
+    return frozenset(m.strip() for m in missing_markers) | {""}
+
+
+def _reads_nan_as_missing(missing: frozenset[str]) -> bool:
+    return any(m.lower().lstrip("+-") == "nan" for m in missing)
+
+
+def cells_from_text(features: list[Feature], texts: list[str],
+                    missing: Collection[str] = NO_MARKERS) -> tuple[list[Any] | None, str | None]:
+    """CSV cells (text) as JSON-like values: '' or a missing marker is null, numbers parsed,
+    categories kept as text."""
     cells: list[Any] = []
     for feature, raw in zip(features, texts, strict=True):
         text = raw.strip()
-        if text == "":
+        if text == "" or text in missing:
             cells.append(None)
         elif feature.type == "category":
             cells.append(text)
@@ -340,8 +355,9 @@ def cells_from_text(features: list[Feature], texts: list[str]) -> tuple[list[Any
 # -- JSON Lines ------------------------------------------------------------------------------------
 
 class JsonLinesReader:
-    def __init__(self, lines: Lines, features: list[Feature]) -> None:
+    def __init__(self, lines: Lines, features: list[Feature], missing_markers: Collection[str] = NO_MARKERS) -> None:
         self._lines = lines
+        self._missing = markers_set(missing_markers)
         self._names = [f.name for f in features]
         self._empty = True
 
@@ -388,7 +404,7 @@ class JsonLinesReader:
         missing = [n for n in self._names if n not in row]
         if missing:
             return None, f"missing_feature: feature {missing[0]!r} is missing"
-        return [row[n] for n in self._names], None
+        return [None if isinstance(v := row[n], str) and v.strip() in self._missing else v for n in self._names], None
 
 
 
@@ -468,7 +484,7 @@ Reader = CsvReader | JsonLinesReader | ParquetReader
 
 @contextlib.contextmanager
 def open_records(stream: IO[bytes], fmt: FileFormat, features: list[Feature],
-                 max_bytes: int | None = None) -> Iterator[Reader]:
+                 max_bytes: int | None = None, missing_markers: Collection[str] = NO_MARKERS) -> Iterator[Reader]:
     """The reader for ``fmt`` over ``stream``; a spooled Parquet copy is removed when the block ends.
     ``max_bytes`` bounds a gzip file's decompressed content."""
     if fmt.kind == "parquet":
@@ -476,4 +492,6 @@ def open_records(stream: IO[bytes], fmt: FileFormat, features: list[Feature],
             yield ParquetReader(path, features)
         return
     lines = open_text_lines(stream, fmt, max_bytes)
-    yield CsvReader(lines, features) if fmt.kind == "csv" else JsonLinesReader(lines, features)
+    # Text formats read a bundle's missing markers as null, as pandas read them when it was built.
+    yield CsvReader(lines, features, missing_markers) if fmt.kind == "csv" \
+        else JsonLinesReader(lines, features, missing_markers)

@@ -389,4 +389,4 @@ def schema_detail(candidate: Manifest, champion: Manifest) -> str:
 
 def _open_categories(feature: Feature) -> bool:
     """Whether the model takes categories it never saw (an encoder that ignores unknown ones)."""
-    return getattr(feature, "unknown_categories", None) in ("accepted", "ignored", "open")
+    return getattr(feature, "unknown_categories", None) == "accept"
