@@ -295,6 +295,8 @@ class OutputWriter:
                                 .encode("utf-8"))
 
     def commit(self, counts: Counts) -> dict[str, Any]:
+        if self.fmt.kind == "parquet" and self._parquet is None:  # no row scored: still a readable file
+            self._write_parquet([], np.array([], dtype=object), None)
         if self._parquet is not None:
             self._parquet.close()
         return {"scored": {"key": self.scored_key, **self.scored.commit()},

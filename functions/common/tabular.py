@@ -114,7 +114,11 @@ class _Raw(io.RawIOBase):
 
 
 class _TooLong(Exception):
-    """A record grew past MAX_RECORD_CHARS while it was being read."""
+    """A record grew past MAX_RECORD_CHARS while it was being read, at ``line``."""
+
+    def __init__(self, line: Line) -> None:
+        super().__init__(line.number)
+        self.line = line
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,15 @@ class Line:
     number: int  # 1-based physical line
     text: str  # with its line ending; only the head of an oversized line
     oversized: bool = False
+    skipped_quotes: int = 0  # quote characters in the part of an oversized line that was read past
 
     @property
     def body(self) -> str:
         return self.text.rstrip("\r\n")
+
+    @property
+    def quotes(self) -> int:
+        return self.text.count('"') + self.skipped_quotes
 
 
 class Lines:
@@ -144,10 +153,11 @@ class Lines:
         self.number += 1
         if len(text) < MAX_RECORD_CHARS or text.endswith(("\n", "\r")):
             return Line(self.number, text)
-        rest = text
+        rest, quotes = text, text[ECHO_CHARS:].count('"')
         while rest and not rest.endswith(("\n", "\r")):
             rest = self._readline()
-        return Line(self.number, text[:ECHO_CHARS], oversized=True)
+            quotes += rest.count('"')
+        return Line(self.number, text[:ECHO_CHARS], oversized=True, skipped_quotes=quotes)
 
     def _readline(self) -> str:
         try:
@@ -268,22 +278,33 @@ class CsvReader:
             while (line := self._lines.next()) is not None:
                 size += len(line.text)
                 if line.oversized or size > MAX_RECORD_CHARS:
-                    raise _TooLong
+                    raise _TooLong(line)
                 texts.append(line.text)
                 yield line.text
 
-        error = None
+        error, quotes = None, 0
         try:
             fields: list[str] | None = next(csv.reader(more(), strict=True))
-        except _TooLong:
-            fields, error = None, too_long(first.number)
+        except _TooLong as exc:
+            fields, error, quotes = None, too_long(first.number), exc.line.quotes
         except csv.Error as exc:
             code = "field_too_large" if "field limit" in str(exc) else "malformed_csv"
             fields, error = None, f"{code}: record at line {first.number}: {exc}"
+        if error is not None:
+            self._skip_open_quote(quotes + sum(t.count('"') for t in texts))
         raw = "".join(texts).rstrip("\r\n")
         if error is None and not_utf8(raw):
             fields, error = None, not_text(first.number)
         return Record(first.number, raw if error is None else printable(raw), fields, error)
+
+    def _skip_open_quote(self, quotes: int) -> None:
+        """After a refused record, read past the rest of a quoted field it left open (an odd count of
+        quotes so far), so that its lines are not taken for records of their own."""
+        while quotes % 2:
+            line = self._lines.next()
+            if line is None:
+                return
+            quotes += line.quotes
 
     def _chunk(self, records: list[Record]) -> Chunk:
         chunk = Chunk(line_numbers=[r.line for r in records], raw=[r.raw for r in records])
