@@ -66,7 +66,7 @@ def test_messy_csv_rejects_each_bad_row_with_line_and_reason(rf: Model, tmp_path
     lines = features_csv(20).splitlines()
     lines[3] = "oops," + lines[3].split(",", 1)[1]           # line 4: not a number
     lines[6] = lines[6].rsplit(",", 2)[0]                    # line 7: too few fields
-    lines[9] = "nan," + lines[9].split(",", 1)[1]            # line 10: NaN
+    lines[9] = "-inf," + lines[9].split(",", 1)[1]           # line 10: infinity
     lines[12] = "," + lines[12].split(",", 1)[1]             # line 13: empty cell, feature not nullable
     lines[15] = "1e39," + lines[15].split(",", 1)[1]         # line 16: beyond float32
     lines.insert(18, "")                                     # a blank line is no row
