@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from aws_cdk import CfnOutput, Duration
 from aws_cdk import aws_dynamodb as dynamodb
@@ -42,7 +42,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from functions.common.settings import METRICS_NAMESPACE, Settings
+from functions.common.settings import METRICS_NAMESPACE, ReleaseSettings, RollbackSettings, Settings
 
 from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
@@ -70,15 +70,6 @@ FIRST_RELEASE_STATE, PROMOTE_STATE = "FirstRelease", "Promote"
 ROLLBACK_STATE, ROLLBACK_ON_ERROR_STATE = "Rollback", "RollbackOnError"
 FAILED_STATE, RELEASED_STATE = "ReleaseFailed", "Released"
 OUTCOMES = ("first_release", "promoted", "rolled_back")
-
-
-class ReleaseSettings(Settings):
-    """The release function's environment until `functions` ships its own settings model of that name."""
-
-    service: ClassVar[str] = "slimserve-release"
-
-    registry_table: str
-    notify_topic_arn: str | None = None
 
 
 def canary_state(weight: int) -> str:
@@ -156,12 +147,16 @@ class Release(Construct):
         self.props = props
         self.settings = props.settings
         self.topic = self._topic()
-        self.function = self._function("Function", HANDLER, props.settings.reserved_concurrency,
-                                       "slimserve release: lock, admit, canary weight, compare, promote, roll back")
+        table, topic = props.table.table_name, self.topic.topic_arn
+        self.function = self._function(
+            "Function", HANDLER, props.settings.reserved_concurrency,
+            "slimserve release: lock, admit, canary weight, compare, promote, roll back",
+            ReleaseSettings(registry_table=table, notify_topic_arn=topic, **props.function_settings))
         # One at a time: two alarms of one incident must not race for the same champion.
         self.rollback_function = self._function(
             "RollbackFunction", ROLLBACK_HANDLER, 1,
-            "slimserve rollback: a champion alarm puts the last known-good version back")
+            "slimserve rollback: a champion alarm puts the last known-good version back",
+            RollbackSettings(registry_table=table, notify_topic_arn=topic))
         self.rollback_dead_letters = sqs.Queue(self, "RollbackDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
                                                enforce_ssl=True, retention_period=Duration.days(DLQ_RETENTION_DAYS))
         self.champion_alarm_rule = events.Rule(
@@ -198,15 +193,14 @@ class Release(Construct):
         key = kms.Alias.from_alias_name(self, "TopicKey", "alias/aws/sns")
         return sns.Topic(self, "Topic", display_name="slimserve releases", master_key=key, enforce_ssl=True)
 
-    def _function(self, construct_id: str, handler: str, reserved_concurrency: int,
-                  description: str) -> SlimserveFunction:
-        """The release or rollback function: same settings, registry rights and topic."""
+    def _function(self, construct_id: str, handler: str, reserved_concurrency: int, description: str,
+                  function_settings: Settings) -> SlimserveFunction:
+        """The release or rollback function: the same registry rights and topic."""
         settings = self.settings
         fn = SlimserveFunction(self, construct_id, FunctionProps(
             handler=handler,
             description=description,
-            settings=ReleaseSettings(registry_table=self.props.table.table_name,
-                                     notify_topic_arn=self.topic.topic_arn, **self.props.function_settings),
+            settings=function_settings,
             layers=[self.props.layer],
             memory_size=settings.memory_size,
             timeout_seconds=settings.timeout_seconds,

@@ -32,7 +32,9 @@ from cdk.constructs.release import HANDLER, INPUT_REFUSED_ERROR, ReleaseMachineS
 pytestmark = pytest.mark.slow  # a full synth, then executions on moto's interpreter
 
 REGION = "us-east-1"
-RELEASE_CONTEXT = {**MODEL_CONTEXT, "slimserve:releaseBakeSeconds": "0", "slimserve:trainingIntegration": "request"}
+# Releases bake for 0 s (executions run straight through) and compare from 10 canary requests on.
+RELEASE_CONTEXT = {**MODEL_CONTEXT, "slimserve:releaseBakeSeconds": "0", "slimserve:releaseMinCanaryRequests": "10",
+                   "slimserve:trainingIntegration": "request"}
 START = {"model": "churn", "version": "8"}
 SINCE = "2026-11-30T12:00:00+00:00"
 
@@ -140,7 +142,7 @@ def test_a_clean_canary_goes_through_every_stage_and_is_promoted(run_release: An
     assert script.calls[-1] == {"action": "unlock", "model": "churn", "owner": owner}  # the same owner frees it
     compare = script.calls[3]
     assert compare == {"action": "compare", "model": "churn", "version": "8", "since": SINCE,
-                       "min_requests": ReleaseMachineSettings().min_canary_requests, "extended": False}
+                       "min_requests": 10, "extended": False}
 
 
 @pytest.mark.parametrize("stage", [0, 1])
