@@ -125,18 +125,32 @@ def _validate(args: argparse.Namespace) -> int:
         report = validate(directory_reader(args.candidate),
                           directory_reader(args.champion) if args.champion else None, (stream, holdout.name), config)
     out = Path(args.report) if args.report else Path(args.candidate) / REPORT_FILE
-    if out.parent.is_dir():
-        out.write_text(report_json(report))
+    problem = _write_report(out, report_json(report), create_folder=bool(args.report))
     print(render_verdict(report))
-    print(f"report: {out}" if out.parent.is_dir() else "")
+    if problem and args.report:
+        print(f"error: the report cannot be written to {out}: {problem}", file=sys.stderr)
+        return 2
+    print(f"report: {out}" if problem is None else f"report: not written ({problem})")
     return 0 if report["admitted"] else 1
+
+
+def _write_report(path: Path, body: str, create_folder: bool) -> str | None:
+    """Write the report; a folder named by --report is created. Returns why it was not written."""
+    try:
+        if create_folder:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.parent.is_dir():
+            return f"the folder {path.parent} does not exist"
+        path.write_text(body)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def render_verdict(report: dict) -> str:  # type: ignore[type-arg]
     lines = []
     cand, champ = report.get("candidate") or {}, report.get("champion") or {}
-    lines.append(f"candidate {cand.get('name', '?')} {cand.get('version', '?')}"
-                 + (f" vs champion {champ['version']}" if champ else " (no champion)")
+    lines.append(f"candidate {cand.get('name', '?')} {cand.get('version', '?')}" + _champion_words(report, champ)
                  + (f" on {report['rows']} holdout rows" if "rows" in report else ""))
     metrics = report.get("metrics") or {}
     if metrics:
@@ -149,13 +163,24 @@ def render_verdict(report: dict) -> str:  # type: ignore[type-arg]
     for name, s in (report.get("slices") or {}).items():
         lines.append(f"  slice {name:<18} rows {s['rows']:>6}  candidate {s['candidate']:.4f}  "
                      f"champion {s['champion']:.4f}")
-    lines.append(f"  {'check':<16}{'result':<8}detail")
+    width = max([16, *(len(check["check"]) + 2 for check in report["checks"])])
+    lines.append(f"  {'check':<{width}}{'result':<8}detail")
     for check in report["checks"]:
         result = "pass" if check["passed"] else "FAIL"
-        lines.append(f"  {check['check']:<16}{result:<8}{check['detail']}")
+        lines.append(f"  {check['check']:<{width}}{result:<8}{check['detail']}")
     lines.append(f"verdict: {'ADMITTED' if report['admitted'] else 'REFUSED'}"
                  + ("" if report["admitted"] else f" ({', '.join(report['reasons'])})"))
     return "\n".join(lines)
+
+
+def _champion_words(report: dict, champ: dict) -> str:  # type: ignore[type-arg]
+    if champ and "metrics" in report and "champion" not in report["metrics"]:
+        return f" vs champion {champ['version']} (not compared: the schemas differ)"
+    if champ:
+        return f" vs champion {champ['version']}"
+    if report.get("champion_given"):
+        return f" (champion given, not compared: refused first, {', '.join(report['reasons'])})"
+    return " (no champion)"
 
 
 def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]

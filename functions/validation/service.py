@@ -43,6 +43,7 @@ def validate(candidate_reader: Callable[[str], bytes], champion_reader: Callable
         report["manifest_sha256"] = sha256_hex(raw)
     except GateRefusal as exc:
         report = refused(exc.reason, exc.detail, manifest)
+    report["champion_given"] = champion_reader is not None
     report["config"] = config.model_dump()
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report

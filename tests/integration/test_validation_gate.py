@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +234,117 @@ def test_lambda_uses_the_registry_champion_writes_the_report_and_records_the_ver
                                     "config": config},
                                    LambdaContext())
     assert better["admitted"] and reg.get("churn", "v3").status == "candidate"
+
+
+# -- real-shaped data: float-coded classes, a dropped column, the latency rule ------------------------
+
+def numeric_bundle(out: Path, frame: pd.DataFrame, target: str, columns: list[str], version: str) -> Path:
+    """A hand-written pipeline over some numeric columns (the rest, ID and date included, dropped)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pre = ColumnTransformer([("num", make_pipeline(SimpleImputer(), StandardScaler()), columns)])
+    model = make_pipeline(pre, LogisticRegression(max_iter=500)).fit(frame[columns], frame[target])
+    build_bundle(model, frame[[*columns, target]], out, name="quality", version=version, target=target)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quality() -> dict[str, Any]:
+    from tests import realdata
+
+    train = realdata.float_coded_classes(1500, SEED).dropna(subset=realdata.NUMERIC)
+    holdout = realdata.float_coded_classes(600, SEED + 1).dropna(subset=realdata.NUMERIC)
+    return {"train": train, "holdout": holdout, "numeric": realdata.NUMERIC}
+
+
+@pytest.mark.parametrize("model_labels", ["int", "float"])
+@pytest.mark.parametrize("holdout_form", ["csv_floats", "csv_ints", "jsonl_floats"])
+def test_integer_classes_stored_as_floats_are_the_models_classes(model_labels: str, holdout_form: str,
+                                                                 quality: dict[str, Any], tmp_path: Path) -> None:
+    train = quality["train"].copy()
+    if model_labels == "int":
+        train["quality"] = train["quality"].astype(int)
+    bundle = numeric_bundle(tmp_path / "b", train, "quality", quality["numeric"], "v1")
+    holdout = quality["holdout"].copy()
+    if holdout_form == "csv_ints":
+        holdout["quality"] = holdout["quality"].astype(int)
+    body = holdout.to_json(orient="records", lines=True).encode() if holdout_form == "jsonl_floats" \
+        else holdout.to_csv(index=False).encode()
+    assert (b",6.0\n" in body) == (holdout_form == "csv_floats")
+    report = verdict(bundle, None, body, "h.jsonl" if holdout_form == "jsonl_floats" else "h.csv")
+    assert "holdout_mislabelled" not in report["reasons"], report["checks"]
+    assert report["rows"] == len(holdout) and report["metrics"]["candidate"]["accuracy"] > 0.5
+
+
+def test_labels_that_are_not_classes_are_still_refused(quality: dict[str, Any], tmp_path: Path) -> None:
+    bundle = numeric_bundle(tmp_path / "b", quality["train"], "quality", quality["numeric"], "v1")
+    holdout = quality["holdout"].copy()
+    holdout.loc[holdout.index[:3], "quality"] = 9.0
+    report = verdict(bundle, None, holdout.to_csv(index=False).encode())
+    assert report["reasons"] == ["holdout_mislabelled"] and "'9.0'" in report["checks"][0]["detail"]
+
+
+def test_a_candidate_reading_fewer_columns_than_the_champion_is_compatible(quality: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    train, holdout = quality["train"], quality["holdout"].to_csv(index=False).encode()
+    champion = numeric_bundle(tmp_path / "champion", train, "quality", ["age", "income", "visits"], "v1")
+    candidate = numeric_bundle(tmp_path / "candidate", train, "quality", ["age", "income"], "v2")
+    report = verdict(candidate, champion, holdout, tolerance=1.0)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["schema"]["passed"] and "['visits']" in checks["schema"]["detail"], checks["schema"]
+    assert "champion" in report["metrics"]  # the champion was scored on its own columns
+    backwards = verdict(champion, candidate, holdout, tolerance=1.0)
+    assert "incompatible_schema" in backwards["reasons"]
+    detail = {c["check"]: c for c in backwards["checks"]}["schema"]["detail"]
+    assert "needs features ['visits']" in detail
+
+
+@pytest.mark.parametrize(("candidate_ms", "champion_ms", "admitted"), [
+    (16.0, 18.0, True),  # both slow under load, measured together: the candidate is no slower
+    (0.30, 0.25, True),  # within noise of the champion
+    (2.0, 0.25, False),  # much slower than the champion in the same run
+    (16.0, None, True),  # no champion: the absolute budget is far above a loaded machine's noise
+    (150.0, None, False),  # no champion: over the absolute budget
+])
+def test_latency_is_judged_against_the_champion_measured_in_the_same_run(
+        candidate_ms: float, champion_ms: float | None, admitted: bool, bundles: dict[str, Path],
+        holdout_csv: bytes) -> None:
+    champion = bundles["weak"] if champion_ms is not None else None
+    report = verdict(bundles["strong"], champion, holdout_csv, p99_ms=candidate_ms, champion_ms=champion_ms or 0.0)
+    latency = {c["check"]: c for c in report["checks"]}["latency"]
+    assert latency["passed"] is admitted, latency
+    assert report["admitted"] is admitted, report["checks"]
+    assert report["champion_latency_p99_ms"] == champion_ms
+    if champion_ms is not None:
+        assert "in the same run" in latency["detail"]
+
+
+def test_cli_says_why_a_given_champion_was_not_compared(bundles: dict[str, Path], holdout_csv: bytes,
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unlabelled = pd.read_csv(io.BytesIO(holdout_csv)).drop(columns=["churn"])
+    (tmp_path / "holdout.csv").write_text(unlabelled.to_csv(index=False))
+    code = cli(["validate", "--candidate", str(bundles["strong"]), "--champion", str(bundles["weak"]),
+                "--holdout", str(tmp_path / "holdout.csv"), "--report", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert code == 1 and "(no champion)" not in out
+    assert "champion given, not compared: refused first, holdout_mislabelled" in out
+    assert "holdout_mislabelledFAIL" not in out and re.search(r"holdout_mislabelled +FAIL +", out)
+
+
+def test_cli_report_into_a_missing_folder_creates_it(bundles: dict[str, Path], holdout_csv: bytes,
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "holdout.csv").write_bytes(holdout_csv)
+    report = tmp_path / "reports" / "2024" / "gate.json"
+    args = ["validate", "--candidate", str(bundles["strong"]), "--holdout", str(tmp_path / "holdout.csv"),
+            "--latency-budget-ms", "60000"]
+    cli([*args, "--report", str(report)])
+    assert json.loads(report.read_text())["candidate"]["version"] == "v2"
+    assert f"report: {report}" in capsys.readouterr().out
+    (tmp_path / "a-file").write_text("")
+    code = cli([*args, "--report", str(tmp_path / "a-file" / "gate.json")])
+    captured = capsys.readouterr()
+    assert code == 2 and "the report cannot be written" in captured.err
