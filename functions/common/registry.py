@@ -183,7 +183,7 @@ class Registry:
         return self._update(entry, to_status, reason, values, allowed_from={entry.status})
 
     def promote(self, entry: ModelEntry, reason: str, *, previous_status: str = "retired",
-                release: dict[str, Any] | None = None) -> ModelEntry:
+                release: dict[str, Any] | None = None, previous_release: dict[str, Any] | None = None) -> ModelEntry:
         """Make ``entry`` the champion; the previous champion becomes ``previous_status`` (retired, or
         rolled-back when a rollback restores an earlier version) and the routing item names the new
         champion and no canary, all in one transaction."""
@@ -201,7 +201,9 @@ class Registry:
         else:
             pointer_condition = "champion_version = :old"
             pointer_values = {":new": {"S": entry.version}, ":old": {"S": current.version}}
-            items.append(self._status_update(current, previous_status, f"replaced by {entry.version}: {reason}", now))
+            ended = {"release": {"S": json.dumps(previous_release)}} if previous_release is not None else None
+            items.append(self._status_update(current, previous_status, f"replaced by {entry.version}: {reason}", now,
+                                             ended))
         items.append({"Update": {"TableName": self.table, "Key": _key(entry.model, CHAMPION_POINTER),
                                  "UpdateExpression": "SET champion_version = :new", "ConditionExpression":
                                  pointer_condition, "ExpressionAttributeValues": pointer_values}})
@@ -264,8 +266,9 @@ class Registry:
 
     def restore(self, model: str, bad_version: str, reason: str, to_version: str | None = None,
                 release: dict[str, Any] | None = None) -> ModelEntry:
-        """Roll the champion ``bad_version`` back to ``to_version`` (default: the last known-good one).
-        When ``bad_version`` is no longer champion because it was already rolled back, nothing changes."""
+        """Roll the champion ``bad_version`` back to ``to_version`` (default: the last known-good one);
+        ``release`` (why, with figures) is recorded on ``bad_version``. When ``bad_version`` is no longer
+        champion because it was already rolled back, nothing changes."""
         current = self.champion(model)
         if current is None:
             raise NoChampion(f"{model} has no champion to roll back")
@@ -279,7 +282,7 @@ class Registry:
         if target.status != "retired":
             raise NothingToRollBack(f"{model} {target.version} is {target.status}: only a retired version, "
                                     "once champion, can be served again")
-        return self.promote(target, reason, previous_status="rolled-back", release=release)
+        return self.promote(target, f"restored: {reason}", previous_status="rolled-back", previous_release=release)
 
     # -- release lock ---------------------------------------------------------------------------------
 

@@ -85,14 +85,15 @@ def lambda_dispatch(handlers: Mapping[str, str | Handler]) -> Iterator[Dispatche
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
 
 
-def emf_to_metric_data(record: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def emf_to_metric_data(record: dict[str, Any], timestamp: dt.datetime | None = None
+                       ) -> tuple[str, list[dict[str, Any]]]:
     """One EMF record as put_metric_data arguments: its namespace and one datum per metric.
 
     Only the record's most specific dimension set is sent: moto matches a query's dimensions as a
     subset, so the other sets would count every request twice; on AWS each set is its own metric."""
     directive = record["_aws"]["CloudWatchMetrics"][0]
     dimensions = max(directive["Dimensions"], key=len)
-    timestamp = dt.datetime.fromtimestamp(record["_aws"]["Timestamp"] / 1000, dt.UTC)
+    timestamp = timestamp or dt.datetime.fromtimestamp(record["_aws"]["Timestamp"] / 1000, dt.UTC)
     data = [{"MetricName": m["Name"], "Value": float(record[m["Name"]]), "Unit": m.get("Unit", "None"),
              "Timestamp": timestamp, "Dimensions": [{"Name": d, "Value": str(record[d])} for d in dimensions]}
             for m in directive["Metrics"]]
@@ -100,13 +101,15 @@ def emf_to_metric_data(record: dict[str, Any]) -> tuple[str, list[dict[str, Any]
 
 
 @contextlib.contextmanager
-def forward_emf(cloudwatch: Any) -> Iterator[list[dict[str, Any]]]:
-    """Within this block, every EMF record the handlers emit is put into (moto's) CloudWatch."""
+def forward_emf(cloudwatch: Any, clock: Callable[[], dt.datetime] | None = None
+                ) -> Iterator[list[dict[str, Any]]]:
+    """Within this block, every EMF record the handlers emit is put into (moto's) CloudWatch, stamped
+    with ``clock`` when given (a test spreads requests over minutes without waiting for them)."""
     records: list[dict[str, Any]] = []
 
     def put(record: dict[str, Any]) -> None:
         records.append(record)
-        namespace, data = emf_to_metric_data(record)
+        namespace, data = emf_to_metric_data(record, clock() if clock else None)
         for start in range(0, len(data), 1000):
             cloudwatch.put_metric_data(Namespace=namespace, MetricData=data[start:start + 1000])
 

@@ -3,6 +3,7 @@ EMF, an SNS topic read through a queue, and the real inference and release handl
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -57,6 +58,16 @@ class FakeClock:
         return self.now
 
 
+class WallClock:
+    """When metrics are stamped: now, plus whatever a test moved it on by."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta(0)
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.offset
+
+
 class ReleaseAccount:
     def __init__(self, bundle: Path, workdir: Path) -> None:
         self.bundle, self.workdir = bundle, workdir
@@ -73,7 +84,7 @@ class ReleaseAccount:
         self.sns.subscribe(TopicArn=self.topic, Protocol="sqs", Endpoint=inbox_arn,
                            Attributes={"RawMessageDelivery": "true"})
         self.rows = json.loads(breast_cancer().drop(columns=["target"]).head(40).to_json(orient="values"))
-        self.clock = FakeClock()
+        self.clock, self.wall = FakeClock(), WallClock()
         self.changes: dict[str, Callable[[Any, Any], Any]] = {}
         self.release = load_function("functions.release.handler", "", REGISTRY_TABLE=TABLE,
                                      NOTIFY_TOPIC_ARN=self.topic)
@@ -156,5 +167,5 @@ class ReleaseAccount:
 def release_account(bundle: Path, workdir: Path) -> Iterator[ReleaseAccount]:
     """Yield an account whose handlers' EMF lands in moto's CloudWatch (call inside emulated_account)."""
     account = ReleaseAccount(bundle, workdir)
-    with forward_emf(account.cloudwatch):
+    with forward_emf(account.cloudwatch, clock=account.wall):
         yield account
