@@ -65,6 +65,7 @@ def test_champion_errors_raise_the_alarm_and_the_last_known_good_version_serves_
     (event,) = evaluator.evaluate(account.wall())
     assert event["detail"]["alarmName"] == f"slimserve-{MODEL}-champion-errors"
     ((rule, _, answer),) = router.delivered
+    assert rule == "ChampionAlarmRule"
     assert answer["rolled_back"] is True and answer["champion_version"] == "v1" and answer["from_version"] == "v2"
     bad = account.registry.get(MODEL, "v2")
     assert bad.status == "rolled-back" and bad.release["alarm"] == f"slimserve-{MODEL}-champion-errors"
