@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..common import aws, layout
 from ..common.bundle import Model
 from ..common.errors import WriteConflict
-from ..common.tabular import Chunk, cells_from_text
+from ..common.tabular import Chunk, cells_from_text, markers_set
 from .scoring import Source, Store, already_done, csv_suffixes, manifest_key, now_iso, score_chunk, source_dict
 
 
@@ -75,6 +75,7 @@ def part_id(items: list[dict[str, str]]) -> str:
 
 def score_items(model: Model, store: Store, batch: ItemBatch) -> dict[str, Any]:
     features = model.manifest.features
+    markers = markers_set(model.manifest.missing_markers)
     columns = list(batch.items[0])
     chunk = Chunk(line_numbers=list(range(1, len(batch.items) + 1)), raw=batch.items)
     for item in batch.items:
@@ -83,7 +84,7 @@ def score_items(model: Model, store: Store, batch: ItemBatch) -> dict[str, Any]:
             chunk.cells.append(None)
             chunk.errors.append(f"missing_feature: feature {missing[0]!r} is missing")
         else:
-            cells, error = cells_from_text(features, [item[f.name] for f in features])
+            cells, error = cells_from_text(features, [item[f.name] for f in features], markers)
             chunk.cells.append(cells)
             chunk.errors.append(error)
     result = score_chunk(model, chunk)

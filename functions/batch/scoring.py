@@ -149,7 +149,7 @@ def rejected_manifest(base: dict[str, Any], code: str, message: str) -> dict[str
 
 def _score(model: Model, store: Store, source: Source, fmt: FileFormat, stream: IO[bytes],
            chunk_rows: int, max_bytes: int | None) -> tuple[dict[str, Any], Counts]:
-    with open_records(stream, fmt, model.manifest.features, max_bytes) as reader:
+    with open_records(stream, fmt, model.manifest.features, max_bytes, model.manifest.missing_markers) as reader:
         return _score_records(model, store, source, fmt, reader, chunk_rows)
 
 
