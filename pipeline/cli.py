@@ -215,6 +215,89 @@ def _models_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _account(args: argparse.Namespace) -> None:
+    """Point every AWS client (the functions' too) at --endpoint-url, e.g. a moto server."""
+    import os
+
+    if args.endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
+
+
+def _release(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    import boto3
+
+    from functions.common.manifest import MANIFEST_FILE, Manifest
+
+    from .local.apigw import LambdaContext
+    from .local.emulation import upload_bundle
+    from .local.releases import drive_release
+    from .local.server import load_function
+
+    _account(args)
+    registry = _registry(args)
+    bucket = args.bucket or os.environ.get("SLIMSERVE_MODEL_BUCKET")
+    if not bucket:
+        raise ConfigurationError("name the model bucket with --bucket or SLIMSERVE_MODEL_BUCKET")
+    manifest = Manifest.model_validate_json((Path(args.bundle) / MANIFEST_FILE).read_bytes())
+    s3 = boto3.client("s3")
+    uri = upload_bundle(s3, args.bundle, bucket)
+    holdout_key = f"holdout/{manifest.name}/{Path(args.holdout).name}"
+    s3.put_object(Bucket=bucket, Key=holdout_key, Body=Path(args.holdout).read_bytes())
+    gate = load_function("functions.validation.handler", "", REGISTRY_TABLE=registry.table)
+    gate.registry.cache_clear()
+    verdict = gate.lambda_handler({"candidate_uri": uri, "holdout_uri": f"s3://{bucket}/{holdout_key}"},
+                                  LambdaContext(function_name="slimserve-validation"))
+    print(f"gate: {manifest.name} {manifest.version} {'ADMITTED' if verdict['admitted'] else 'REFUSED'} "
+          f"({verdict['summary']})")
+    release = load_function("functions.release.handler", "", REGISTRY_TABLE=registry.table)
+    release.registry.cache_clear()
+
+    def step(action: str, **fields: object) -> dict:  # type: ignore[type-arg]
+        result: dict = release.lambda_handler({"action": action, "model": manifest.name, **fields},  # type: ignore[type-arg]
+                                              LambdaContext(function_name="slimserve-release"))
+        if action in ("set_weight", "compare"):
+            print(f"  {action} {fields.get('weight', '')}: {result.get('decision', '')} {result.get('reason', '')}")
+        return result
+
+    outcome = drive_release(step, manifest.version, owner="cli", bake=lambda weight: time.sleep(args.bake_seconds),
+                            min_requests=args.min_requests)
+    print(f"release {manifest.name} {manifest.version}: {outcome['outcome']}"
+          + (f" ({outcome['reason']})" if outcome.get("reason") else ""))
+    return 0 if outcome["outcome"] != "rolled_back" else 1
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    _account(args)
+    registry = _registry(args)
+    champion = registry.champion(args.model)
+    if champion is None:
+        from functions.common.errors import NoChampion
+
+        raise NoChampion(f"{args.model} has no champion to roll back")
+    registry.take_lock(args.model, "cli", 900)
+    try:
+        restored = registry.restore(args.model, champion.version, "rolled back by hand", to_version=args.to,
+                                    release={"outcome": "rolled-back", "reason": "rolled back by hand"})
+    finally:
+        registry.release_lock(args.model, "cli")
+    print(f"{args.model}: {champion.version} rolled back, {restored.version} is champion again")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import time
+
+    from .local.releases import status
+
+    _account(args)
+    shown = status(_registry(args), args.model, time.time())
+    print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training.data import DataRefused
     from .training.local import train_locally
@@ -329,6 +412,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("version", help="model version")
             p.add_argument("--model", required=True, help="model name")
             p.set_defaults(func=_models_show)
+
+    r = sub.add_parser("release", help="gate a bundle, then release it by canary (or as the first champion)")
+    r.add_argument("--bundle", required=True, help="bundle folder")
+    r.add_argument("--holdout", required=True, help="held-out rows with labels, for the gate")
+    r.add_argument("--bucket", help="model bucket (default: $SLIMSERVE_MODEL_BUCKET)")
+    r.add_argument("--bake-seconds", type=float, default=60, help="how long each canary stage serves (60)")
+    r.add_argument("--min-requests", type=int, default=100, help="canary requests a comparison needs (100)")
+    r.set_defaults(func=_release)
+    rb = sub.add_parser("rollback", help="serve the last known-good version (or --to VERSION) again")
+    rb.add_argument("--model", required=True, help="model name")
+    rb.add_argument("--to", help="a retired version to serve again (default: the last known-good one)")
+    rb.set_defaults(func=_rollback)
+    st = sub.add_parser("status", help="champion, canary and weight, the release lock, how the last release ended")
+    st.add_argument("--model", required=True, help="model name")
+    st.set_defaults(func=_status)
+    for p in (r, rb, st):
+        p.add_argument("--table", help="registry table (default: $SLIMSERVE_REGISTRY_TABLE)")
+        p.add_argument("--endpoint-url", help="AWS endpoint for every client (e.g. a local moto server)")
 
     t = sub.add_parser("train", help="validate data, train a teacher, distil a student, export a bundle")
     t.add_argument("--data", required=True, help="CSV or Parquet table with the target column")

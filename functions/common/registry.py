@@ -193,7 +193,7 @@ class Registry:
         if "champion" not in TRANSITIONS.get(entry.status, frozenset()):
             raise RegistryConflict(f"{entry.model} {entry.version} is {entry.status}: it cannot become champion")
         now = _now()
-        extra = {"release": {"S": json.dumps(release)}} if release is not None else None
+        extra = {"release": {"S": json.dumps({**release, "at": now})}} if release is not None else None
         items = [self._status_update(entry, "champion", reason, now, extra)]
         if current is None:
             pointer_condition = "attribute_not_exists(champion_version)"
@@ -201,7 +201,7 @@ class Registry:
         else:
             pointer_condition = "champion_version = :old"
             pointer_values = {":new": {"S": entry.version}, ":old": {"S": current.version}}
-            ended = {"release": {"S": json.dumps(previous_release)}} if previous_release is not None else None
+            ended = {"release": {"S": json.dumps({**previous_release, "at": now})}} if previous_release else None
             items.append(self._status_update(current, previous_status, f"replaced by {entry.version}: {reason}", now,
                                              ended))
         items.append({"Update": {"TableName": self.table, "Key": _key(entry.model, CHAMPION_POINTER),
@@ -250,7 +250,8 @@ class Registry:
             raise RegistryConflict(f"{entry.model} {entry.version} is {entry.status}, not a canary")
         now = _now()
         routing = self.routing(entry.model)
-        items = [self._status_update(entry, "rolled-back", reason, now, {"release": {"S": json.dumps(release)}})]
+        items = [self._status_update(entry, "rolled-back", reason, now,
+                                     {"release": {"S": json.dumps({**release, "at": now})}})]
         if routing.canary_version == entry.version:
             items.append(self._routing_update(entry.model, now, canary=None, expected=routing))
         self._write(lambda: self.client.transact_write_items(TransactItems=items),
