@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,31 @@ from sklearn.utils.validation import check_is_fitted
 
 from functions.common.bundle import Model, first_max
 from functions.common.errors import BundleBuildError, InvalidInput
-from functions.common.manifest import MANIFEST_FILE, MODEL_FILE, Feature, Manifest, OnnxSignature, Parity, sha256_hex
+from functions.common.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PANDAS_MISSING_MARKERS,
+    Feature,
+    Manifest,
+    OnnxSignature,
+    Parity,
+    sha256_hex,
+)
+
+from .bundling.columns import (
+    category_facts,
+    leaf_steps,
+    number_nullable_reason,
+    routes,
+    string_imputers_reading_numbers,
+    without_string_imputers,
+)
+from .bundling.messages import conversion_refusal, label_disagreement, sample_refusal, step_fix
 
 DEFAULT_TOLERANCE = 1e-4
 TENSOR_INPUT = "X"
+PROBE_ROWS = 16  # sample rows replayed with a null or an unseen category in one feature
+UNSEEN_CATEGORY = "\x00unseen category"
 
 
 @dataclass(frozen=True)
@@ -37,13 +59,18 @@ class BundleResult:
 
 def build_bundle(estimator: Any, sample: pd.DataFrame, out_dir: str | Path, *, name: str = "model",
                  version: str | None = None, target: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                 lineage: dict[str, str] | None = None) -> BundleResult:
-    """Convert, check parity on ``sample`` and write the bundle to ``out_dir``."""
+                 lineage: dict[str, str] | None = None,
+                 missing_markers: list[str] | None = None) -> BundleResult:
+    """Convert, check parity on ``sample`` and write the bundle to ``out_dir``.
+
+    ``missing_markers`` are the strings read as missing when ``sample`` and the training data
+    were read (pandas' defaults unless given); batch scoring reads text files with the same list."""
     task = _task(estimator)
     y = sample[target] if target is not None and target in sample.columns else None
-    X = sample.drop(columns=[target]) if y is not None else sample
-    features = _features(estimator, X)
-    X = X[[f.name for f in features]]
+    X_all = sample.drop(columns=[target]) if y is not None else sample
+    features, ignored = _features(estimator, X_all)
+    X_all = X_all[[n for n, _ in _fitted_columns(estimator, X_all, features)]]  # what scikit-learn was fitted on
+    X = X_all[[f.name for f in features]]
     if len(X) == 0:
         raise BundleBuildError("the sample has no rows: parity needs data", code="empty_sample")
     mode = "columns" if _needs_columns(estimator, features) else "tensor"
@@ -51,21 +78,27 @@ def build_bundle(estimator: Any, sample: pd.DataFrame, out_dir: str | Path, *, n
     failures = []
     # float32 first (what most converters and runtimes are tuned for); float64 when rounding in
     # float32 upstream of a tree (e.g. a scaler) moves rows across split thresholds.
+    columns = _fitted_columns(estimator, X_all, features)
     for dtype in ("float32", "float64"):
         try:
-            onnx_bytes, signature = _convert(estimator, features, mode, task, dtype)
+            onnx_bytes, signature = _convert(estimator, features, columns, mode, task, dtype)
             draft = _manifest(name, version or _default_version(onnx_bytes), task, estimator, features, classes,
                               signature, onnx_bytes, Parity(rows=len(X), max_abs_diff=0.0, tolerance=tolerance), {},
                               lineage)
-            parity, onnx_scores = _parity(estimator, draft, onnx_bytes, X, tolerance)
+            draft = draft.model_copy(update={"ignored_columns": ignored, "missing_markers": list(
+                PANDAS_MISSING_MARKERS if missing_markers is None else missing_markers)})
+            parity, onnx_scores = _parity(estimator, draft, onnx_bytes, X_all, tolerance)
+            draft = _probed(estimator, draft, onnx_bytes, X_all, tolerance)
             break
         except BundleBuildError as exc:
             if exc.code not in ("parity_failed", "conversion_failed"):
                 raise
-            failures.append(f"{dtype}: {exc.message}")
+            failures.append((dtype, exc.message))
     else:
-        code = "parity_failed" if any("disagree" in f for f in failures) else "conversion_failed"
-        raise BundleBuildError("bundle refused; " + "; ".join(failures), code=code)
+        code = "parity_failed" if any("disagree" in m for _, m in failures) else "conversion_failed"
+        if len({re.sub(r"\d[\d.e+-]*", "#", m) for _, m in failures}) == 1:  # the same refusal, other figures
+            raise BundleBuildError(f"bundle refused (float32 and float64): {failures[-1][1]}", code=code)
+        raise BundleBuildError("bundle refused; " + "; ".join(f"{d}: {m}" for d, m in failures), code=code)
     metrics = {"sample": _metrics(task, y, onnx_scores, classes)} if y is not None else {}
     manifest = draft.model_copy(update={"parity": parity, "metrics": metrics, "target": target})
 
@@ -89,6 +122,10 @@ def _task(estimator: Any) -> str:
                                code="not_fitted") from None
     _check_supported(estimator)
     if is_classifier(estimator):
+        if not hasattr(estimator, "predict_proba"):
+            final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+            raise BundleBuildError(f"{type(final).__name__} gives no class probabilities, which the bundle serves: "
+                                   f"{step_fix(final)}", code="unsupported_step")
         return "classification"
     if is_regressor(estimator):
         return "regression"
@@ -96,31 +133,17 @@ def _task(estimator: Any) -> str:
                            code="unsupported_step")
 
 
-def _steps(estimator: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """Every leaf step of nested Pipelines and ColumnTransformers, with a readable path."""
-    if isinstance(estimator, Pipeline):
-        for step_name, step in estimator.steps:
-            yield from _steps(step, f"{path}{step_name}/")
-    elif isinstance(estimator, ColumnTransformer):
-        for step_name, step, _cols in estimator.transformers_:
-            if isinstance(step, str):  # 'drop' or 'passthrough'
-                continue
-            yield from _steps(step, f"{path}{step_name}/")
-    else:
-        yield path.rstrip("/") or type(estimator).__name__, estimator
-
-
 def _check_supported(estimator: Any) -> None:
     from skl2onnx._supported_operators import sklearn_operator_name_map
 
-    for path, step in _steps(estimator):
+    for path, step in leaf_steps(estimator):
         if type(step) not in sklearn_operator_name_map:
             raise BundleBuildError(f"step '{path}' ({type(step).__module__}.{type(step).__name__}) has no ONNX "
-                                   "converter: replace it or register a converter with skl2onnx",
-                                   code="unsupported_step", field=path)
+                                   f"converter: {step_fix(step)}", code="unsupported_step", field=path)
 
 
-def _features(estimator: Any, X: pd.DataFrame) -> list[Feature]:
+def _features(estimator: Any, X: pd.DataFrame) -> tuple[list[Feature], list[str]]:
+    """The columns the fitted pipeline reads, as features, and the columns it was fitted with but ignores."""
     names = [str(n) for n in getattr(estimator, "feature_names_in_", X.columns)]
     missing = [n for n in names if n not in X.columns]
     if missing:
@@ -129,34 +152,41 @@ def _features(estimator: Any, X: pd.DataFrame) -> list[Feature]:
     if n_in != len(names):
         raise BundleBuildError(f"the model takes {n_in} features; the sample has {len(names)} columns",
                                code="sample_mismatch")
-    known = _encoder_categories(estimator)
-    features = []
-    for n in names:
-        col = X[n]
-        if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
-            cats = known.get(n) or sorted(str(v) for v in col.dropna().unique())
-            features.append(Feature(name=n, type="category", categories=[str(c) for c in cats]))
-        else:
-            finite = col[np.isfinite(col.astype(float))]
-            features.append(Feature(name=n, type="number", nullable=bool(col.isna().any()),
-                                    minimum=float(finite.min()) if len(finite) else None,
-                                    maximum=float(finite.max()) if len(finite) else None))
-    return features
+    read = routes(estimator, names)
+    numeric = {n for n in names if not _is_text(X[n])}
+    for column, path in string_imputers_reading_numbers(read, numeric)[:1]:
+        raise BundleBuildError(f"step '{path}' imputes text and also reads the numeric column {column!r}: give it "
+                               "the text columns only (a ColumnTransformer) and numbers their own imputer",
+                               code="unsupported_step", field=path)
+    features = [_feature(n, X[n], read[n]) for n in names if n in read]
+    return features, [n for n in names if n not in read]
 
 
-def _encoder_categories(estimator: Any) -> dict[str, list[Any]]:
-    found: dict[str, list[Any]] = {}
-    for ct in _column_transformers(estimator):
-        for _name, trans, cols in ct.transformers_:
-            encoders = trans.steps if isinstance(trans, Pipeline) else [("", trans)]
-            for _, step in encoders:
-                cats = getattr(step, "categories_", None)
-                if cats is not None and not isinstance(cols, slice) and len(cats) == len(cols):
-                    for col, values in zip(cols, cats, strict=True):
-                        if isinstance(col, str):
-                            found[col] = [v for v in values.tolist() if not _is_missing(v)]
-                    break
-    return found
+def _feature(name: str, col: pd.Series, route: Any) -> Feature:
+    if _is_text(col):
+        facts = category_facts(route, name)
+        cats = facts.categories or sorted(str(v) for v in col.dropna().unique())
+        return Feature(name=name, type="category", categories=cats,
+                       unknown_categories="accept" if facts.accepts_unknown else "refuse",
+                       categories_reason=facts.categories_reason, nullable=facts.missing_category is not None,
+                       nullable_reason=facts.nullable_reason, missing_category=facts.missing_category)
+    reason = number_nullable_reason(route)
+    finite = col[np.isfinite(col.astype(float))]
+    return Feature(name=name, type="number", nullable=reason is not None, nullable_reason=reason,
+                   minimum=float(finite.min()) if len(finite) else None,
+                   maximum=float(finite.max()) if len(finite) else None)
+
+
+def _is_text(col: pd.Series) -> bool:
+    return bool(pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col))
+
+
+def _fitted_columns(estimator: Any, X: pd.DataFrame, features: list[Feature]) -> list[tuple[str, str]]:
+    """Every column the model was fitted with, in its order, with how the converter types it
+    (ignored ones included, so that column positions in a ColumnTransformer still hold)."""
+    kinds = {f.name: f.type for f in features}
+    names = [str(n) for n in getattr(estimator, "feature_names_in_", X.columns)]
+    return [(n, kinds.get(n) or ("category" if _is_text(X[n]) else "number")) for n in names]
 
 
 def _column_transformers(estimator: Any) -> Iterator[ColumnTransformer]:
@@ -194,7 +224,7 @@ def _histgradientboosting_fix() -> Iterator[None]:
 
 
 def _imputer_statistics(estimator: Any) -> list[np.ndarray]:
-    return [np.asarray(step.statistics_, dtype=np.float64) for _, step in _steps(estimator)
+    return [np.asarray(step.statistics_, dtype=np.float64) for _, step in leaf_steps(estimator)
             if hasattr(step, "statistics_") and np.asarray(step.statistics_).dtype.kind == "f"]
 
 
@@ -257,7 +287,7 @@ def _trees_in_float32(onx: Any) -> None:
     onx.graph.node.extend(nodes)
 
 
-def _convert(estimator: Any, features: list[Feature], mode: str, task: str,
+def _convert(estimator: Any, features: list[Feature], columns: list[tuple[str, str]], mode: str, task: str,
              dtype: str) -> tuple[bytes, OnnxSignature]:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
@@ -266,30 +296,51 @@ def _convert(estimator: Any, features: list[Feature], mode: str, task: str,
     if mode == "tensor":
         initial_types = [(TENSOR_INPUT, number([None, len(features)]))]
     else:
-        initial_types = [(f.name, StringTensorType([None, 1]) if f.type == "category" else number([None, 1]))
-                         for f in features]
+        initial_types = [(n, StringTensorType([None, 1]) if kind == "category" else number([None, 1]))
+                         for n, kind in columns]
     final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
     options = {id(final): {"zipmap": False}} if task == "classification" else None
+    converted = without_string_imputers(estimator)
     try:
         with _histgradientboosting_fix():
-            onx = convert_sklearn(estimator, initial_types=initial_types, options=options)
+            onx = convert_sklearn(converted, initial_types=initial_types, options=options)
         if dtype == "float64":
-            _imputers_as_where(onx, _imputer_statistics(estimator))
+            _imputers_as_where(onx, _imputer_statistics(converted))
             _trees_in_float32(onx)
+        inputs = _feature_inputs(onx, [n for n, _ in initial_types], [f.name for f in features])
         onnx_bytes = onx.SerializeToString()
         Model.check_loadable(onnx_bytes)
+    except BundleBuildError:
+        raise
     except Exception as exc:
-        raise BundleBuildError(f"ONNX conversion of {type(estimator).__name__} failed: "
-                               f"{str(exc).strip().splitlines()[0][:300]}", code="conversion_failed") from None
+        raise BundleBuildError(f"ONNX conversion failed: {conversion_refusal(exc, estimator)}",
+                               code="conversion_failed") from None
     outputs = [o.name for o in onx.graph.output]
-    if task == "classification":
-        signature = OnnxSignature(input_mode=mode, input_dtype=dtype,  # type: ignore[arg-type]
-                                  inputs=[i[0] for i in initial_types], prediction_output=outputs[0],
-                                  probability_output=outputs[1])
-    else:
-        signature = OnnxSignature(input_mode=mode, input_dtype=dtype,  # type: ignore[arg-type]
-                                  inputs=[i[0] for i in initial_types], prediction_output=outputs[0])
+    probability = outputs[1] if task == "classification" else None
+    signature = OnnxSignature(input_mode=mode, input_dtype=dtype,  # type: ignore[arg-type]
+                              inputs=inputs, prediction_output=outputs[0], probability_output=probability)
     return onnx_bytes, signature
+
+
+def _feature_inputs(onx: Any, declared: list[str], features: list[str]) -> list[str]:
+    """The graph's own input names for ``features`` (the converter sanitizes names such as
+    'od280/od315'), with the inputs of ignored columns taken out of the graph."""
+    graph_inputs = list(onx.graph.input)
+    if len(graph_inputs) != len(declared):
+        raise BundleBuildError(f"the converted graph has {len(graph_inputs)} inputs for {len(declared)} columns",
+                               code="conversion_failed")
+    if declared == [TENSOR_INPUT]:
+        return [graph_inputs[0].name]
+    by_column = dict(zip(declared, graph_inputs, strict=True))
+    wanted = set(features)
+    consumed = {name for node in onx.graph.node for name in node.input}
+    for column, graph_input in by_column.items():
+        if column not in wanted and graph_input.name in consumed:
+            raise BundleBuildError(f"column {column!r} is read by the converted graph but by no step of the "
+                                   "fitted pipeline", code="conversion_failed")
+    del onx.graph.input[:]
+    onx.graph.input.extend(by_column[c] for c in declared if c in wanted)
+    return [by_column[f].name for f in features]
 
 
 # -- parity ------------------------------------------------------------------------------------
@@ -299,15 +350,20 @@ def sample_instances(X: pd.DataFrame) -> list[list[Any]]:
     return json.loads(X.to_json(orient="values", double_precision=15))
 
 
-def _parity(estimator: Any, manifest: Manifest, onnx_bytes: bytes, X: pd.DataFrame,
+def _parity(estimator: Any, manifest: Manifest, onnx_bytes: bytes, X_all: pd.DataFrame,
             tolerance: float) -> tuple[Parity, np.ndarray]:
+    """Served answers on the sample's rows (feature columns only) against scikit-learn's on the
+    same rows (every column it was fitted with)."""
+    X = X_all[manifest.feature_names]
     model = Model(manifest, onnx_bytes, max_rows=max(len(X), 1))
     try:
         result = model.predict(sample_instances(X))
     except InvalidInput as exc:
-        raise BundleBuildError(f"sample row refused by the bundle's own schema: {exc.message} ({exc.field})",
-                               code="sample_invalid", field=exc.field) from None
-    X_sk = X if hasattr(estimator, "feature_names_in_") else X.to_numpy()
+        raise BundleBuildError(sample_refusal(exc, manifest), code="sample_invalid", field=exc.field) from None
+    except Exception as exc:  # onnxruntime raises several private types for a failing kernel
+        raise BundleBuildError(f"onnxruntime cannot score the sample: {conversion_refusal(exc, estimator)}",
+                               code="conversion_failed") from None
+    X_sk = X_all if hasattr(estimator, "feature_names_in_") else X.to_numpy()
     if manifest.task == "classification":
         ref = np.asarray(estimator.predict_proba(X_sk), dtype=np.float64)
         got = np.asarray(result.probabilities, dtype=np.float64)
@@ -317,10 +373,13 @@ def _parity(estimator: Any, manifest: Manifest, onnx_bytes: bytes, X: pd.DataFra
         ordered = np.sort(ref, axis=1)
         genuine = (ordered[:, -1] - ordered[:, -2]) > 2 * tolerance  # rows that are not near-ties
         agreement = float(agree.mean())
-        if diff > tolerance or not agree[genuine].all():
+        if diff > tolerance:
             raise BundleBuildError(f"scikit-learn and ONNX disagree: max abs probability difference {diff:.3g} "
                                    f"(tolerance {tolerance:g}), label agreement {agreement:.4%}",
                                    code="parity_failed")
+        if not agree[genuine].all():
+            raise BundleBuildError(label_disagreement(estimator, diff, tolerance, agreement, int((~agree).sum()),
+                                                      len(agree)), code="parity_failed")
         return Parity(rows=len(X), max_abs_diff=diff, tolerance=tolerance, label_agreement=agreement), got
     ref = np.asarray(estimator.predict(X_sk), dtype=np.float64).reshape(-1)
     got = np.asarray(result.predictions, dtype=np.float64)
@@ -330,6 +389,42 @@ def _parity(estimator: Any, manifest: Manifest, onnx_bytes: bytes, X: pd.DataFra
         raise BundleBuildError(f"scikit-learn and ONNX disagree: max abs difference {diff:.3g} "
                                f"(tolerance {tolerance:g} x scale {scale:.3g})", code="parity_failed")
     return Parity(rows=len(X), max_abs_diff=diff, tolerance=tolerance), got
+
+
+def _probed(estimator: Any, manifest: Manifest, onnx_bytes: bytes, X_all: pd.DataFrame,
+            tolerance: float) -> Manifest:
+    """Replay sample rows with a null, then an unseen category, in each feature that the schema
+    will let through; a feature whose served answers then differ from scikit-learn's is closed
+    again, with the reason, so that the schema refuses what the bundle cannot serve exactly."""
+    features = []
+    for feature in manifest.features:
+        if feature.nullable and _probe_fails(estimator, manifest, onnx_bytes, X_all, feature.name, np.nan,
+                                             tolerance):
+            feature = feature.model_copy(update={
+                "nullable": False, "missing_category": None,
+                "nullable_reason": f"refused: {feature.nullable_reason}, but ONNX disagrees with scikit-learn there"})
+        if feature.unknown_categories == "accept" and _probe_fails(estimator, manifest, onnx_bytes, X_all,
+                                                                   feature.name, UNSEEN_CATEGORY, tolerance):
+            feature = feature.model_copy(update={
+                "unknown_categories": "refuse",
+                "categories_reason": f"refused: {feature.categories_reason}, but ONNX disagrees with scikit-learn"})
+        features.append(feature)
+    return manifest.model_copy(update={"features": features})
+
+
+def _probe_fails(estimator: Any, manifest: Manifest, onnx_bytes: bytes, X_all: pd.DataFrame, column: str,
+                 value: Any, tolerance: float) -> bool:
+    probe = X_all.head(PROBE_ROWS).copy()
+    if value is UNSEEN_CATEGORY or not pd.api.types.is_numeric_dtype(probe[column]):
+        probe[column] = probe[column].astype(object)
+    probe[column] = value
+    try:
+        _parity(estimator, manifest, onnx_bytes, probe, tolerance)
+    except BundleBuildError:
+        return True
+    except Exception:  # scikit-learn itself cannot predict such a row
+        return True
+    return False
 
 
 def _metrics(task: str, y: pd.Series, scores: np.ndarray, classes: list[Any] | None) -> dict[str, float]:
@@ -359,7 +454,7 @@ def _manifest(name: str, version: str, task: str, estimator: Any, features: list
 
 
 def _describe(estimator: Any) -> str:
-    return " > ".join(f"{path}:{type(step).__name__}" for path, step in _steps(estimator))
+    return " > ".join(f"{path}:{type(step).__name__}" for path, step in leaf_steps(estimator))
 
 
 def _default_version(onnx_bytes: bytes) -> str:
@@ -370,5 +465,3 @@ def _native(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))

@@ -113,7 +113,7 @@ class Model:
         self.manifest = manifest
         self.session = self.check_loadable(onnx_bytes, threads)
         self._check_signature()
-        self.schema = RowSchema(manifest.features, manifest.onnx, max_rows)
+        self.schema = RowSchema(manifest.features, manifest.onnx, max_rows, manifest.ignored_columns)
         self._classes = np.array(manifest.classes, dtype=object) if manifest.classes else None
         sig = manifest.onnx
         self._outputs = [sig.probability_output if self._classes is not None else sig.prediction_output]

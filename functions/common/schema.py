@@ -2,6 +2,11 @@
 
 Rows come as objects keyed by feature name or as arrays in schema order. Checks run column
 by column so that the common case (all rows good) costs a few vectorised passes.
+
+A keyed row may also carry the columns the model was fitted with but never reads (the
+manifest's ``ignored_columns``: an ID, a date); they are ignored. Any other key is refused.
+A null category is read as the fitted imputer's fill (``missing_category``); an unseen one is
+passed to the encoder when the manifest says the encoder accepts it.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ SUGGESTION_CUTOFF = 0.75
 class RowSchema:
     """Validates instances against an ordered feature schema and builds ONNX feeds."""
 
-    def __init__(self, features: Sequence[Feature], signature: OnnxSignature, max_rows: int) -> None:
+    def __init__(self, features: Sequence[Feature], signature: OnnxSignature, max_rows: int,
+                 ignored: Iterable[str] = ()) -> None:
         self.features = list(features)
         self.names = [f.name for f in self.features]
         self._name_set = frozenset(self.names)
-        self._categories = [frozenset(f.categories) if f.categories else None for f in self.features]
+        self.ignored = tuple(ignored)
+        self._ignored_set = frozenset(self.ignored)
+        self._categories = [frozenset(f.categories) if f.categories and f.unknown_categories == "refuse" else None
+                            for f in self.features]
         self.signature = signature
         self.max_rows = max_rows
         self._dtype = np.dtype(signature.input_dtype)
@@ -54,8 +63,10 @@ class RowSchema:
         feature's type, the finite range of the model's input dtype, its categories and whether it
         may be null; rows as objects keyed by feature name or as arrays in feature order."""
         cells = [self._cell_schema(f) for f in self.features]
-        keyed = {"type": "object", "title": "Row by feature name", "properties": dict(zip(self.names, cells,
-                                                                                        strict=True)),
+        properties: dict[str, Any] = dict(zip(self.names, cells, strict=True))
+        properties.update({c: {"title": c, "description": "read by no step of the model: ignored"}
+                           for c in self.ignored})
+        keyed = {"type": "object", "title": "Row by feature name", "properties": properties,
                  "required": self.names, "additionalProperties": False}
         ordered = {"type": "array", "title": "Row in feature order", "prefixItems": cells, "items": False,
                    "minItems": len(cells), "maxItems": len(cells),
@@ -65,8 +76,13 @@ class RowSchema:
 
     def _cell_schema(self, feature: Feature) -> dict[str, Any]:
         if feature.type == "category":
-            # A null category is refused whatever the manifest says: the encoder has no value for it.
-            return {"type": "string", "enum": list(feature.categories or ()), "title": feature.name}
+            text: dict[str, Any] = {"type": ["string", "null"] if feature.nullable else "string",
+                                    "title": feature.name}
+            if feature.unknown_categories == "refuse":
+                text["enum"] = [*(feature.categories or ()), *([None] if feature.nullable else [])]
+            else:
+                text["description"] = f"known: {', '.join((feature.categories or [])[:20])}; others accepted"
+            return text
         # Request rows are held to float32's range whatever the model's dtype (see _number_column).
         cell: dict[str, Any] = {"type": ["number", "null"] if feature.nullable else "number",
                                 "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX, "title": feature.name}
@@ -90,7 +106,7 @@ class RowSchema:
         rows: list[Sequence[Any]] = []
         for i, row in enumerate(instances):
             if type(row) is dict:
-                if len(row) != width or row.keys() != self._name_set:
+                if (len(row) != width or row.keys() != self._name_set) and not self._extra_keys_ignored(row):
                     self._raise_key_error(i, row)
                 rows.append([row[n] for n in names])
             elif type(row) is list:
@@ -102,6 +118,11 @@ class RowSchema:
                 raise InvalidInput("each row must be an object keyed by feature name or an array of values",
                                    code="wrong_type", field=f"instances[{i}]")
         return rows
+
+    def _extra_keys_ignored(self, row: dict[str, Any]) -> bool:
+        """Every feature is there and every other key is a column the model ignores."""
+        return (bool(self._ignored_set) and len(row) <= len(self.names) + len(self._ignored_set)
+                and row.keys() >= self._name_set and row.keys() - self._name_set <= self._ignored_set)
 
     def _raise_key_error(self, i: int, row: dict[str, Any]) -> None:
         missing = [n for n in self.names if n not in row]
@@ -193,12 +214,17 @@ class RowSchema:
 
     def _category_column(self, j: int, feature: Feature, col: tuple[Any, ...]) -> np.ndarray:
         categories = self._categories[j]
-        assert categories is not None
         if not set(map(type, col)) <= {str}:
-            i, v = next((i, v) for i, v in enumerate(col) if type(v) is not str)
-            code = "null_value" if v is None else "wrong_type"
-            raise InvalidInput(f"feature {feature.name!r} must be one of its categories (a string), "
-                               f"got {_json_type(v)}", code=code, field=self._field(i, j))
+            allowed = (str, type(None)) if feature.nullable else (str,)
+            bad = next(((i, v) for i, v in enumerate(col) if type(v) not in allowed), None)
+            if bad is not None:
+                i, v = bad
+                code = "null_value" if v is None else "wrong_type"
+                raise InvalidInput(f"feature {feature.name!r} must be one of its categories (a string), "
+                                   f"got {_json_type(v)}", code=code, field=self._field(i, j))
+            col = tuple(feature.missing_category if v is None else v for v in col)
+        if categories is None:  # the fitted encoder encodes unseen categories itself
+            return np.array(col, dtype=object)
         unknown = set(col) - categories
         if unknown:
             i = next(i for i, v in enumerate(col) if v in unknown)
