@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test test-fast layer synth bench fuzz load lint clean
+.PHONY: demo test test-fast layer synth bench fuzz load lint checkov clean
 
 # Serving code runs the Lambda layers' exact versions everywhere: their pinned lists constrain the venv.
 SERVING_PINS := layers/runtime/requirements.txt layers/parquet/requirements.txt
@@ -15,6 +15,20 @@ $(VENV)/.installed: pyproject.toml $(SERVING_PINS)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]" $(addprefix -c ,$(SERVING_PINS))
 	touch $@
+
+# checkov's own pins clash with the project's, so it has a virtualenv of its own; the stamp names the version.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+$(CHECKOV_STAMP):
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
+## checkov: install checkov (pinned) into .venv-checkov; the infrastructure tests run it on every template
+checkov: $(CHECKOV_STAMP)
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
@@ -36,7 +50,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/slimserve demo
 
 ## test: the lint checks, then the whole suite (unit, infrastructure, integration, end-to-end)
-test: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json layers/build/parquet-report.json
+test: $(VENV)/.installed $(CHECKOV_STAMP) node_modules/.installed layers/build/runtime-report.json layers/build/parquet-report.json
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 

@@ -23,6 +23,7 @@ from functions.common.settings import ValidationSettings
 from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
 from .monitoring import Monitoring
+from .nag import checkov_skip
 
 HANDLER = "functions.validation.handler.lambda_handler"
 
@@ -56,6 +57,8 @@ class ModelRegistry(Construct):
             deletion_protection=True,
             removal_policy=self.props.removal_policy,
         )
+        checkov_skip(self.table, "CKV_AWS_119", "KMS-encrypted under the AWS managed key; IAM on the table "
+                                                "decides who reads or moves a champion, a CMK adds no control")
         CfnOutput(self, "TableName", value=self.table.table_name, description="Model registry table")
 
 
@@ -119,6 +122,7 @@ class ValidationGate(Construct):
             reserved_concurrency=self.settings.reserved_concurrency,
             log_retention=self.settings.log_retention,
             architecture=self.props.architecture,
+            invoked_by="an operator or a state machine (RequestResponse)",
         ))
         bucket = self.props.model_bucket
         fn.grant_read_objects(bucket, {objects(MODELS_PREFIX): "bundles: candidates and champions",

@@ -11,6 +11,9 @@ from constructs import Construct
 from .buckets import AccessLogs, secure_bucket
 from .checks import check_range
 
+ACCESS_LOG_NONCURRENT_DAYS = 30
+"""How long an access log deleted or replaced before its expiry can still be restored."""
+
 
 @dataclass(frozen=True)
 class ModelStoreProps:
@@ -35,12 +38,17 @@ class ModelStore(Construct):
 
     def _access_log_bucket(self) -> s3.Bucket:
         return secure_bucket(
-            self, "AccessLogBucket", removal_policy=self.props.removal_policy, access_logs=None, versioned=False,
-            lifecycle_rules=[s3.LifecycleRule(
-                id="expire-access-logs",
-                expiration=Duration.days(self.props.access_log_expiration_days),
-                abort_incomplete_multipart_upload_after=Duration.days(7),
-            )],
+            self, "AccessLogBucket", removal_policy=self.props.removal_policy, access_logs=None,
+            lifecycle_rules=[
+                # Versioned like every bucket: a log deleted or overwritten early stays recoverable for a while.
+                s3.LifecycleRule(
+                    id="expire-access-logs",
+                    expiration=Duration.days(self.props.access_log_expiration_days),
+                    noncurrent_version_expiration=Duration.days(ACCESS_LOG_NONCURRENT_DAYS),
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                ),
+                s3.LifecycleRule(id="remove-expired-delete-markers", expired_object_delete_marker=True),
+            ],
         )
 
     def _model_bucket(self) -> s3.Bucket:

@@ -1,9 +1,9 @@
-"""cdk-nag helpers shared by the constructs: acknowledging a finding with its reason, and naming
-a resource's ARN the way cdk-nag prints it in finding ids."""
+"""Scanner helpers shared by the constructs: acknowledging a cdk-nag finding with its reason, naming a
+resource's ARN the way cdk-nag prints it in finding ids, and accepting a checkov finding with its reason."""
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, CfnResource, Stack, Validations
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import IConstruct
@@ -23,3 +23,17 @@ def arn_token(resource: IConstruct) -> str | None:
     if not isinstance(cfn, (s3.CfnBucket, lambda_.CfnFunction)):
         return None
     return f"<{Stack.of(cfn).resolve(cfn.logical_id)}.Arn>"
+
+
+def checkov_skip(resource: IConstruct | None, check_id: str, reason: str) -> None:
+    """Accept one checkov finding on a resource (an L2 or its CfnResource): written to the resource's
+    CloudFormation Metadata (`checkov: skip: [{id, comment}]`), so checkov reports it skipped with its reason."""
+    cfn = resource if isinstance(resource, CfnResource) or resource is None else resource.node.default_child
+    if not isinstance(cfn, CfnResource):
+        raise ValueError(f"cannot accept {check_id}: no CloudFormation resource at "
+                         f"{resource.node.path if resource is not None else 'a missing construct'}")
+    if not reason.strip() or "\n" in reason:
+        raise ValueError(f"{cfn.node.path}: accepting {check_id} needs a one-line reason")
+    metadata = cfn.get_metadata("checkov") or {}
+    skips = [skip for skip in metadata.get("skip", []) if skip["id"] != check_id]
+    cfn.add_metadata("checkov", {**metadata, "skip": [*skips, {"id": check_id, "comment": reason}]})

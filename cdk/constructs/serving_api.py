@@ -16,7 +16,7 @@ from functions.common.settings import InferenceSettings
 
 from .checks import check_key_prefix, check_range, check_sha256
 from .function import FunctionProps, SlimserveFunction
-from .nag import ack
+from .nag import ack, checkov_skip
 
 HANDLER = "functions.inference.handler.lambda_handler"
 
@@ -112,6 +112,7 @@ class ServingApi(Construct):
             log_retention=props.log_retention,
             architecture=props.architecture,
             log_group_id="FunctionLogs",  # the id it was first deployed with
+            invoked_by="API Gateway (the REST API's Lambda proxy integration)",
         ))
         fn.grant_read_objects(props.model_bucket, {f"{props.model_prefix}*": "one bundle prefix only"})
         return fn
@@ -205,6 +206,10 @@ class ServingApi(Construct):
         ack(api.deployment_stage, "AwsSolutions-APIG3", "IAM-signed and throttled; WAF is an account-level add-on")
         for method in api.methods:
             ack(method, "AwsSolutions-COG4", "callers authenticate with IAM (SigV4), not Cognito user pools")
+        checkov_skip(api.deployment_stage, "CKV_AWS_120", "a cache keyed without the POST body would answer "
+                                                          "one caller's rows with another's predictions")
+        checkov_skip(self.node.find_child("AccessLogs"), "CKV_AWS_158", "service-encrypted at rest; access "
+                                                                        "log lines hold no request or response body")
 
 
 def _add_error_responses(api: apigw.RestApi) -> None:

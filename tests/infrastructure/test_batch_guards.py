@@ -26,8 +26,7 @@ BUCKET = "<BatchScoringBucket0B6940EF.Arn>"
 MODEL = "<ModelStoreModelBucket1791D663.Arn>/models/churn/7/*"
 EXECUTIONS = ('arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:'
               '{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"BatchStateMachineA1FF2995"}]}]}')
-GRANT_READ = {"AwsSolutions-IAM5[Action::s3:GetObject*]", "AwsSolutions-IAM5[Action::s3:GetBucket*]",
-              "AwsSolutions-IAM5[Action::s3:List*]", f"AwsSolutions-IAM5[Resource::{MODEL}]"}
+GRANT_READ = {f"AwsSolutions-IAM5[Resource::{MODEL}]"}  # s3:GetObject on the bundle prefix, no listing
 XRAY_AND_PUT = {"AwsSolutions-IAM5[Resource::*]", "AwsSolutions-IAM5[Action::s3:Abort*]"}
 # Every acknowledgement batch scoring adds, by construct path; each reason sits next to it in the construct.
 BATCH_ACKNOWLEDGEMENTS = {
