@@ -308,7 +308,7 @@ def _train(args: argparse.Namespace) -> int:
         return _train_on_sagemaker(args, extra)
     try:
         result = train_locally(Path(args.data), args.target, Path(args.out), task=args.task, seed=args.seed,
-                               extra_args=extra)
+                               extra_args=extra, say=lambda line: print(line, file=sys.stderr, flush=True))
     except DataRefused as exc:
         print(f"error [data_refused]: {exc}", file=sys.stderr)
         return 2
@@ -321,6 +321,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"  {'holdout':<18}" + "".join(f"{c:>10}" for c in columns))
     for name in names:
         print(f"  {name[8:]:<18}" + "".join(f"{metrics[name].get(c, float('nan')):>10.4f}" for c in columns))
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"bundle {result['version']}: {result['bundle']}")
     return 0
 

@@ -8,6 +8,12 @@ import numpy as np
 import pandas as pd
 
 SPLIT = (0.70, 0.15, 0.15)
+# A text column is ID-like (an ID, a timestamp, free text) and dropped when over half of its values are
+# distinct (and there are over ID_MIN_DISTINCT of them), or when it has over MAX_CATEGORIES values: a
+# model cannot learn from values it will not see again, and one-hot encoding them is slow and huge.
+ID_DISTINCT_SHARE = 0.5
+ID_MIN_DISTINCT = 50
+MAX_CATEGORIES = 1000
 
 
 class DataRefused(Exception):
@@ -42,6 +48,10 @@ def validate_data(frame: pd.DataFrame, target: str, task: str | None = None) -> 
         if info["distinct"] <= 1:
             warnings.append(f"{name!r} is constant: it carries no information (dropped)")
             info["dropped"] = "constant"
+        elif not numeric and (why := id_like(col)):
+            warnings.append(f"{name!r} looks like an ID, a date or free text: {why} (dropped; convert it to "
+                            "numbers or coarser categories to use it)")
+            info["dropped"] = "id_like"
         if info["missing"] > 0.5:
             warnings.append(f"{name!r} is {info['missing']:.0%} missing")
         leak = _leak(col, y, task, numeric)
@@ -64,6 +74,17 @@ def validate_data(frame: pd.DataFrame, target: str, task: str | None = None) -> 
         fatal.append(f"only {len(frame)} rows: too few for a train / validation / holdout split")
     return {"rows": len(frame), "task": task, "target": target, "columns": columns, "labels": labels,
             "warnings": warnings, "fatal": fatal}
+
+
+def id_like(col: pd.Series) -> str | None:
+    """Why a text column is too close to unique to learn from, or None (see ID_DISTINCT_SHARE)."""
+    present = col.dropna()
+    distinct = int(present.nunique())
+    if distinct > ID_MIN_DISTINCT and distinct > ID_DISTINCT_SHARE * len(present):
+        return f"{distinct / max(len(present), 1):.0%} of its {len(present)} values are distinct"
+    if distinct > MAX_CATEGORIES:
+        return f"{distinct} distinct values (over {MAX_CATEGORIES})"
+    return None
 
 
 def _leak(col: pd.Series, y: pd.Series, task: str, numeric: bool) -> str | None:

@@ -65,3 +65,18 @@ def student_gap(task: str, validation: pd.DataFrame, target: str, teacher: Any, 
         return (m.rmse(truth, student.predict(X)) - teacher_rmse) / max(teacher_rmse, 1e-12)
     truth = y.to_numpy(dtype=object)
     return m.accuracy(truth, teacher.predict(X)) - m.accuracy(truth, student.predict(X))
+
+
+def teacher_warnings(task: str, metrics: dict[str, dict[str, float]]) -> list[str]:
+    """What a user must hear about the holdout figures: a teacher no better than the trivial baseline
+    (the data carries little signal, or the teacher overfits), a student better than its teacher."""
+    key = "rmse" if task == "regression" else "log_loss"
+    teacher, student, base = (metrics.get(f"holdout_{who}", {}).get(key) for who in ("teacher", "student", "baseline"))
+    found: list[str] = []
+    if teacher is not None and base is not None and teacher >= base:
+        found.append(f"the teacher is no better than the trivial baseline on the holdout ({key} {teacher:.4f} vs "
+                     f"{base:.4f}): the features may not predict the target, or the data is too small")
+    if teacher is not None and student is not None and student < teacher:
+        found.append(f"the student beats the teacher on the holdout ({key} {student:.4f} vs {teacher:.4f}): "
+                     "the teacher overfits; more data or a smaller teacher would help")
+    return found

@@ -21,8 +21,8 @@ import pandas as pd
 
 from .contract import JobPaths, data_file, fingerprint, read_table
 from .data import DataRefused, validate_data
-from .evaluation import student_gap
-from .models import AUTO_STUDENTS, STUDENTS, TEACHERS, distil, make_student, make_teacher
+from .evaluation import student_gap, teacher_warnings
+from .models import AUTO_STUDENTS, STUDENTS, TEACHERS, distil, fit_teacher, make_student, make_teacher, student_label
 
 
 def parser(step: str) -> argparse.ArgumentParser:
@@ -33,6 +33,8 @@ def parser(step: str) -> argparse.ArgumentParser:
     p.add_argument("--teacher", choices=TEACHERS, default="hgb")
     p.add_argument("--student", choices=("auto", *STUDENTS), default="auto",
                    help="auto: the smallest student within --max-gap of the teacher on the validation split")
+    p.add_argument("--auto-students", default=",".join(AUTO_STUDENTS),
+                   help="auto: the students to try, smallest first (comma-separated)")
     p.add_argument("--max-gap", type=float, default=0.01, help="auto: accepted accuracy (or relative RMSE) gap")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--augment", type=int, default=1, help="augmented copies of the training rows")
@@ -86,10 +88,12 @@ def run_teacher(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     X, y = _xy(train, args.target)
     task = args.task or validate_data(train, args.target)["task"]
     teacher, device = make_teacher(args.teacher, task, X, args.seed, _params(args))
+    X_val, y_val = _xy(_frame(paths, "validation")[0], args.target) if "validation" in paths.channels \
+        else (None, None)
     started = time.perf_counter()
-    teacher.fit(X, y)
+    fit = fit_teacher(teacher, X, y, X_val, y_val)
     info = {"teacher": args.teacher, "device": device, "task": task, "seconds": time.perf_counter() - started,
-            "rows": len(X)}
+            "rows": len(X), **fit}
     paths.model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(teacher, paths.model_dir / "teacher.joblib")
     _write_json(paths.model_dir / "teacher.json", info)
@@ -103,7 +107,7 @@ def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     teacher = joblib.load(teacher_dir / "teacher.joblib")  # our own artefact from the teacher job
     task = json.loads((teacher_dir / "teacher.json").read_text())["task"]
     validation = _frame(paths, "validation")[0] if "validation" in paths.channels else None
-    kinds = list(AUTO_STUDENTS) if args.student == "auto" else [args.student]
+    kinds = [k for k in args.auto_students.split(",") if k in STUDENTS] if args.student == "auto" else [args.student]
     tried: dict[str, Any] = {}
     student = None
     for kind in kinds:
@@ -111,12 +115,12 @@ def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
         fit = distil(teacher, candidate, X, task, temperature=args.temperature, augment_copies=args.augment,
                      augment_scale=args.augment_scale, seed=args.seed)
         gap = None if validation is None else student_gap(task, validation, args.target, teacher, candidate)
-        tried[kind] = {"gap": gap, "seconds": round(fit["seconds"], 2)}
+        tried[student_label(kind, task)] = {"gap": gap, "seconds": round(fit["seconds"], 2)}
         student, chosen = candidate, kind
         if gap is None or gap <= args.max_gap:
             break  # the smallest acceptable one: candidates are ordered by size and latency
-    info = {"student": chosen, "tried": tried, "temperature": args.temperature, "augment": args.augment,
-            "task": task, "rows": len(X)}
+    info = {"student": student_label(chosen, task), "tried": tried, "temperature": args.temperature,
+            "augment": args.augment, "task": task, "rows": len(X)}
     paths.model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(student, paths.model_dir / "student.joblib")
     _write_json(paths.model_dir / "student.json", info)
@@ -146,7 +150,7 @@ def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
         "profile": feature_profile(train.drop(columns=[args.target]), result.manifest.features)})
     (paths.model_dir / "bundle" / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
     return {"bundle": str(paths.model_dir / "bundle"), "version": manifest.version, "metrics": manifest.metrics,
-            "student": chosen}
+            "student": chosen, "warnings": teacher_warnings(task, metrics)}
 
 
 def code_version() -> str:

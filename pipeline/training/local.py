@@ -13,6 +13,10 @@ from typing import Any
 from .contract import read_table
 from .data import DataRefused, split, usable, validate_data
 from .jobs import main as job
+from .jobs import parser
+from .models import AUTO_STUDENTS
+from .preflight import check_exportable
+from .progress import Say, reporting
 
 
 @contextmanager
@@ -29,14 +33,29 @@ def job_environment(model_dir: Path, **channels: Path) -> Iterator[None]:
 
 
 def train_locally(data: Path, target: str, out: Path, *, task: str | None = None, seed: int = 7,
-                  extra_args: list[str] | None = None) -> dict[str, Any]:
-    """validate -> split -> teacher -> distil -> export; returns the timings and the export result."""
+                  extra_args: list[str] | None = None, say: Say | None = None) -> dict[str, Any]:
+    """validate -> check exportable -> split -> teacher -> distil -> export; returns the timings and
+    the export result. ``say`` hears each step start, beat while it runs, and end."""
     frame = read_table(data)
     report = validate_data(frame, target, task)
     if report["fatal"]:
         raise DataRefused("; ".join(report["fatal"]))
+    for warning in report["warnings"]:
+        if say is not None:
+            say(f"warning: {warning}")
     task = report["task"]
     frame = usable(frame, report)
+    student = parser("distil").parse_known_args(["--target", target, *(extra_args or [])])[0].student
+    kinds = list(AUTO_STUDENTS) if student == "auto" else [student]
+    with reporting("check", say):
+        refused = check_exportable(frame, target, task, kinds, seed)
+    if refused:  # auto picks among the students that export
+        extra_args = [*(extra_args or []), "--auto-students", ",".join(k for k in kinds if k not in refused)]
+        for kind, why in refused.items():
+            report["warnings"].append(f"the {kind} student cannot be exported on these columns, so it is not "
+                                      f"tried: {why}")
+            if say is not None:
+                say(f"warning: {report['warnings'][-1]}")
     work = out / "work"
     channels = {}
     for name, part in split(frame, target, task, seed).items():
@@ -49,7 +68,7 @@ def train_locally(data: Path, target: str, out: Path, *, task: str | None = None
 
     def step(name: str, model_dir: Path, **inputs: Path) -> dict[str, Any]:
         started = time.perf_counter()
-        with job_environment(model_dir, **inputs):
+        with reporting(name, say), job_environment(model_dir, **inputs):
             result = job(name, args)
         timings[name] = round(time.perf_counter() - started, 2)
         return result

@@ -20,6 +20,20 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 TEACHERS = ("hgb", "xgboost", "mlp")
 STUDENTS = ("hgb", "logreg", "tree", "mlp")
 AUTO_STUDENTS = ("logreg", "mlp", "hgb")  # smallest and fastest first
+MISSING_CATEGORY = "(missing)"  # what a null category is read as: a category of its own
+EARLY_STOPPING_ROUNDS = 20  # boosting stops when the validation loss has not improved for this many rounds
+
+
+def student_label(kind: str, task: str) -> str:
+    """The name a student is reported under: the linear student is a Ridge for regression."""
+    return "ridge" if kind == "logreg" and task == "regression" else kind
+
+
+def teacher_size(rows: int) -> dict[str, Any]:
+    """The default boosted teacher sized to the data: fewer, larger leaves and more regularisation on
+    small tables, where 63 leaves overfit (a few hundred rows per class)."""
+    return {"max_leaf_nodes": int(np.clip(rows // 60, 8, 63)), "min_samples_leaf": int(np.clip(rows // 100, 10, 40)),
+            "l2_regularization": 1.0 if rows < 5000 else 0.0}
 
 
 def with_preprocessing(frame: pd.DataFrame, scale: bool, estimator: Any) -> Pipeline:
@@ -28,14 +42,21 @@ def with_preprocessing(frame: pd.DataFrame, scale: bool, estimator: Any) -> Pipe
 
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])
                and not pd.api.types.is_bool_dtype(frame[c])]
-    categorical = [c for c in frame.columns if c not in numeric]
+    flags = [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c])]
+    categorical = [c for c in frame.columns if c not in numeric and c not in flags]
     scaling = [SimpleImputer(), StandardScaler()] if scale else []
-    if not categorical:
+    if not categorical and not flags:
         return make_pipeline(*scaling, estimator)
     numeric_steps: Any = make_pipeline(*scaling) if scaling else "passthrough"
-    pre = ColumnTransformer([("num", numeric_steps, numeric),
-                             ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)])
-    return make_pipeline(pre, estimator)
+    encode = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    # A null category is a category of its own, so a row with one is served, not refused.
+    parts: list[tuple[str, Any, list[str]]] = [("num", numeric_steps, numeric)]
+    if categorical:
+        parts.append(("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY),
+                                           encode), categorical))
+    if flags:
+        parts.append(("flag", OneHotEncoder(handle_unknown="ignore", sparse_output=False), flags))
+    return make_pipeline(ColumnTransformer(parts), estimator)
 
 
 def gpu_available() -> bool:
@@ -54,8 +75,10 @@ def make_teacher(kind: str, task: str, X: pd.DataFrame, seed: int, params: dict[
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         cls = HistGradientBoostingClassifier if classification else HistGradientBoostingRegressor
-        est = cls(max_iter=params.get("max_iter", 400), max_leaf_nodes=params.get("max_leaf_nodes", 63),
-                  learning_rate=params.get("learning_rate", 0.05), early_stopping=False, random_state=seed)
+        size = {**teacher_size(len(X)), **{k: params[k] for k in ("max_leaf_nodes",) if k in params}}
+        # Early stopping on the validation split when fit_teacher is given one (else on 10% of the rows).
+        est = cls(max_iter=params.get("max_iter", 400), learning_rate=params.get("learning_rate", 0.05),
+                  early_stopping=True, n_iter_no_change=EARLY_STOPPING_ROUNDS, random_state=seed, **size)
         return with_preprocessing(X, False, est), "cpu"
     if kind == "mlp":
         from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -78,6 +101,23 @@ def make_teacher(kind: str, task: str, X: pd.DataFrame, seed: int, params: dict[
                   random_state=seed)
         return with_preprocessing(X, False, est), device
     raise SystemExit(f"unknown teacher {kind!r}: choose one of {TEACHERS}")
+
+
+def fit_teacher(teacher: Pipeline, X: pd.DataFrame, y: pd.Series, X_val: pd.DataFrame | None = None,
+                y_val: pd.Series | None = None) -> dict[str, Any]:
+    """Fit the teacher; a boosted one stops early on the validation split when there is one.
+    Returns how many rounds it kept."""
+    final = teacher.steps[-1][1]
+    if X_val is None or y_val is None or not hasattr(final, "n_iter_no_change"):
+        teacher.fit(X, y)
+    else:
+        pre = teacher[:-1]
+        features = pre.fit_transform(X, y) if len(teacher.steps) > 1 else X
+        held = pre.transform(X_val) if len(teacher.steps) > 1 else X_val
+        final.fit(features, y, X_val=held, y_val=y_val)
+    rounds = getattr(final, "n_iter_", None)
+    return {} if rounds is None else {"rounds": int(np.max(rounds)), "max_rounds": int(final.max_iter),
+                                      "stopped_early": bool(np.max(rounds) < final.max_iter)}
 
 
 def make_student(kind: str, task: str, X: pd.DataFrame, seed: int, params: dict[str, Any]) -> Pipeline:
