@@ -77,7 +77,8 @@ def run_demo(workdir: Path) -> int:
 
 
 def messy_csv(rows: Any) -> bytes:
-    """A real file as it arrives: mostly good rows, some broken ones, a blank line."""
+    """A real file as it arrives: mostly good rows, some broken ones, a blank line. 'n/a' is one of the
+    bundle's missing markers: a null, refused (null_value) where the model takes none."""
     lines = rows.to_csv(index=False).splitlines()
     lines[4] = "n/a," + lines[4].split(",", 1)[1]
     lines[9] = lines[9].rsplit(",", 2)[0]
