@@ -72,6 +72,7 @@ def run_demo(workdir: Path) -> int:
         _batch(uri, messy_csv(holdout.drop(columns=["target"])))
         print("== 5. validation gate Lambda: a weaker candidate against the champion, verdict in the registry")
         _gate(workdir, uri, holdout_path)
+        _releases(workdir, bundle_dir, holdout_path)
     print("== done: the same handler runs on Lambda behind API Gateway (see README: Deploy)")
     return 0
 
@@ -189,3 +190,95 @@ def _calls(base: str, rows: Any, truth: Any) -> None:
         status, body = call(base, "POST", "/predict", payload, content_type or "application/json")
         error = body.get("error", {})
         print(f"   bad input: {label:<20} -> {status} {error.get('code')} ({error.get('field')})")
+
+
+def _releases(workdir: Path, bundle_dir: Path, holdout_path: Path) -> None:
+    """Steps 6 and 7: the release function's steps driven in the order the release state machine runs
+    them (no state machine runs here), with traffic through the routed inference handler in each bake."""
+    import contextlib
+    import io
+    import shutil
+
+    import boto3
+    import pandas as pd
+
+    from functions.common.manifest import MANIFEST_FILE
+
+    from .local.apigw import LambdaContext, proxy_event
+    from .local.emulation import MODEL_BUCKET, REGION, upload_bundle
+    from .local.lambdas import forward_emf
+    from .local.releases import drive_release
+    from .local.server import load_function
+
+    s3 = boto3.client("s3", region_name=REGION)
+    rows = json.loads(pd.read_csv(holdout_path).drop(columns=["target"]).to_json(orient="values"))
+    gate = load_function("functions.validation.handler", "", REGISTRY_TABLE="slimserve-models")
+    gate.registry.cache_clear()
+    release = load_function("functions.release.handler", "", REGISTRY_TABLE="slimserve-models")
+    release.registry.cache_clear()
+    serving = load_function("functions.inference.handler", "", MODEL_NAME="breast-cancer",
+                            REGISTRY_TABLE="slimserve-models", ROUTING_TTL_SECONDS="0")
+    sent = [0]
+
+    def candidate(version: str) -> None:
+        folder = workdir / version
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(bundle_dir, folder)
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        (folder / MANIFEST_FILE).write_text(json.dumps({**manifest, "version": version}))
+        uri = upload_bundle(s3, folder)
+        holdout_uri = f"s3://{MODEL_BUCKET}/holdout/breast-cancer.csv"
+        verdict = gate.lambda_handler({"candidate_uri": uri, "holdout_uri": holdout_uri},
+                                      LambdaContext(function_name="slimserve-validation"))
+        print(f"   gate: {version} {'admitted' if verdict['admitted'] else 'refused'} ({verdict['summary']})")
+
+    def step(action: str, **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = release.lambda_handler({"action": action, "model": "breast-cancer", **fields},
+                                                        LambdaContext(function_name="slimserve-release"))
+        if action == "set_weight":
+            print(f"   canary at {fields['weight']}%")
+        if action == "compare":
+            print(f"     compare: {result['decision']} ({result['reason']})")
+        return result
+
+    def bake(weight: int) -> None:
+        answered: dict[str, int] = {}
+        for _ in range(200):
+            i = sent[0] = sent[0] + 1
+            event: Any = proxy_event("POST", "/predict", json.dumps({"instances": rows[i % len(rows):][:2]}),
+                                     {"Content-Type": "application/json"})
+            event["requestContext"]["requestId"] = f"demo-{i}"
+            with contextlib.redirect_stdout(io.StringIO()):  # Powertools' own metric lines; ours reach CloudWatch
+                body = json.loads(serving.lambda_handler(event, LambdaContext())["body"])
+            answered[body.get("model_version", "error")] = answered.get(body.get("model_version", "error"), 0) + 1
+        print(f"     200 requests answered by {answered}")
+
+    with forward_emf(boto3.client("cloudwatch", region_name=REGION)):
+        print("== 6. release a good candidate by canary: 10% -> 50% -> 100%, compared with the champion each bake")
+        candidate("candidate-good")
+        outcome = drive_release(step, "candidate-good", owner="demo", bake=bake, min_requests=15)
+        print(f"   outcome: {outcome['outcome']}")
+        print("== 7. release a bad candidate: in serving it answers 1 for every row (a skew the holdout did not "
+              "show, simulated by a wrapper)")
+        candidate("candidate-skewed")
+        load = serving.holder.load_bundle
+
+        def skewed(uri: str, sha: str) -> Any:
+            model = load(uri, sha)
+            if model.version == "candidate-skewed":
+                original = model.predict
+                model.predict = lambda instances: _always_one(original(instances))  # type: ignore[method-assign]
+            return model
+
+        serving.holder.load_bundle = skewed
+        outcome = drive_release(step, "candidate-skewed", owner="demo", bake=bake, min_requests=15)
+        print(f"   outcome: {outcome['outcome']}" + (f": {outcome['reason']}" if outcome.get("reason") else ""))
+    from functions.common.registry import Registry
+
+    for entry in Registry(boto3.client("dynamodb", region_name=REGION), "slimserve-models").list("breast-cancer"):
+        print(f"   registry: {entry.version:<28} {entry.status:<12} {entry.reason[:70]}")
+
+
+def _always_one(result: Any) -> Any:
+    return type(result)(predictions=[1 for _ in result.predictions],
+                        probabilities=[[0.0, 1.0] for _ in result.predictions])
