@@ -121,7 +121,7 @@ def run(step: Any) -> dict[str, Any]:
     raise SlimserveError(f"unknown release step {type(step).__name__}")
 
 
-@rt.handler()
+@rt.handler(metrics=False)  # no metrics of its own: the registry and notices say what it did
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     step = parse(event)
     result = run(step)
