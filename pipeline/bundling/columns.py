@@ -18,6 +18,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.impute import KNNImputer, SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
+    FunctionTransformer,
     MaxAbsScaler,
     MinMaxScaler,
     OneHotEncoder,
@@ -101,7 +102,7 @@ def number_nullable_reason(route: Route) -> str | None:
             return f"{describe(step)} in step {path} fills it"
         if isinstance(step, NAN_AWARE):
             return f"{type(step).__name__} in step {path} routes missing values"
-        if not isinstance(step, NAN_PRESERVING):
+        if not isinstance(step, NAN_PRESERVING) and not _identity(step):
             return None
     return None
 
@@ -185,6 +186,11 @@ def string_imputers_reading_numbers(all_routes: dict[str, Route], numeric: set[s
     """(column, step path) where a text imputer also reads a numeric column: its fill is a string."""
     return [(col, path) for col, route in all_routes.items() if col in numeric
             for path, step in route.steps if is_string_imputer(step)]
+
+
+def _identity(step: Any) -> bool:
+    """A fitted ColumnTransformer holds 'passthrough' as a FunctionTransformer without a function."""
+    return isinstance(step, FunctionTransformer) and step.func is None
 
 
 def describe(step: Any) -> str:
