@@ -42,9 +42,13 @@ def check_exportable(frame: pd.DataFrame, target: str, task: str, kinds: list[st
     refused: dict[str, str] = {}
     for kind in kinds:
         model = make_student(kind, task, X, seed, TINY)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(X, y)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(X, y)
+        except (TypeError, ValueError) as exc:  # e.g. a column mixing numbers and strings
+            refused[kind] = f"[fit_failed] scikit-learn cannot fit it: {str(exc).splitlines()[0]}"
+            continue
         with tempfile.TemporaryDirectory(prefix="slimserve-preflight-") as out:
             try:
                 build_bundle(model, sample, Path(out), name="preflight", version="preflight", target=target)

@@ -137,3 +137,74 @@ def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "teacher" in out and "student" in out and "baseline" in out and (tmp_path / "o/bundle/model.onnx").is_file()
     pd.read_csv(data)  # the input is untouched
+
+
+# -- real-shaped data: ID-like columns, the check before training, progress, the teacher's size ---------
+
+def test_id_like_text_columns_are_dropped_with_a_warning() -> None:
+    from tests import realdata
+
+    report = validate_data(realdata.string_labels(600, 1), "segment")
+    dropped = {name: info.get("dropped") for name, info in report["columns"].items()}
+    assert dropped["customer_id"] == dropped["signup_date"] == "id_like"
+    assert dropped["plan"] is None and dropped["city"] is None and dropped["age"] is None
+    assert any("'signup_date' looks like an ID, a date or free text: 100% of its 600 values are distinct" in w
+               for w in report["warnings"])
+
+
+def test_what_export_would_refuse_is_refused_before_training(tmp_path: Path) -> None:
+    from tests import realdata
+
+    frame = realdata.string_labels(400, 2)
+    frame["signed_up"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(np.arange(len(frame)) % 30, unit="D")
+    data = tmp_path / "dates.parquet"
+    frame.to_parquet(data)
+    with pytest.raises(DataRefused, match=r"checked before training: .*'signed_up'"):
+        train_locally(data, "segment", tmp_path / "out", extra_args=FAST)
+    assert not (tmp_path / "out" / "work" / "teacher").exists()  # refused before the teacher ran
+    mixed = realdata.string_labels(400, 2).assign(code=[i if i % 2 else f"x{i}" for i in range(400)])
+    with pytest.raises(DataRefused, match=r"fit_failed"):
+        from pipeline.training.preflight import check_exportable
+
+        check_exportable(mixed, "segment", "classification", ["logreg"], 0)
+
+
+def test_a_heartbeat_names_the_step_and_the_time_it_has_run() -> None:
+    from pipeline.training.progress import Heartbeat, reporting
+
+    said: list[str] = []
+    now = [100.0]
+    heart = Heartbeat("teacher", said.append, clock=lambda: now[0])
+    now[0] = 145.2
+    heart.beat()
+    assert said == ["[teacher] still running, 45 s"]
+    said.clear()
+    with reporting("distil", said.append, every=3600):
+        pass
+    assert said[0] == "[distil] started" and said[-1].startswith("[distil] done in ")
+
+
+def test_the_teacher_is_sized_to_the_data_and_stops_early_on_the_validation_split() -> None:
+    from pipeline.training.models import fit_teacher, teacher_size
+    from tests import realdata
+
+    assert teacher_size(660)["max_leaf_nodes"] == 11 and teacher_size(100_000)["max_leaf_nodes"] == 63
+    frame = realdata.float_coded_classes(900, 3).drop(columns=[realdata.ID_COLUMN, realdata.DATE_COLUMN])
+    frame = frame.dropna(subset=realdata.CATEGORICAL)
+    parts = split(frame, "quality", "classification", 3)
+    X, y = parts["train"].drop(columns=["quality"]), parts["train"]["quality"]
+    teacher, _ = make_teacher("hgb", "classification", X, 3, {"max_iter": 400})
+    fit = fit_teacher(teacher, X, y, parts["validation"].drop(columns=["quality"]), parts["validation"]["quality"])
+    assert fit["stopped_early"] and fit["rounds"] < 400
+
+
+def test_a_teacher_no_better_than_the_baseline_is_reported() -> None:
+    from pipeline.training.evaluation import teacher_warnings
+
+    metrics = {"holdout_teacher": {"log_loss": 1.40}, "holdout_student": {"log_loss": 1.10},
+               "holdout_baseline": {"log_loss": 1.20}}
+    found = teacher_warnings("classification", metrics)
+    assert any("no better than the trivial baseline" in w for w in found)
+    assert any("the student beats the teacher" in w for w in found)
+    assert teacher_warnings("regression", {"holdout_teacher": {"rmse": 1.0}, "holdout_baseline": {"rmse": 2.0},
+                                           "holdout_student": {"rmse": 1.1}}) == []
