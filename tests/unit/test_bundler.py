@@ -18,6 +18,7 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -34,6 +35,7 @@ CLASSIFIERS = [
     GradientBoostingClassifier(n_estimators=30, random_state=SEED),
     HistGradientBoostingClassifier(max_iter=30, random_state=SEED),
     MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=SEED),
+    KNeighborsClassifier(n_neighbors=7),
 ]
 REGRESSORS = [
     LinearRegression(),
@@ -182,3 +184,35 @@ def test_models_fit_on_arrays_take_the_sample_columns(tmp_path: Path) -> None:
     model = LogisticRegression(max_iter=5000).fit(frame.drop(columns=["target"]).to_numpy(), frame["target"])
     manifest = build_bundle(model, frame, tmp_path, target="target").manifest
     assert manifest.feature_names == list(frame.columns[:-1])
+
+
+def test_svc_label_disagreement_is_explained(tmp_path: Path) -> None:
+    from sklearn.svm import SVC
+
+    frame = breast_cancer()
+    model = make_pipeline(StandardScaler(), SVC(probability=True, random_state=SEED))
+    model.fit(frame.drop(columns=["target"]), frame["target"])
+    with pytest.raises(BundleBuildError) as info:
+        build_bundle(model, frame, tmp_path, target="target")
+    assert info.value.code == "parity_failed"
+    assert "although probabilities agree" in info.value.message
+    assert "SVC's predict is not the most probable class" in info.value.message
+    assert "CalibratedClassifierCV" in info.value.message
+    assert info.value.message.count("although probabilities agree") == 1  # said once, not per dtype
+
+
+@pytest.mark.parametrize(("step", "said"), [
+    ("function", "runs Python code"),
+    ("svc", "gives no class probabilities"),
+])
+def test_refused_steps_come_with_a_fix(step: str, said: str, tmp_path: Path) -> None:
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.svm import SVC
+
+    frame = breast_cancer()
+    model = (make_pipeline(FunctionTransformer(np.log1p), LogisticRegression(max_iter=3000)) if step == "function"
+             else make_pipeline(StandardScaler(), SVC()))
+    model.fit(frame.drop(columns=["target"]), frame["target"])
+    with pytest.raises(BundleBuildError) as info:
+        build_bundle(model, frame, tmp_path, target="target")
+    assert said in info.value.message and "github" not in info.value.message
