@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aws_cdk import Duration, IgnoreMode, RemovalPolicy, Size
+from aws_cdk import Duration, RemovalPolicy, Size
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -28,27 +28,18 @@ from constructs import Construct
 from functions.common.settings import EPHEMERAL_MAX_MIB, EPHEMERAL_MIN_MIB, Settings
 
 from .checks import check_range
+from .code_asset import stage_function_code
 from .nag import ack, arn_token, checkov_skip
 from .topology import LAMBDA_MAX_TIMEOUT_SECONDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = lambda_.Runtime.PYTHON_3_12
 
-# gitignore semantics (IgnoreMode.GIT): drop everything at the top, then re-admit the `functions/`
-# tree but only its directories and `.py` files, so tests, .venv, cdk.out, caches never ship.
-FUNCTION_CODE_EXCLUDES = [
-    "/*",
-    "!/functions/",
-    "/functions/**",
-    "!/functions/**/",
-    "!/functions/**/*.py",
-    "__pycache__/",
-]
-
 
 def function_code(root: Path = REPO_ROOT) -> lambda_.Code:
-    """The `functions/` package under `root`, .py files only, at its import path (no bundling)."""
-    return lambda_.Code.from_asset(str(root), exclude=FUNCTION_CODE_EXCLUDES, ignore_mode=IgnoreMode.GIT)
+    """The `functions/` package under `root` at its import path: its .py files and their checked-hash
+    .pyc compiled by Python 3.12 (`code_asset.stage_function_code`), so no cold start compiles it."""
+    return lambda_.Code.from_asset(str(stage_function_code(root)))
 
 
 @dataclass(frozen=True)
