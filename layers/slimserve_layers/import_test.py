@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -15,38 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cdk.constructs.code_asset import find_python312
+
 from .recipes import ARCHES, MUST_NOT_IMPORT, REPO_ROOT
 
+__all__ = ["find_python312", "parquet_import_test", "runtime_import_test"]
+
 CHECKS_DIR = Path(__file__).resolve().parent / "import_checks"
-
-
-def find_python312(explicit: str | None = None) -> str | None:
-    """A working CPython 3.12: ``explicit``, $SLIMSERVE_PYTHON312, ``python3.12`` on PATH, then
-    pyenv's and the usual install folders. Each candidate is run once to check it really is 3.12
-    (a pyenv shim on PATH may exist and still refuse to run)."""
-    candidates: list[str] = []
-    for value in (explicit, os.environ.get("SLIMSERVE_PYTHON312"), shutil.which("python3.12")):
-        if value:
-            candidates.append(value)
-    home = Path.home()
-    candidates += sorted((str(p) for p in (home / ".pyenv" / "versions").glob("3.12*/bin/python3.12")), reverse=True)
-    candidates += ["/usr/local/bin/python3.12", "/usr/bin/python3.12", "/opt/python/3.12/bin/python3.12"]
-    seen = set()
-    for candidate in candidates:
-        if candidate in seen or not os.access(candidate, os.X_OK):
-            continue
-        seen.add(candidate)
-        try:
-            out = subprocess.run([candidate, "-S", "-c", "import sys,platform;"
-                                  "print(sys.implementation.name, *sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if out.returncode == 0 and out.stdout.split() == ["cpython", "3", "12"]:
-            return candidate
-        if explicit and candidate == explicit:
-            print(f"warning: --python {explicit} is not a working CPython 3.12", file=sys.stderr)
-    return None
 
 
 # Stand-ins for the AWS SDK that the Lambda python3.12 runtime puts on sys.path after the layers

@@ -26,6 +26,11 @@ from slimserve_layers.recipes import RECIPES  # noqa: E402
 from slimserve_layers.requirements import read_requirements  # noqa: E402
 from slimserve_layers.size import LAMBDA_UNZIPPED_LIMIT_BYTES, MIB  # noqa: E402
 
+# Without a python3.12 the build cannot compile the layer's bytecode: it must then be asked not to.
+NO_BYTECODE = [] if find_python312() else ["--no-bytecode"]
+MAGIC_312 = (3531).to_bytes(2, "little") + b"\r\n"
+UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source not checked
+
 
 def host_arch() -> str:
     return "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
@@ -38,8 +43,8 @@ def test_real_build_is_small_complete_and_imports(tmp_path: Path,
     it holds and the import test."""
     arch = host_arch()
     out = tmp_path / "runtime"
-    status = subprocess.run([sys.executable, str(REPO_ROOT / "layers" / "build.py"), "--arch", arch, "--out", str(out)],
-                            cwd=tmp_path).returncode
+    status = subprocess.run([sys.executable, str(REPO_ROOT / "layers" / "build.py"), "--arch", arch, "--out", str(out),
+                             *NO_BYTECODE], cwd=tmp_path).returncode
     report = json.loads((tmp_path / "runtime-report.json").read_text())
     size = report["size"]
     record_property("layer_unzipped_mib", size["unzipped_mib"])
@@ -50,13 +55,13 @@ def test_real_build_is_small_complete_and_imports(tmp_path: Path,
 
     assert sorted(p.name for p in out.iterdir()) == ["python"]  # a layer holds python/ only
     layer = out / "python"
-    assert size["unzipped_bytes"] < 100 * MIB
+    assert size["unzipped_bytes"] <= 95 * MIB
     assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) == size["unzipped_bytes"]
     assert 0 < size["zipped_bytes"] < size["unzipped_bytes"]
     for name in ("sklearn", "scipy", "sympy", "pandas", "onnx", "boto3", "botocore"):
         assert not (layer / name).exists(), name
     assert not any(re.match(r"(scikit_learn|scipy|sympy|boto3|botocore)-", p.name) for p in layer.glob("*.dist-info"))
-    assert not any(layer.rglob("__pycache__")) and not any(layer.rglob("*.pyc"))
+    assert_bytecode(layer, report)
     assert report["installed"] == read_requirements(RECIPES["runtime"].requirements)
     assert list(layer.glob("onnxruntime/capi/onnxruntime_pybind11_state.cpython-312-*.so"))
     assert list(layer.glob("numpy/_core/_multiarray_umath.cpython-312-*.so"))
@@ -86,9 +91,9 @@ def test_real_parquet_build_is_trimmed_fits_beside_the_runtime_layer_and_imports
     """Really builds the runtime layer (no import test) and the parquet layer over it (with one)."""
     arch = host_arch()
     runtime, out = tmp_path / "runtime", tmp_path / "parquet"
-    assert main(["--arch", arch, "--out", str(runtime), "--skip-import-test"]) == 0
+    assert main(["--arch", arch, "--out", str(runtime), "--skip-import-test", *NO_BYTECODE]) == 0
     status = main(["--recipe", "parquet", "--arch", arch, "--out", str(out),
-                               "--runtime-layer", str(runtime)])
+                               "--runtime-layer", str(runtime), *NO_BYTECODE])
     report = json.loads((tmp_path / "parquet-report.json").read_text())
     size, trim = report["size"], report["trim"]
     record_property("parquet_before_trim_mib", trim["before_mib"])
@@ -109,8 +114,9 @@ def test_real_parquet_build_is_trimmed_fits_beside_the_runtime_layer_and_imports
     assert combined["total_bytes"] < LAMBDA_UNZIPPED_LIMIT_BYTES
     names = [p.relative_to(layer).as_posix() for p in layer.rglob("*")]
     for pattern in (r"flight", r"pyarrow/_?substrait\.", r"_s3fs|libarrow_s3", r"(^|/)_?orc", r"/include(s)?(/|$)",
-                    r"/src(/|$)", r"/tests(/|$)", r"\.(pxd|pyx|pxi|h|cc|pyi)$", r"__pycache__", r"^numpy"):
+                    r"/src(/|$)", r"/tests(/|$)", r"\.(pxd|pyx|pxi|h|cc|pyi)$", r"^numpy"):
         assert not [n for n in names if re.search(pattern, n)], pattern
+    assert_bytecode(layer, report)
     libs = sorted(p.name for p in layer.glob("pyarrow/lib*.so*"))
     assert [n for n in libs if n.startswith("libarrow_python.")] == ["libarrow_python.so.2600"]
     for kept in ("libarrow.so.2600", "libparquet.so.2600", "libarrow_compute.so.2600", "libarrow_dataset.so.2600",
@@ -133,3 +139,18 @@ def test_real_parquet_build_is_trimmed_fits_beside_the_runtime_layer_and_imports
     loaded = test["loaded_libraries"]["layer"]
     assert "pyarrow/libparquet.so.2600" in loaded
     assert not [n for n in loaded if "flight" in n or "s3" in n]
+
+
+def assert_bytecode(layer: Path, report: dict[str, object]) -> None:
+    """Every module has bytecode by python3.12, unchecked-hash (the layer is immutable), and nothing
+    else was compiled, by the build's interpreter or the import test. Without python3.12: none."""
+    pycs = list(layer.rglob("*.pyc"))
+    if NO_BYTECODE:
+        assert pycs == [] and not any(layer.rglob("__pycache__"))
+        return
+    modules = list(layer.rglob("*.py"))
+    assert all((m.parent / "__pycache__" / f"{m.stem}.cpython-312.pyc").is_file() for m in modules)
+    assert len(pycs) == len(modules) and report["bytecode"]["files"] == len(modules)  # type: ignore[index]
+    for pyc in pycs:
+        header = pyc.read_bytes()[:8]
+        assert header[:4] == MAGIC_312 and int.from_bytes(header[4:], "little") == UNCHECKED_HASH, pyc

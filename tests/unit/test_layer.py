@@ -415,7 +415,7 @@ def test_parquet_build_checks_the_combined_size_and_the_layer_below(
     if runtime_mib is not None:
         _fake_runtime_layer(runtime, runtime_mib * MIB, arch, extra)
     report = layer_build.build(arch="x86_64", out=tmp_path / "parquet", recipe="parquet", runtime_layer=runtime,
-                               run_import_test=False)
+                               run_import_test=False, bytecode=False)
     combined = report["size"]["combined"]
     assert combined["limit_bytes"] == 262_144_000
     assert combined["total_bytes"] == sum(combined["parts_bytes"].values())
@@ -461,3 +461,31 @@ def test_import_checks_are_files_run_with_lambdas_path_order_and_report_each_fai
     assert result["modules_from"]["elsewhere"] == [] and result["modules_from"]["layer"] == []
     assert "botocore" in result["modules_from"]["runtime"]
     assert not any(layer.rglob("__pycache__"))
+
+
+@pytest.mark.skipif(import_test.find_python312() is None, reason="needs a python3.12 (bytecode is version-specific)")
+def test_layer_bytecode_is_312_unchecked_hash_for_every_module(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layer_build, "pip_install", _fake_pip(fake_pyarrow))
+    _fake_runtime_layer(tmp_path / "runtime", 84 * MIB, "x86_64", None)
+    report = layer_build.build(arch="x86_64", out=tmp_path / "parquet", recipe="parquet",
+                               runtime_layer=tmp_path / "runtime", run_import_test=False)
+    layer = tmp_path / "parquet" / "python"
+    modules = list(layer.rglob("*.py"))
+    assert report["ok"], report["problems"]
+    assert modules and report["bytecode"]["files"] == len(modules)
+    assert report["bytecode"]["sources_without_bytecode"] == []
+    for module in modules:
+        pyc = module.parent / "__pycache__" / f"{module.stem}.cpython-312.pyc"
+        assert layer_build.pyc_flags(pyc) == layer_build.UNCHECKED_HASH, pyc
+
+
+def test_layer_without_python312_is_refused_unless_asked_for_no_bytecode(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layer_build, "pip_install", _fake_pip(fake_pyarrow))
+    monkeypatch.setattr(layer_build, "find_python312", lambda _explicit=None: None)
+    _fake_runtime_layer(tmp_path / "runtime", 84 * MIB, "x86_64", None)
+    report = layer_build.build(arch="x86_64", out=tmp_path / "parquet", recipe="parquet",
+                               runtime_layer=tmp_path / "runtime", run_import_test=False)
+    assert not report["ok"] and any("--no-bytecode" in p for p in report["problems"]), report["problems"]
+    assert not any((tmp_path / "parquet").rglob("*.pyc"))
