@@ -19,6 +19,7 @@ from .routing import RoutingSource
 from .settings import METRICS_NAMESPACE, ModelSettings, Settings
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+TRACED_MODULES = ("botocore",)
 
 
 class Runtime:
@@ -26,7 +27,8 @@ class Runtime:
         self.service = service
         self.logger = Logger(service=service)
         self.metrics = Metrics(namespace=METRICS_NAMESPACE, service=service)
-        self.tracer = Tracer(service=service)
+        # X-Ray patches the one client library the functions call (the SDK), not every library it knows.
+        self.tracer = Tracer(service=service, patch_modules=TRACED_MODULES)
         self._bound: dict[str, str] = {}  # keys every log line carries, kept across invocations
 
     @classmethod
