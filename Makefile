@@ -35,7 +35,8 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # The layer build's code: the script, its package and the import checks it runs under python3.12.
-LAYER_BUILD := layers/build.py $(wildcard layers/slimserve_layers/*.py layers/slimserve_layers/import_checks/*.py)
+LAYER_BUILD := layers/build.py $(wildcard layers/slimserve_layers/*.py layers/slimserve_layers/import_checks/*.py) \
+	cdk/constructs/code_asset.py
 
 # A failed build still writes its report: remove it, so the next make builds again.
 layers/build/runtime-report.json: $(VENV)/.installed $(LAYER_BUILD) layers/runtime/requirements.txt
@@ -67,9 +68,11 @@ layer: $(VENV)/.installed
 synth: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json layers/build/parquet-report.json
 	npx cdk synth --quiet
 
-## bench: serving latency, throughput, cold start and package size against scikit-learn
-bench: $(VENV)/.installed
+## bench: serving latency, throughput and package size against scikit-learn; then cold start as Lambda
+## pays it (python3.12, the built layer read-only, bundle from a local S3, Tracer on) against scikit-learn
+bench: $(VENV)/.installed layers/build/runtime-report.json
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/coldstart.py $(COLDSTART_ARGS)
 
 ## fuzz: schemathesis (all checks) against the local API's OpenAPI document, >= 2,000 cases on two bundles
 fuzz: $(VENV)/.installed
