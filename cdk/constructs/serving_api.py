@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from aws_cdk import CfnOutput, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -33,8 +35,12 @@ class ServingApiProps:
     model_bucket: s3.IBucket
     layer: lambda_.ILayerVersion
     """The runtime layer (onnxruntime, numpy, Powertools), made by the stack's `Layers`."""
-    model_prefix: str
-    """Key prefix of one model bundle, e.g. "models/churn/3/"; the function may read nothing else."""
+    model_name: str | None = None
+    """The model the registry routes (champion, canary): the function reads `models/<name>/*` and its routing item."""
+    registry_table: dynamodb.ITable | None = None
+    """The model registry whose routing item names the bundles to serve (with `model_name`)."""
+    model_prefix: str | None = None
+    """Pins one bundle instead ("models/churn/3/"): the function reads nothing else, and no registry."""
     model_manifest_sha256: str | None = None
     """Pins the bundle's manifest: a changed manifest under the same prefix is refused at load."""
     memory_size: int = 1024
@@ -51,7 +57,10 @@ class ServingApiProps:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad prop, before any resource is created."""
-        check_key_prefix(_OWNER, "model_prefix", self.model_prefix)
+        if self.model_prefix is not None:
+            check_key_prefix(_OWNER, "model_prefix", self.model_prefix)
+        elif not (self.model_name and self.registry_table is not None):
+            raise ValueError("ServingApiProps needs model_name and registry_table (registry routing) or model_prefix")
         check_sha256(_OWNER, "model_manifest_sha256", self.model_manifest_sha256)
         check_range(_OWNER, "memory_size", self.memory_size, 128, 10_240)
         check_range(_OWNER, "reserved_concurrency", self.reserved_concurrency, 1, None,
@@ -100,7 +109,10 @@ class ServingApi(Construct):
             handler=HANDLER,
             description="slimserve inference: ONNX model via onnxruntime",
             settings=InferenceSettings(
-                model_uri=f"s3://{props.model_bucket.bucket_name}/{props.model_prefix}",
+                model_uri=f"s3://{props.model_bucket.bucket_name}/{props.model_prefix}" if props.model_prefix else None,
+                model_name=None if props.model_prefix else props.model_name,
+                registry_table=None if props.model_prefix or props.registry_table is None
+                else props.registry_table.table_name,
                 model_manifest_sha256=props.model_manifest_sha256,
                 max_rows=props.max_rows,
                 max_body_bytes=props.max_body_bytes,
@@ -114,7 +126,15 @@ class ServingApi(Construct):
             log_group_id="FunctionLogs",  # the id it was first deployed with
             invoked_by="API Gateway (the REST API's Lambda proxy integration)",
         ))
-        fn.grant_read_objects(props.model_bucket, {f"{props.model_prefix}*": "one bundle prefix only"})
+        if props.model_prefix:
+            fn.grant_read_objects(props.model_bucket, {f"{props.model_prefix}*": "one bundle prefix only"})
+            return fn
+        assert props.registry_table is not None and props.model_name  # validate() said so
+        fn.grant_read_objects(props.model_bucket, {f"models/{props.model_name}/*": "the served model's versions only"})
+        # The routing item only: GetItem on this model's partition key, nothing written, no other model.
+        fn.add_to_role_policy(iam.PolicyStatement(
+            sid="ReadRouting", actions=["dynamodb:GetItem"], resources=[props.registry_table.table_arn],
+            conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [props.model_name]}}))
         return fn
 
     # --- API --------------------------------------------------------------------------------------

@@ -35,9 +35,11 @@ _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 class ServingStackProps:
     model_name: str = "demo"
     model_version: str = "1"
+    """Batch scoring's pinned bundle only; serving follows the registry's champion and canary."""
     model_prefix: str | None = None
-    """Defaults to the bundle layout's `models/<model_name>/<model_version>/`."""
+    """Batch scoring's pinned bundle; defaults to the bundle layout's `models/<model_name>/<model_version>/`."""
     model_manifest_sha256: str | None = None
+    """Batch scoring's pin of that bundle's manifest."""
     api_key_required: bool = False
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
     layer_dir: Path = DEFAULT_RUNTIME_LAYER_DIR
@@ -75,11 +77,13 @@ class ServingStack(Stack):
         ))
         self.monitoring = Monitoring(self, "Monitoring")
         self.model_store = ModelStore(self, "ModelStore", props.model_store)
+        self.registry = ModelRegistry(self, "Registry", props.registry)
+        # Serving follows the registry's routing item (champion, canary): no model is fixed at synth time.
         self.serving = ServingApi(self, "Serving", ServingApiProps(
             model_bucket=self.model_store.bucket,
             layer=self.layers.runtime,
-            model_prefix=props.resolved_prefix(),
-            model_manifest_sha256=props.model_manifest_sha256,
+            model_name=props.model_name,
+            registry_table=self.registry.table,
             api_key_required=props.api_key_required,
             architecture=props.architecture,
         ))
@@ -87,7 +91,6 @@ class ServingStack(Stack):
         self.role_alarms = self.monitoring.model_roles(self.serving, props.model_name)
         self.alias_alarms = self.monitoring.alias(self.serving, self.serving.function, self.serving.alias)
         self.api_alarm = self.monitoring.api_errors(self.serving, self.serving.api)
-        self.registry = ModelRegistry(self, "Registry", props.registry)
         self.validation = ValidationGate(self, "Validation", ValidationGateProps(
             model_bucket=self.model_store.bucket,
             table=self.registry.table,

@@ -85,9 +85,9 @@ def function_by_handler(synth: Synth, handler: str) -> tuple[str, dict[str, Any]
 
 
 def model_bucket_id(synth: Synth) -> str:
-    """The bucket the inference function's MODEL_URI names (s3://<bucket>/<prefix>)."""
-    _, fn = function_by_handler(synth, "functions.inference.handler.lambda_handler")
-    return fn["Environment"]["Variables"]["MODEL_URI"]["Fn::Join"][1][1]["Ref"]
+    """The model store's bucket (bundles under models/, holdouts under holdout/)."""
+    (found,) = [k for k in synth.resources("AWS::S3::Bucket") if k.startswith("ModelStoreModelBucket")]
+    return found
 
 
 def synthesize(outdir: Path, layer_dir: Path, context: Mapping[str, Any] | None = None,

@@ -17,7 +17,7 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     "/Serving/InferenceFunction": {"AwsSolutions-L1"},
     "/Serving/InferenceFunctionRole": {
         "AwsSolutions-IAM5[Resource::*]",
-        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/churn/7/*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/churn/*]",
     },
     "/Serving/RestApi/CloudWatchRole": {
         "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"

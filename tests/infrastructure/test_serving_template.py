@@ -87,10 +87,13 @@ def test_function_runtime_handler_tracing_and_limits(template: Template) -> None
     })
 
 
-def test_function_environment_points_at_the_model_prefix(default_synth: Synth, template: Template) -> None:
-    model_id = model_bucket_id(default_synth)
+def test_function_environment_routes_by_the_registry(default_synth: Synth, template: Template) -> None:
+    (table_id,) = default_synth.resources("AWS::DynamoDB::Table")
+    env = _inference_function(default_synth)["Properties"]["Environment"]["Variables"]
+    assert "MODEL_URI" not in env and "MODEL_MANIFEST_SHA256" not in env  # no model is fixed at synth time
     template.has_resource_properties("AWS::Lambda::Function", {"Environment": {"Variables": {
-        "MODEL_URI": {"Fn::Join": ["", ["s3://", {"Ref": model_id}, f"/{MODEL_PREFIX}"]]},
+        "MODEL_NAME": "churn",
+        "REGISTRY_TABLE": {"Ref": table_id},
         "MAX_ROWS": "10000",
         "MAX_BODY_BYTES": str(5 * 1024 * 1024),
         "POWERTOOLS_SERVICE_NAME": "slimserve-inference",
@@ -105,7 +108,7 @@ def test_function_logs_have_a_retention(default_synth: Synth) -> None:
     assert {g["Properties"]["RetentionInDays"] for g in groups.values()} == {30}
 
 
-def test_function_reads_only_the_model_prefix(default_synth: Synth) -> None:
+def test_function_reads_only_its_models_bundles_and_routing_item(default_synth: Synth) -> None:
     fn = _inference_function(default_synth)
     role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
     assert "ManagedPolicyArns" not in default_synth.template["Resources"][role_id]["Properties"]
@@ -116,7 +119,12 @@ def test_function_reads_only_the_model_prefix(default_synth: Synth) -> None:
     statement = s3_statements[0]
     assert statement["Effect"] == "Allow"
     assert set(as_list(statement["Action"])) == READ_ONLY_S3_ACTIONS
-    assert statement["Resource"] == {"Fn::Join": ["", [model_arn, f"/{MODEL_PREFIX}*"]]}
+    assert statement["Resource"] == {"Fn::Join": ["", [model_arn, f"/{MODEL_PREFIX.rsplit('/', 2)[0]}/*"]]}
+    (table_id,) = default_synth.resources("AWS::DynamoDB::Table")
+    (registry,) = [s for s in role_statements(default_synth, role_id)
+                   if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
+    assert (registry["Action"], registry["Resource"]) == ("dynamodb:GetItem", {"Fn::GetAtt": [table_id, "Arn"]})
+    assert registry["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["churn"]}}
 
 
 def test_no_statement_grants_s3_writes_but_validation_reports_or_s3_on_every_resource(default_synth: Synth) -> None:
@@ -166,7 +174,8 @@ def test_every_method_requires_iam_and_invokes_the_alias(default_synth: Synth) -
 
 def test_lambda_permissions_are_on_the_alias(default_synth: Synth) -> None:
     alias_id, _ = default_synth.one("AWS::Lambda::Alias")
-    permissions = default_synth.resources("AWS::Lambda::Permission").values()
+    permissions = [p for p in default_synth.resources("AWS::Lambda::Permission").values()
+                   if p["Properties"]["Principal"] == "apigateway.amazonaws.com"]
     assert permissions
     assert all(p["Properties"]["FunctionName"] == {"Ref": alias_id} for p in permissions)
 
