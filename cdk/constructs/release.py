@@ -47,7 +47,7 @@ from functions.common.settings import METRICS_NAMESPACE, ReleaseSettings, Rollba
 from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
 from .monitoring import Monitoring, model_alarm_prefix
-from .nag import ack, arn_token
+from .nag import ack, arn_token, checkov_skip
 from .state_machines import logged_state_machine
 from .topology import DLQ_RETENTION_DAYS
 
@@ -151,14 +151,19 @@ class Release(Construct):
         self.function = self._function(
             "Function", HANDLER, props.settings.reserved_concurrency,
             "slimserve release: lock, admit, canary weight, compare, promote, roll back",
-            ReleaseSettings(registry_table=table, notify_topic_arn=topic, **props.function_settings))
+            ReleaseSettings(registry_table=table, notify_topic_arn=topic, **props.function_settings),
+            invoked_by="the release and retraining state machines")
+        # Both the rule's undeliverable events and the function's failed asynchronous invocations land here.
+        self.rollback_dead_letters = sqs.Queue(self, "RollbackDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
+                                               enforce_ssl=True, retention_period=Duration.days(DLQ_RETENTION_DAYS))
+        checkov_skip(self.rollback_dead_letters, "CKV_AWS_27",
+                     "SQS-managed SSE (checkov reads only KmsMasterKeyId): EventBridge and Lambda need no key policy")
         # One at a time: two alarms of one incident must not race for the same champion.
         self.rollback_function = self._function(
             "RollbackFunction", ROLLBACK_HANDLER, 1,
             "slimserve rollback: a champion alarm puts the last known-good version back",
-            RollbackSettings(registry_table=table, notify_topic_arn=topic))
-        self.rollback_dead_letters = sqs.Queue(self, "RollbackDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
-                                               enforce_ssl=True, retention_period=Duration.days(DLQ_RETENTION_DAYS))
+            RollbackSettings(registry_table=table, notify_topic_arn=topic),
+            dead_letter_queue=self.rollback_dead_letters)  # EventBridge invokes it asynchronously
         self.champion_alarm_rule = events.Rule(
             self, "ChampionAlarmRule", description=f"A champion alarm of {props.model_name} rolls the champion back",
             event_pattern=events.EventPattern(
@@ -194,7 +199,8 @@ class Release(Construct):
         return sns.Topic(self, "Topic", display_name="slimserve releases", master_key=key, enforce_ssl=True)
 
     def _function(self, construct_id: str, handler: str, reserved_concurrency: int, description: str,
-                  function_settings: Settings) -> SlimserveFunction:
+                  function_settings: Settings, *, invoked_by: str | None = None,
+                  dead_letter_queue: sqs.IQueue | None = None) -> SlimserveFunction:
         """The release or rollback function: the same registry rights and topic."""
         settings = self.settings
         fn = SlimserveFunction(self, construct_id, FunctionProps(
@@ -207,6 +213,8 @@ class Release(Construct):
             reserved_concurrency=reserved_concurrency,
             log_retention=settings.log_retention,
             architecture=self.props.architecture,
+            invoked_by=invoked_by,
+            dead_letter_queue=dead_letter_queue,
         ))
         self.props.table.grant(fn, *REGISTRY_ACTIONS)
         # Not grant_publish: that adds kms on key/*; SNS's managed key already serves the account's publishers.
