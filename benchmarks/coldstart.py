@@ -117,8 +117,8 @@ def staged_function_code(python: str, dest: Path) -> Path:
     return stage_function_code(ROOT, python=python)
 
 
-def read_only_copy(src: Path, dest: Path) -> Path:
-    shutil.copytree(src, dest, symlinks=True)
+def read_only_copy(src: Path, dest: Path, bytecode: bool = True) -> Path:
+    shutil.copytree(src, dest, symlinks=True, ignore=None if bytecode else shutil.ignore_patterns("__pycache__"))
     subprocess.run(["chmod", "-R", "a-w", str(dest)], check=True)
     return dest
 
@@ -205,6 +205,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="cold starts per variant (interleaved)")
     parser.add_argument("--warm", type=int, default=2000, help="warm requests per figure (0: none)")
+    parser.add_argument("--without-bytecode", action="store_true",
+                        help="add a variant: the handler from the same layer and code with their .pyc removed")
     parser.add_argument("--profile-imports", action="store_true",
                         help="one cold start of the handler under -X importtime: its slowest imports, then stop")
     parser.add_argument("--python", help="the python3.12 to run (default: search, as the layer build does)")
@@ -248,6 +250,11 @@ def run(args: argparse.Namespace, python: str, work: Path, server: Any) -> int:
     layer = read_only_copy(LAYER, work / "opt" / "python")
     sklearn_ro = read_only_copy(sklearn, work / "sklearn")
     before = {p: pyc_count(p) for p in (task, layer)}
+    variants = VARIANTS
+    if args.without_bytecode:
+        bare = [str(read_only_copy(task, work / "task-bare", bytecode=False)),
+                str(read_only_copy(LAYER, work / "opt-bare" / "python", bytecode=False))]
+        variants = (*VARIANTS[:1], "slimserve, no bytecode", *VARIANTS[1:])
     sink = UdpSink()
 
     env = lambda_env(work, task)
@@ -265,14 +272,17 @@ def run(args: argparse.Namespace, python: str, work: Path, server: Any) -> int:
         "scikit-learn": ({**base, "mode": "sklearn", "path": [str(sklearn_ro), *runtime_path]}, env),
         "floor": ({**base, "mode": "floor", "path": [str(layer), *runtime_path]}, env),
     }
+    if args.without_bytecode:
+        configs["slimserve, no bytecode"] = ({**base, "mode": "slimserve", "sampled": True,
+                                              "path": bare + runtime_path}, env)
     if args.profile_imports:
         cold_start(python, configs["slimserve, sampled"][0], env, work, ("-X", "importtime"))
         return 0
-    for name in VARIANTS:  # one untimed start each: the files come into the page cache, as on a warm host
+    for name in variants:  # one untimed start each: the files come into the page cache, as on a warm host
         cold_start(python, configs[name][0], configs[name][1], work)
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.runs):
-        for name in VARIANTS:
+        for name in variants:
             times[name].append(cold_start(python, configs[name][0], configs[name][1], work))
     written = {str(p): pyc_count(p) - n for p, n in before.items() if pyc_count(p) != n}
 
@@ -303,7 +313,7 @@ def report(python: str, times: dict[str, list[float]], warm: dict[str, dict[str,
           f"X-Ray segments received by the UDP sink: {datagrams}")
     print(f"\n{'cold start (spawn -> first answer), s':<34}{'median':>8}{'min':>8}{'max':>8}{'floor':>8}"
           f"{'x floor':>9}")
-    for name in VARIANTS:
+    for name in times:
         t = times[name]
         print(f"{name:<34}{statistics.median(t):>8.3f}{min(t):>8.3f}{max(t):>8.3f}{floor:>8.3f}"
               f"{paired(name, 'floor'):>8.2f}x")
