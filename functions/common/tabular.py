@@ -7,10 +7,13 @@ Parquet needs random access: it is spooled to local disk (not memory) and delete
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
+import functools
 import gzip
 import io
+import itertools
 import json
 import os
 import shutil
@@ -30,6 +33,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD_CHARS = 1 << 20  # a longer record is a rejected row, never held whole in memory
 CHUNK_CHARS = 16 << 20  # a chunk ends here whatever its row count: wide rows keep memory bounded too
 ECHO_CHARS = 1024  # of an oversized or unreadable record, echoed into the rejected rows
+FAST_LINES = 1024  # lines read and checked at once while none needs a closer look
 NO_MARKERS: tuple[str, ...] = ("",)  # an empty text cell is missing; a bundle's missing_markers add to it
 
 
@@ -144,20 +148,56 @@ class Lines:
 
     def __init__(self, binary: io.BufferedReader | gzip.GzipFile) -> None:
         self._text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        self._pending: collections.deque[str] = collections.deque()  # lines read ahead, then given back
         self.number = 0
 
     def next(self) -> Line | None:
-        text = self._readline()
-        if not text:
-            return None
-        self.number += 1
+        text = self.read()
+        return self.line(text) if text else None
+
+    def read(self) -> str:
+        """The next line's text as read ('' at the end of the file)."""
+        text = self._next_text()
+        if text:
+            self.number += 1
+        return text
+
+    def read_many(self, count: int) -> list[str]:
+        """Up to ``count`` lines' texts as read, in one call: the readers' fast path."""
+        if self._pending:
+            texts = [self.read() for _ in range(min(count, len(self._pending)))]
+            return texts
+        try:
+            texts = list(itertools.islice(iter(functools.partial(self._text.readline, MAX_RECORD_CHARS), ""), count))
+        except (OSError, EOFError, zlib.error) as exc:
+            raise WholeFileRejected(f"file cannot be decompressed: {clip(str(exc), 200)}",
+                                    code="corrupt_gzip") from None
+        self.number += len(texts)
+        return texts
+
+    @property
+    def pending(self) -> int:
+        """How many lines given back are still to be read again."""
+        return len(self._pending)
+
+    def unread(self, texts: list[str]) -> None:
+        """Give back the last lines read, to be read again one by one."""
+        self._pending.extendleft(reversed(texts))
+        self.number -= len(texts)
+
+    def line(self, text: str) -> Line:
+        """The line whose ``text`` was just read; if it is oversized, the rest of it is read past."""
         if len(text) < MAX_RECORD_CHARS or text.endswith(("\n", "\r")):
             return Line(self.number, text)
         rest, quotes = text, text[ECHO_CHARS:].count('"')
         while rest and not rest.endswith(("\n", "\r")):
-            rest = self._readline()
+            rest = self._next_text()
             quotes += rest.count('"')
         return Line(self.number, text[:ECHO_CHARS], oversized=True, skipped_quotes=quotes)
+
+    def _next_text(self) -> str:
+        """The next piece of text up to a line ending (or MAX_RECORD_CHARS), given back ones first."""
+        return self._pending.popleft() if self._pending else self._readline()
 
     def _readline(self) -> str:
         try:
@@ -237,35 +277,61 @@ class CsvReader:
         self._all_numeric = all(f.type == "number" for f in features)
 
     def chunks(self, rows: int) -> Iterator[Chunk]:
+        lines = self._lines
         while True:
-            records: list[Record] = []
+            numbers: list[int] = []
+            raws: list[str] = []
+            special: dict[int, Record] = {}  # records quoted, refused or not ASCII, by index in the chunk
             size = 0
-            while len(records) < rows and size < CHUNK_CHARS:
-                record = self._next_record()
-                if record is None:
+            while len(raws) < rows and size < CHUNK_CHARS:
+                start = lines.number + 1
+                batch = lines.read_many(min(rows - len(raws), FAST_LINES))
+                if not batch:
                     break
-                records.append(record)
-                size += len(record.raw)
-            if not records:
+                block = "".join(batch)
+                if '"' not in block and block.isascii() and max(map(len, batch)) < MAX_RECORD_CHARS:
+                    for i, body in enumerate([text.rstrip("\r\n") for text in batch]):
+                        if body and not body.isspace():  # a blank line is no row
+                            numbers.append(start + i)
+                            raws.append(body)
+                    size += len(block)
+                    continue
+                lines.unread(batch)  # quoted, oversized or not ASCII somewhere: line by line
+                while lines.pending:
+                    record = self._slow_line(lines, lines.read())
+                    if record is not None:
+                        special[len(raws)] = record
+                        numbers.append(record.line)
+                        raws.append(record.raw)
+                        size += len(record.raw)
+            if not raws:
                 return
-            yield self._chunk(records)
+            yield self._chunk(numbers, raws, special)
+
+    def _slow_line(self, lines: Lines, text: str) -> Record | None:
+        """The record starting with the line ``text`` just read; None for a blank line."""
+        return self._record(lines.line(text))
 
     def _next_record(self) -> Record | None:
         """The next non-blank record, or None at the end of the file."""
-        while True:
-            line = self._lines.next()
-            if line is None:
-                return None
-            if line.oversized:
-                return Record(line.number, printable(line.text), error=too_long(line.number))
-            body = line.body
-            if not body or body.isspace():
-                continue  # a blank line is no row
-            if '"' in body:
-                return self._quoted(line)
-            if not_utf8(body):
-                return Record(line.number, printable(body), error=not_text(line.number))
-            return Record(line.number, body)
+        while (line := self._lines.next()) is not None:
+            record = self._record(line)
+            if record is not None:
+                return record
+        return None
+
+    def _record(self, line: Line) -> Record | None:
+        """The record starting at ``line`` (None for a blank line)."""
+        if line.oversized:
+            return Record(line.number, printable(line.text), error=too_long(line.number))
+        body = line.body
+        if not body or body.isspace():
+            return None
+        if '"' in body:
+            return self._quoted(line)
+        if not_utf8(body):
+            return Record(line.number, printable(body), error=not_text(line.number))
+        return Record(line.number, body)
 
     def _quoted(self, first: Line) -> Record:
         """A record with quotes, read by the csv module, which pulls as many lines as the quotes span."""
@@ -306,16 +372,18 @@ class CsvReader:
                 return
             quotes += line.quotes
 
-    def _chunk(self, records: list[Record]) -> Chunk:
-        chunk = Chunk(line_numbers=[r.line for r in records], raw=[r.raw for r in records])
-        if self._all_numeric and all(r.plain for r in records) and self._fast(chunk):
+    def _chunk(self, numbers: list[int], raws: list[str], special: dict[int, Record]) -> Chunk:
+        chunk = Chunk(line_numbers=numbers, raw=raws)
+        if self._all_numeric and all(r.plain for r in special.values()) and self._fast(chunk):
             return chunk
-        for record in records:
-            if record.error is not None:
+        for i, raw in enumerate(raws):
+            record = special.get(i)
+            if record is not None and record.error is not None:
                 chunk.cells.append(None)
                 chunk.errors.append(record.error)
                 continue
-            cells, error = self._cells(record.fields if record.fields is not None else record.raw.split(","))
+            fields = record.fields if record is not None and record.fields is not None else raw.split(",")
+            cells, error = self._cells(fields)
             chunk.cells.append(cells)
             chunk.errors.append(error)
         return chunk
