@@ -17,9 +17,13 @@ from typing import Any
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
 from synth_helpers import REPO_ROOT, Synth
 
+from cdk.constructs.function import FunctionProps, SlimserveFunction
+from cdk.constructs.layers import Layers, LayersProps
 from cdk.constructs.nag import checkov_skip
+from functions.common.settings import ValidationSettings
 
 pytestmark = pytest.mark.slow  # full synths, then checkov (~3 s a template)
 
@@ -133,3 +137,30 @@ def test_checkov_skip_records_each_reason_once_and_refuses_none() -> None:
     for reason in ("", "  ", "two\nlines"):
         with pytest.raises(ValueError, match="one-line reason"):
             checkov_skip(bucket, "CKV_AWS_21", reason)
+
+
+def _function_skips(layer_dir: Path, *, with_dlq: bool = False, **props: Any) -> tuple[dict[str, Any], set[str]]:
+    """A SlimserveFunction made with these props (and a dead-letter queue): its properties and skipped check ids."""
+    app = App()
+    stack = Stack(app, "DlqTest")
+    if with_dlq:
+        props["dead_letter_queue"] = sqs.Queue(stack, "Dlq")
+    layer = Layers(stack, "Layers", LayersProps(runtime_dir=layer_dir)).runtime
+    fn = SlimserveFunction(stack, "NextFunction", FunctionProps(
+        handler="functions.next.handler.lambda_handler", description="slimserve next: a new function",
+        settings=ValidationSettings(registry_table="table"), layers=[layer], memory_size=512, timeout_seconds=30,
+        reserved_concurrency=2, **props))
+    resource = app.synth().get_stack_by_name("DlqTest").template["Resources"][
+        stack.resolve(fn.node.default_child.logical_id)]  # type: ignore[union-attr]
+    return resource["Properties"], {s["id"] for s in resource["Metadata"]["checkov"]["skip"]}
+
+
+def test_only_a_synchronously_invoked_function_goes_without_a_dead_letter_queue(layer_dir: Path) -> None:
+    _, skipped = _function_skips(layer_dir, invoked_by="API Gateway")
+    assert "CKV_AWS_116" in skipped
+    properties, skipped = _function_skips(layer_dir, with_dlq=True)
+    assert "CKV_AWS_116" not in skipped and "DeadLetterConfig" in properties
+    _, skipped = _function_skips(layer_dir)  # neither: checkov reports it, so the author must choose
+    assert "CKV_AWS_116" not in skipped
+    with pytest.raises(ValueError, match="invoked_by must name the synchronous caller on one line"):
+        _function_skips(layer_dir, invoked_by="two\nlines")
