@@ -109,7 +109,7 @@ def _alarms_on(synth: Synth, metric_name: str) -> list[dict[str, Any]]:
 
 def test_batch_scoring_can_be_switched_off(default_synth: Synth) -> None:
     """With `slimserve:batchScoring=false` the stack is exactly the serving stack."""
-    assert not default_synth.resources("AWS::SQS::Queue")
+    assert not [k for k in default_synth.resources("AWS::SQS::Queue") if k.startswith("Batch")]
     assert not [k for k in default_synth.template["Resources"] if k.startswith("Batch")]
     assert not default_synth.resources("Custom::S3BucketNotifications")
 
@@ -209,7 +209,8 @@ def test_messages_move_to_the_dlq_after_three_receives_and_stay_14_days(batch_sy
 
 def test_a_message_in_the_dlq_raises_an_alarm(batch_synth: Synth) -> None:
     _, (dlq_id, _) = _queues(batch_synth)
-    (alarm,) = _alarms_on(batch_synth, "ApproximateNumberOfMessagesVisible")
+    (alarm,) = [a for a in _alarms_on(batch_synth, "ApproximateNumberOfMessagesVisible")
+                if a["Dimensions"][0]["Value"]["Fn::GetAtt"][0].startswith("Batch")]
     assert alarm["Namespace"] == "AWS/SQS"
     assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dlq_id, "QueueName"]}}]
     assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
