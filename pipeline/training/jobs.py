@@ -35,6 +35,8 @@ def parser(step: str) -> argparse.ArgumentParser:
                    help="auto: the smallest student within --max-gap of the teacher on the validation split")
     p.add_argument("--auto-students", default=",".join(AUTO_STUDENTS),
                    help="auto: the students to try, smallest first (comma-separated)")
+    p.add_argument("--export-check", choices=("on", "off"), default="on",
+                   help="validate: fit and bundle each student on a sample first (off: already checked)")
     p.add_argument("--max-gap", type=float, default=0.01, help="auto: accepted accuracy (or relative RMSE) gap")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--augment", type=int, default=1, help="augmented copies of the training rows")
@@ -80,6 +82,14 @@ def run_validate(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     _write_json(paths.model_dir / "data-report.json", report)
     if report["fatal"]:
         raise DataRefused("; ".join(report["fatal"]))
+    if args.export_check == "on":  # what export would refuse, before the teacher's hours
+        from .data import usable
+        from .preflight import check_exportable
+
+        kinds = args.auto_students.split(",") if args.student == "auto" else [args.student]
+        report["not_exportable"] = check_exportable(usable(frame, report), args.target, report["task"], kinds,
+                                                    args.seed)
+        _write_json(paths.model_dir / "data-report.json", report)
     return report
 
 

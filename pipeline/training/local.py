@@ -63,7 +63,7 @@ def train_locally(data: Path, target: str, out: Path, *, task: str | None = None
         folder.mkdir(parents=True, exist_ok=True)
         part.to_parquet(folder / f"{name}.parquet", index=False)
         channels[name] = folder
-    args = ["--target", target, "--task", task, "--seed", str(seed), *(extra_args or [])]
+    args = ["--target", target, "--task", task, "--seed", str(seed), "--export-check", "off", *(extra_args or [])]
     timings: dict[str, float] = {}
 
     def step(name: str, model_dir: Path, **inputs: Path) -> dict[str, Any]:

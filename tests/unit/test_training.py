@@ -208,3 +208,29 @@ def test_a_teacher_no_better_than_the_baseline_is_reported() -> None:
     assert any("the student beats the teacher" in w for w in found)
     assert teacher_warnings("regression", {"holdout_teacher": {"rmse": 1.0}, "holdout_baseline": {"rmse": 2.0},
                                            "holdout_student": {"rmse": 1.1}}) == []
+
+
+def test_the_validate_job_checks_export_before_the_teacher_job(tmp_path: Path) -> None:
+    """The SageMaker chain's first job refuses what export would refuse, as `slimserve train` does."""
+    from pipeline.training.contract import JobPaths
+    from pipeline.training.jobs import parser, run_validate
+    from tests import realdata
+
+    train = tmp_path / "train"
+    train.mkdir()
+    frame = realdata.string_labels(300, 6)
+    frame["signed_up"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(np.arange(len(frame)) % 30, unit="D")
+    frame.to_parquet(train / "part.parquet")
+    paths = JobPaths(model_dir=tmp_path / "model", output_dir=tmp_path / "output", channels={"train": train})
+    with pytest.raises(DataRefused, match=r"checked before training: .*'signed_up'"):
+        run_validate(parser("validate").parse_args(["--target", "segment"]), paths)
+    report = run_validate(parser("validate").parse_args(["--target", "segment"]),
+                          JobPaths(paths.model_dir, paths.output_dir, {"train": _without(train, "signed_up")}))
+    assert set(report["not_exportable"]) <= {"hgb"}
+
+
+def _without(folder: Path, column: str) -> Path:
+    out = folder.parent / f"{folder.name}-without-{column}"
+    out.mkdir()
+    pd.read_parquet(folder / "part.parquet").drop(columns=[column]).to_parquet(out / "part.parquet")
+    return out
