@@ -42,7 +42,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from functions.common.settings import METRICS_NAMESPACE, ReleaseSettings, RollbackSettings, Settings
+from functions.common.settings import ReleaseSettings, RollbackSettings, Settings
 
 from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
@@ -220,16 +220,17 @@ class Release(Construct):
         # Not grant_publish: that adds kms on key/*; SNS's managed key already serves the account's publishers.
         fn.add_to_role_policy(iam.PolicyStatement(sid="PublishReleaseNotices", actions=["sns:Publish"],
                                                   resources=[self.topic.topic_arn]))
-        # GetMetricStatistics takes no resource; the namespace condition holds it to the serving metrics.
+        # Metric reads take no resource, and AWS evaluates cloudwatch:namespace for PutMetricData only: a
+        # namespace condition here would never match and deny every read.
         fn.add_to_role_policy(iam.PolicyStatement(
             sid="ReadServingMetrics", actions=["cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData"],
-            resources=["*"], conditions={"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}}))
+            resources=["*"]))
         return fn
 
     def _acknowledge_nag_findings(self) -> None:
         for fn in (self.function, self.rollback_function):
             ack(fn.execution_role, "AwsSolutions-IAM5[Resource::*]",
-                "X-Ray writes and metric reads take no resource scope (reads held to the Slimserve namespace)")
+                "X-Ray writes and metric reads take no resource scope (CloudWatch has none for reads)")
         ack(self.rollback_dead_letters, "AwsSolutions-SQS3", "it is the dead-letter queue of the champion alarm rule")
         machine_role = self.state_machine.role
         ack(machine_role, "AwsSolutions-IAM5[Resource::*]", "X-Ray and CloudWatch Logs delivery take no resource scope")

@@ -80,6 +80,17 @@ def test_no_statement_grants_a_known_resource_as_a_wildcard(variant: str, reques
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_the_namespace_condition_sits_only_on_metric_writes(variant: str, request: pytest.FixtureRequest) -> None:
+    """AWS evaluates cloudwatch:namespace for PutMetricData alone: on a read it never matches, so it denies."""
+    synth: Synth = request.getfixturevalue(variant)
+    found = [f"{logical_id}: {action}" for logical_id, document in policy_documents(synth)
+             for statement in document["Statement"]
+             if any("cloudwatch:namespace" in operator for operator in statement.get("Condition", {}).values())
+             for action in as_list(statement["Action"]) if action != "cloudwatch:PutMetricData"]
+    assert found == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_no_action_is_a_service_wildcard(variant: str, request: pytest.FixtureRequest) -> None:
     """`s3:*`, `dynamodb:*`, `*`: an Allow names its actions (the TLS-only bucket policies Deny `s3:*`)."""
     synth: Synth = request.getfixturevalue(variant)
