@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .contract import JobPaths, data_file, fingerprint, read_table
-from .data import DataRefused, validate_data
+from .data import DataRefused, usable, validate_data
 from .evaluation import student_gap, teacher_warnings
 from .models import AUTO_STUDENTS, STUDENTS, TEACHERS, distil, fit_teacher, make_student, make_teacher, student_label
 
@@ -67,6 +67,17 @@ def _frame(paths: JobPaths, channel: str) -> tuple[pd.DataFrame, Path]:
     return read_table(path), path
 
 
+def _usable(paths: JobPaths, channel: str, target: str, task: str | None) -> pd.DataFrame:
+    """A channel's rows without what data validation drops (ID-like, near-unique or constant columns; rows with
+    no label), decided on the train channel: every job of the chain sees the columns `slimserve train` does."""
+    frame, _ = _frame(paths, channel)
+    train = frame if channel == "train" else _frame(paths, "train")[0]
+    report = validate_data(train, target, task)
+    dropped = [c for c, info in report["columns"].items() if info.get("dropped") and c in frame.columns]
+    kept = frame.drop(columns=dropped)
+    return kept.dropna(subset=[target]) if target in kept.columns else kept
+
+
 def _xy(frame: pd.DataFrame, target: str) -> tuple[pd.DataFrame, pd.Series]:
     return frame.drop(columns=[target]), frame[target]
 
@@ -83,7 +94,6 @@ def run_validate(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     if report["fatal"]:
         raise DataRefused("; ".join(report["fatal"]))
     if args.export_check == "on":  # what export would refuse, before the teacher's hours
-        from .data import usable
         from .preflight import check_exportable
 
         kinds = args.auto_students.split(",") if args.student == "auto" else [args.student]
@@ -94,12 +104,12 @@ def run_validate(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
 
 
 def run_teacher(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
-    train, _ = _frame(paths, "train")
+    train = _usable(paths, "train", args.target, args.task)
     X, y = _xy(train, args.target)
     task = args.task or validate_data(train, args.target)["task"]
     teacher, device = make_teacher(args.teacher, task, X, args.seed, _params(args))
-    X_val, y_val = _xy(_frame(paths, "validation")[0], args.target) if "validation" in paths.channels \
-        else (None, None)
+    X_val, y_val = _xy(_usable(paths, "validation", args.target, args.task), args.target) \
+        if "validation" in paths.channels else (None, None)
     started = time.perf_counter()
     fit = fit_teacher(teacher, X, y, X_val, y_val)
     info = {"teacher": args.teacher, "device": device, "task": task, "seconds": time.perf_counter() - started,
@@ -111,12 +121,12 @@ def run_teacher(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
 
 
 def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
-    train, _ = _frame(paths, "train")
+    train = _usable(paths, "train", args.target, args.task)
     X, _ = _xy(train, args.target)
     teacher_dir = _artefacts(paths, "teacher")
     teacher = joblib.load(teacher_dir / "teacher.joblib")  # our own artefact from the teacher job
     task = json.loads((teacher_dir / "teacher.json").read_text())["task"]
-    validation = _frame(paths, "validation")[0] if "validation" in paths.channels else None
+    validation = _usable(paths, "validation", args.target, args.task) if "validation" in paths.channels else None
     kinds = [k for k in args.auto_students.split(",") if k in STUDENTS] if args.student == "auto" else [args.student]
     tried: dict[str, Any] = {}
     student = None
@@ -142,8 +152,9 @@ def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
 
     from .evaluation import feature_profile, holdout_metrics
 
-    train, train_path = _frame(paths, "train")
-    holdout, _ = _frame(paths, "holdout")
+    train_path = _frame(paths, "train")[1]
+    train = _usable(paths, "train", args.target, args.task)
+    holdout = _usable(paths, "holdout", args.target, args.task)
     student_dir, teacher_dir = _artefacts(paths, "student"), _artefacts(paths, "teacher")
     student, teacher = joblib.load(student_dir / "student.joblib"), joblib.load(teacher_dir / "teacher.joblib")
     task = json.loads((student_dir / "student.json").read_text())["task"]

@@ -234,3 +234,22 @@ def _without(folder: Path, column: str) -> Path:
     out.mkdir()
     pd.read_parquet(folder / "part.parquet").drop(columns=[column]).to_parquet(out / "part.parquet")
     return out
+
+
+def test_every_job_of_the_sagemaker_chain_drops_what_data_validation_drops(tmp_path: Path) -> None:
+    """An ID-like column never reaches the teacher, the student or the bundle, as with `slimserve train`."""
+    from pipeline.training.contract import JobPaths
+    from pipeline.training.jobs import _usable
+
+    frame = mixed_frame(300)
+    frame["customer_id"] = [f"c-{i:05d}" for i in range(len(frame))]
+    frame.loc[3, "churn"] = None
+    channels = {}
+    for name, rows in (("train", frame.iloc[:200]), ("validation", frame.iloc[200:])):
+        (tmp_path / name).mkdir()
+        rows.to_csv(tmp_path / name / "part.csv", index=False)
+        channels[name] = tmp_path / name
+    paths = JobPaths(model_dir=tmp_path / "model", output_dir=tmp_path / "out", channels=channels)
+    train, validation = _usable(paths, "train", "churn", None), _usable(paths, "validation", "churn", None)
+    assert "customer_id" not in train.columns and "customer_id" not in validation.columns
+    assert len(train) == 199 and train["churn"].notna().all() and len(validation) == 100
