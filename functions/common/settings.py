@@ -100,6 +100,9 @@ class BatchSettings(ModelSettings):
 
     service: ClassVar[str] = "slimserve-batch"
 
+    # Each file reads the routing item once, at its start: the champion then scores the whole file.
+    routing_ttl_seconds: float = Field(default=0.0, ge=0, description="how long a read of the routing item "
+                                                                       "is trusted; 0: one read per file")
     max_rows: int = Field(default=1_000_000, gt=0)
     chunk_rows: int = Field(default=5000, gt=0, le=100_000)
     max_file_bytes: int = Field(default=5 * 1024**3, gt=0)
@@ -139,6 +142,17 @@ class ReleaseSettings(Settings):
                                         description="a smaller latency regression is noise, whatever the ratio")
     max_prediction_psi: float = Field(default=0.25, gt=0,
                                       description="PSI of the canary's prediction distribution against the champion's")
+
+
+class CodeDeployHookSettings(Settings):
+    """The CodeDeploy hooks of a code release: the served model whose release lock they take and release."""
+
+    service: ClassVar[str] = "slimserve-codedeploy-hook"
+
+    registry_table: str = Field(min_length=1, description="the model registry's DynamoDB table")
+    model_name: str = Field(min_length=1, description="the model alias `live` serves")
+    lock_ttl_seconds: int = Field(default=1800, gt=0,
+                                  description="a code release stopped before AfterAllowTraffic frees the lock after")
 
 
 class RollbackSettings(Settings):
