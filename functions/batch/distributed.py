@@ -21,6 +21,7 @@ from ..common import aws, layout
 from ..common.bundle import Model
 from ..common.errors import WriteConflict
 from ..common.tabular import Chunk, cells_from_text, markers_set
+from .models import Scorer
 from .scoring import Source, Store, already_done, csv_suffixes, manifest_key, now_iso, score_chunk, source_dict
 
 
@@ -34,18 +35,26 @@ class RunInput(BaseModel):
     size: int | None = None
     sequencer: str | None = None
     run_id: str
+    # The bundle chosen when the run started: every chunk and the manifest use it, whatever the registry says later.
+    model_uri: str | None = None
+    model_manifest_sha256: str | None = None
+    model_role: str | None = None
 
     def source(self) -> Source:
         return Source(self.bucket, self.key, self.version_id, self.etag, self.size, self.sequencer)
 
 
 class BatchInput(BaseModel):
+    """One chunk's copy of the run's input: the fields of MAP_BATCH_INPUT."""
+
     model_config = ConfigDict(extra="ignore")
 
     bucket: str
     key: str
     version_id: str | None = None
     run_id: str
+    model_uri: str | None = None
+    model_manifest_sha256: str | None = None
 
 
 class ItemBatch(BaseModel):
@@ -55,12 +64,12 @@ class ItemBatch(BaseModel):
     batch_input: BatchInput = Field(alias="BatchInput")
 
 
-def start(sfn: Any, state_machine_arn: str, store: Store, source: Source) -> dict[str, Any]:
-    """Start (once) the map run for ``source``; the execution name is the run id, so a redelivered
-    message finds the execution already there instead of starting a second one."""
+def start(sfn: Any, state_machine_arn: str, store: Store, source: Source, scorer: Scorer) -> dict[str, Any]:
+    """Start (once) the map run for ``source`` pinned to ``scorer``'s bundle; the execution name is the
+    run id, so a redelivered message finds the execution already there instead of starting a second one."""
     if already_done(store, source) is not None:
         return {"status": "duplicate"}
-    run = {**source_dict(source), "run_id": source.run_id}
+    run = {**source_dict(source), "run_id": source.run_id, **scorer.run_input()}
     try:
         with aws.translated(f"starting the map run {source.run_id}"):
             sfn.start_execution(stateMachineArn=state_machine_arn, name=source.run_id, input=json.dumps(run))
@@ -105,22 +114,22 @@ def score_items(model: Model, store: Store, batch: ItemBatch) -> dict[str, Any]:
         sink = store.sink(key)
         sink.write(text.encode())
         outputs[key] = sink.commit()
-    summary = {"part": pid, "rows": {"in": len(batch.items), "scored": len(result.good),
-                                     "rejected": len(result.rejected)},
+    summary = {"part": pid, "model": {"name": model.manifest.name, "version": model.version},
+               "rows": {"in": len(batch.items), "scored": len(result.good), "rejected": len(result.rejected)},
                "scored": {"key": scored_key, **outputs[scored_key]},
                "rejected": {"key": rejected_key, **outputs[rejected_key]}}
     store.put_json(f"{prefix}/parts/{pid}.json", summary)
     return summary
 
 
-def finalize(store: Store, run: RunInput, model: Model) -> dict[str, Any]:
+def finalize(store: Store, run: RunInput, scorer: Scorer) -> dict[str, Any]:
     """Sum the parts of a finished map run into the single run manifest (written last)."""
     clock = time.perf_counter()
     parts = [store.read_json(key) or {} for key in store.list_keys(layout.run_parts_prefix(run.run_id))]
     rows = {k: sum(p["rows"][k] for p in parts) for k in ("in", "scored", "rejected")}
     manifest = {"run_id": run.run_id, "source": source_dict(run.source()), "status": "complete",
                 "format": "csv", "compression": None, "mode": "distributed_map",
-                "model": {"name": model.manifest.name, "version": model.version},
+                "model": scorer.describe(),
                 "rows": rows, "parts": len(parts),
                 "outputs": {"scored_parts": sorted((p["scored"] for p in parts), key=lambda o: o["key"]),
                             "rejected_parts": sorted((p["rejected"] for p in parts), key=lambda o: o["key"])},

@@ -18,11 +18,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ..common import aws, layout
+from ..common.bundle import Model
 from ..common.errors import ObjectChanged, ObjectMissing, SlimserveError
 from ..common.runtime import Runtime
 from ..common.settings import BatchSettings
 from ..common.tabular import FileFormat, WholeFileRejected
 from . import distributed
+from .models import BatchModels
 from .scoring import Source, score_file
 from .stores import S3Body, S3Store
 
@@ -31,7 +33,18 @@ logger, metrics = rt.logger, rt.metrics
 processor = BatchProcessor(event_type=EventType.SQS)
 
 settings = BatchSettings.from_env()
-holder = rt.model_holder(settings)  # loaded on first use: the S3 test event needs no model
+# Nothing is read at cold start (the S3 test event needs no model): each file reads the routing item
+# once when it starts (ROUTING_TTL_SECONDS is 0 for batch); map chunks load the bundle their run names.
+holder = rt.serving_models(settings)
+models = BatchModels.from_settings(settings, holder)
+_bound_version: list[str] = []  # the version logs and metrics carry now
+
+
+def bind(model: Model) -> None:
+    """Logs and metrics carry the version that scores; bound again only when it changes."""
+    if _bound_version != [model.version]:
+        rt.bind_model(model)
+        _bound_version[:] = [model.version]
 
 
 class PoisonMessage(SlimserveError):
@@ -72,14 +85,16 @@ def process_source(source: Source) -> dict[str, Any]:
         logger.warning("object outside incoming/ ignored", extra={"key": source.key})
         return {"status": "ignored"}
     store = S3Store(aws.client("s3"), source.bucket)
+    scorer = models.current()  # the champion when this file starts; none yet: the message is retried
+    bind(scorer.model)
     if _goes_to_distributed_map(source):
-        return distributed.start(aws.client("stepfunctions"), settings.state_machine_arn or "", store, source)
-    model = holder.load()
+        return distributed.start(aws.client("stepfunctions"), settings.state_machine_arn or "", store, source,
+                                 scorer)
     body = _open_source(source)  # score_file finds a redelivery's manifest before reading any of it
     if body is None:
         return {"status": "superseded"}
-    result = score_file(model, store, source, body, chunk_rows=settings.chunk_rows,
-                        max_file_bytes=settings.max_file_bytes, logger=logger)
+    result = score_file(scorer.model, store, source, body, chunk_rows=settings.chunk_rows,
+                        max_file_bytes=settings.max_file_bytes, logger=logger, model_role=scorer.role)
     manifest = result.manifest
     if not result.skipped:
         rows = manifest["rows"]
@@ -145,12 +160,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 @rt.handler(metrics=False)
 def score_items_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     batch = distributed.ItemBatch.model_validate(event)
-    store = S3Store(aws.client("s3"), batch.batch_input.bucket)
-    return distributed.score_items(holder.load(), store, batch)
+    run = batch.batch_input
+    scorer = models.for_run(run.model_uri, run.model_manifest_sha256, None)
+    bind(scorer.model)
+    return distributed.score_items(scorer.model, S3Store(aws.client("s3"), run.bucket), batch)
 
 
 @rt.handler(metrics=False)
 def finalize_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = distributed.RunInput.model_validate(event)
-    manifest = distributed.finalize(S3Store(aws.client("s3"), run.bucket), run, holder.load())
+    scorer = models.for_run(run.model_uri, run.model_manifest_sha256, run.model_role)
+    bind(scorer.model)
+    manifest = distributed.finalize(S3Store(aws.client("s3"), run.bucket), run, scorer)
     return {"status": manifest["status"], "rows": manifest["rows"], "run_id": manifest["run_id"]}

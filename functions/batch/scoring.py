@@ -105,19 +105,20 @@ def _sequencer_order(sequencer: str) -> tuple[int, str]:
 
 
 def score_file(model: Model, store: Store, source: Source, stream: IO[bytes], *, chunk_rows: int = 5000,
-               max_file_bytes: int | None = None, logger: Log = _log) -> RunResult:
+               max_file_bytes: int | None = None, logger: Log = _log, model_role: str = "pinned") -> RunResult:
     """Score ``stream`` (the content of ``source``) into ``store``; idempotent per file version.
 
     Every file ends with a manifest, whatever its content: a whole-file problem, or an error nobody
     foresaw (code ``internal_error``, its detail in the log), is a rejected manifest. Only a failure
     of the store itself (AwsError) leaves without one, so that the message is delivered again.
+    The manifest's ``model`` names the version and its ``model_role`` (champion, or pinned).
     """
     done = already_done(store, source)
     if done is not None:
         return RunResult(done, skipped=True)
     started, clock = now_iso(), time.perf_counter()
     base = {"run_id": source.run_id, "source": source_dict(source), "started_at": started,
-            "model": {"name": model.manifest.name, "version": model.version}}
+            "model": {"name": model.manifest.name, "version": model.version, "role": model_role}}
     try:
         fmt = FileFormat.from_key(source.key)
         if max_file_bytes is not None and source.size is not None and source.size > max_file_bytes:
