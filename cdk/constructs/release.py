@@ -244,16 +244,24 @@ class ReleaseSteps:
     `entry=True` (the release machine) checks the input and takes the lock first; the retraining machine
     holds the lock already (same owner: its execution) and enters at `admit` with `$.model` and `$.version`
     set. Every path ends at `unlock` -> Succeed, or Fail with the caught error's name when `$.error` is set.
+    `version_path` is where the version is read (the retraining machine's import step answers it);
+    `on_error` runs before that Fail (the retraining machine notifies there).
     """
 
-    def __init__(self, scope: Construct, release: Release, *, entry: bool) -> None:
+    def __init__(self, scope: Construct, release: Release, *, entry: bool, version_path: str = "$.version",
+                 on_error: sfn.INextable | None = None) -> None:
         self.scope, self.function, self.settings = scope, release.function, release.settings
+        self.version_path = version_path
         self.succeeded = sfn.Succeed(scope, RELEASED_STATE, state_name=RELEASED_STATE)
         self.failed = sfn.Fail(scope, FAILED_STATE, state_name=FAILED_STATE,
                                error_path="$.error.Error", cause_path="$.error.Cause")
+        failing: sfn.IChainable = self.failed
+        if on_error is not None:
+            on_error.next(self.failed)
+            failing = on_error  # type: ignore[assignment]
         self.outcome = sfn.Choice(scope, "Outcome", state_name="Outcome",
                                   comment="a caught error fails the run under its own name").when(
-            sfn.Condition.is_present("$.error"), self.failed).otherwise(self.succeeded)
+            sfn.Condition.is_present("$.error"), failing).otherwise(self.succeeded)
         self.unlock = self.invoke(UNLOCK_STATE, {"action": "unlock", "owner": sfn.JsonPath.execution_id},
                                   "$.unlock")
         # The lock expires by itself: a failed unlock must not turn a release into a failure.
@@ -278,7 +286,7 @@ class ReleaseSteps:
         """One release function step; model (and version, where the step names one) come from the state."""
         fields: dict[str, Any] = {"model": sfn.JsonPath.string_at("$.model")}
         if payload["action"] not in ("lock", "unlock"):
-            fields["version"] = sfn.JsonPath.string_at("$.version")
+            fields["version"] = sfn.JsonPath.string_at(self.version_path)
         return tasks.LambdaInvoke(
             self.scope, state_name, state_name=state_name, lambda_function=self.function,
             payload=sfn.TaskInput.from_object({**payload, **fields}), payload_response_only=True,

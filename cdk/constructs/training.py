@@ -264,11 +264,19 @@ class Training(Construct):
         """A fresh validate → teacher → distil → export chain (states belong to one machine each), its
         tasks created under `scope`; the training machine uses one, the retraining machine another."""
         chain: sfn.Chain | None = None
-        for step in STEPS:
-            task = self._task(scope, step)
+        for task in self.training_tasks(scope):
             chain = sfn.Chain.start(task) if chain is None else chain.next(task)
         assert chain is not None
         return chain
+
+    def training_tasks(self, scope: Construct) -> list[tasks.SageMakerCreateTrainingJob]:
+        """Fresh validate, teacher, distil and export tasks under `scope`, not yet chained: a machine that
+        embeds them chains them itself and catches each one's failure."""
+        return [self._task(scope, step) for step in STEPS]
+
+    def export_artifact(self) -> str:
+        """The export job's `model.tar.gz` (the bundle) as a States.Format expression over the state input."""
+        return _runtime(self.plan.model_artifact("export"))
 
     def input_is_valid(self) -> sfn.Condition:
         """What the jobs need from the state input; anything else would fail a job, or worse, read the

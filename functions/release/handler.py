@@ -18,7 +18,7 @@ from ..common.errors import SlimserveError
 from ..common.registry import Registry
 from ..common.runtime import Runtime
 from ..common.settings import ReleaseSettings
-from . import service
+from . import importer, service
 
 rt = Runtime.for_settings(ReleaseSettings)
 logger = rt.logger
@@ -78,7 +78,15 @@ class FirstRelease(_VersionStep):
     action: Literal["first_release"]
 
 
-Step = Annotated[Lock | Unlock | Admit | SetWeight | Compare | Promote | Rollback | FirstRelease,
+class ImportBundle(_Step):
+    """The retraining machine's export job output: unpacked into the model bucket, registered as a candidate."""
+
+    action: Literal["import_bundle"]
+    artifact_uri: str = Field(pattern=r"^s3://[^/]+/.+\.tar\.gz$", max_length=2048)
+    model_bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+Step = Annotated[Lock | Unlock | Admit | SetWeight | Compare | Promote | Rollback | FirstRelease | ImportBundle,
                  Field(discriminator="action")]
 STEP = TypeAdapter(Step)
 
@@ -118,6 +126,8 @@ def run(step: Any) -> dict[str, Any]:
             return service.rollback(reg, settings, step.model, step.version, step.reason, step.figures)
         case FirstRelease():
             return service.first_release(reg, step.model, step.version)
+        case ImportBundle():
+            return importer.import_bundle(reg, aws.client("s3"), step.model, step.artifact_uri, step.model_bucket)
     raise SlimserveError(f"unknown release step {type(step).__name__}")
 
 
@@ -127,4 +137,15 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     result = run(step)
     logger.info("release step", extra={"action": step.action, "model": step.model,
                                        "version": getattr(step, "version", None), "result": result})
+    return result
+
+
+@rt.handler(metrics=False)
+def import_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """The retraining machine's import function: `import_bundle` only (its role cannot move routing)."""
+    step = parse(event)
+    if not isinstance(step, ImportBundle):
+        raise SlimserveError(f"the import function runs import_bundle only, not {step.action}", code="bad_request")
+    result = run(step)
+    logger.info("bundle imported", extra={"model": step.model, "result": result})
     return result

@@ -1,0 +1,228 @@
+"""The synthesized retraining machine on moto's own interpreter: its SageMaker steps through the request
+integration, its Lambda tasks by the real release, import and validation handlers (local dispatcher).
+
+moto's SageMaker writes no artifact, so the happy path has the dispatcher put the export job's
+`model.tar.gz` where the job would have written it, just before the import step reads it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+import botocore.client
+import pytest
+from synth_helpers import ACCOUNT, Synth, function_by_handler, model_bucket_id, resource_id
+from test_release_machine import RELEASE_CONTEXT
+
+from cdk.constructs.model_registry import ValidationGate  # noqa: F401  (the gate's handler below)
+from cdk.constructs.release import HANDLER
+from cdk.constructs.retraining import IMPORT_HANDLER
+from functions.common import aws
+from pipeline.local.emulation import FAKE_CREDENTIALS, REGION
+from pipeline.local.lambdas import lambda_dispatch
+from pipeline.local.server import load_function
+from tests.conftest import breast_cancer
+from tests.integration.release_account import MODEL, TABLE, ReleaseAccount, bundle_version, release_account
+
+pytestmark = pytest.mark.slow  # a full synth, a forest bundle, executions on moto's interpreter
+
+GATE_HANDLER = "functions.validation.handler.lambda_handler"
+CONTEXT = {**RELEASE_CONTEXT, "slimserve:modelName": MODEL}
+
+
+@pytest.fixture(scope="module")
+def retraining_synth(synth_once: Callable[..., Synth]) -> Synth:
+    return synth_once(**CONTEXT)
+
+
+def _render(value: Any, synth: Synth) -> Any:
+    """A template value in moto's account: a bucket's Ref as its lowercased id, a topic's as its ARN named
+    by its id, a function's Arn named by its id (what the dispatcher answers to), roles, image mappings."""
+    resources = synth.template["Resources"]
+    if isinstance(value, str):
+        return value
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return str(separator).join(str(_render(p, synth)) for p in parts)
+    if "Ref" in value:
+        pseudo = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
+                  "AWS::URLSuffix": "amazonaws.com"}
+        if value["Ref"] in pseudo:
+            return pseudo[value["Ref"]]
+        kind = resources[value["Ref"]]["Type"]
+        return f"arn:aws:sns:{REGION}:{ACCOUNT}:{value['Ref']}" if kind == "AWS::SNS::Topic" else value["Ref"].lower()
+    if "Fn::GetAtt" in value:
+        logical_id, _ = value["Fn::GetAtt"]
+        kind = resources[logical_id]["Type"]
+        if kind == "AWS::Lambda::Function":
+            return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{logical_id}"
+        if kind == "AWS::IAM::Role":
+            return f"arn:aws:iam::{ACCOUNT}:role/{logical_id}"
+        if kind == "AWS::S3::Bucket":
+            return f"arn:aws:s3:::{logical_id.lower()}"
+    if "Fn::FindInMap" in value:
+        mapping, first, second = value["Fn::FindInMap"]
+        return str(synth.template["Mappings"][mapping][_render(first, synth)][second])
+    raise AssertionError(f"cannot render {value}")
+
+
+class Retraining:
+    """The synthesized retraining machine in moto and the account it acts on."""
+
+    def __init__(self, synth: Synth, account: ReleaseAccount, workdir: Path) -> None:
+        self.account, self.workdir = account, workdir
+        resources = synth.template["Resources"]
+        machine_id = resource_id(synth, "RetrainingStateMachine", "AWS::StepFunctions::StateMachine")
+        definition = _render(resources[machine_id]["Properties"]["DefinitionString"], synth)
+        self.model_bucket = model_bucket_id(synth).lower()
+        self.artifacts_bucket = resource_id(synth, "TrainingArtifactsBucket", "AWS::S3::Bucket").lower()
+        for bucket in (self.model_bucket, self.artifacts_bucket):
+            account.s3.create_bucket(Bucket=bucket)  # REGION is us-east-1: no location constraint
+        account.s3.put_object(Bucket=self.model_bucket, Key=f"holdout/{MODEL}.csv",
+                              Body=breast_cancer().to_csv(index=False).encode())
+        topic_id = resource_id(synth, "ReleaseTopic", "AWS::SNS::Topic")
+        topic = account.sns.create_topic(Name=topic_id)["TopicArn"]
+        self.failures = account.sqs.create_queue(QueueName="retraining-failures")["QueueUrl"]
+        arn = account.sqs.get_queue_attributes(QueueUrl=self.failures, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"]
+        account.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+        gate = load_function("functions.validation.handler", "", REGISTRY_TABLE=TABLE)
+        self.handlers = {function_by_handler(synth, HANDLER)[0]: self.release_step,
+                         function_by_handler(synth, IMPORT_HANDLER)[0]: self.import_step,
+                         function_by_handler(synth, GATE_HANDLER)[0]: gate.lambda_handler}
+        self.client = boto3.client("stepfunctions", region_name=REGION)
+        self.arn = self.client.create_state_machine(name="retraining", definition=definition,
+                                                    roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn")["stateMachineArn"]
+        self.trained: str | None = None  # the version the export job "writes"; None: it writes nothing
+        self.baked = 0
+
+    def release_step(self, event: dict[str, Any], context: Any) -> Any:
+        if event.get("action") == "compare":  # the canary serves while its stage bakes
+            self.baked += 1
+            self.account.traffic(200, start=self.baked * 1000)
+        return self.account.release.lambda_handler(event, context)
+
+    def import_step(self, event: dict[str, Any], context: Any) -> Any:
+        if self.trained is not None:  # where the export job would have written its output
+            folder = bundle_version(self.account.bundle, self.trained, self.workdir)
+            data = io.BytesIO()
+            with tarfile.open(fileobj=data, mode="w:gz") as archive:
+                for path in sorted(folder.iterdir()):
+                    archive.add(path, arcname=path.name)
+            target = urlparse(event["artifact_uri"])
+            self.account.s3.put_object(Bucket=target.netloc, Key=target.path.lstrip("/"), Body=data.getvalue())
+        return self.account.release.import_handler(event, context)
+
+    def run(self, name: str) -> dict[str, Any]:
+        state_input = {"model": MODEL, "run_id": name, "data_prefix": f"{MODEL}/2026-11",
+                       "hyperparameters": {"target": "target"},
+                       "holdout_uri": f"s3://{self.model_bucket}/holdout/{MODEL}.csv"}
+        with lambda_dispatch(self.handlers):
+            execution = self.client.start_execution(stateMachineArn=self.arn, name=name,
+                                                    input=json.dumps(state_input))
+            deadline = time.monotonic() + 600  # a loaded machine is slow, not wrong: only a hang fails here
+            while time.monotonic() < deadline:
+                described = self.client.describe_execution(executionArn=execution["executionArn"])
+                if described["status"] != "RUNNING":
+                    return dict(described)
+                time.sleep(0.05)
+        raise AssertionError("the execution did not finish in 10 minutes")
+
+    def failure_notices(self) -> list[dict[str, Any]]:
+        messages = self.account.sqs.receive_message(QueueUrl=self.failures, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in messages]
+
+
+@pytest.fixture
+def retraining(retraining_synth: Synth, rf_bundle: Path, tmp_path: Path) -> Iterator[Retraining]:
+    from moto import mock_aws
+
+    saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
+    os.environ.update(FAKE_CREDENTIALS)
+    aws.client.cache_clear()
+    try:
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}):
+            for account in release_account(rf_bundle, tmp_path):
+                account.add_version("v1")
+                account.step("first_release", version="v1")
+                account.serve()
+                yield Retraining(retraining_synth, account, tmp_path)
+    finally:
+        aws.client.cache_clear()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_a_training_failure_leaves_the_champion_serving_frees_the_lock_and_notifies(
+        retraining: Retraining, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = botocore.client.BaseClient._make_api_call
+
+    def teacher_fails(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "CreateTrainingJob" and params["TrainingJobName"].endswith("-teacher"):
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "ResourceLimitExceeded", "Message": "no GPU instance left"}}, operation)
+        return real(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", teacher_fails)
+    before = retraining.account.registry.list(MODEL)
+    done = retraining.run("r-fails")
+    assert done["status"] == "FAILED", done
+    registry = retraining.account.registry
+    assert registry.champion(MODEL).version == "v1" and registry.lock(MODEL) is None  # type: ignore[union-attr]
+    assert registry.list(MODEL) == before
+    assert retraining.account.traffic(5) == {"v1": 5}
+    (notice,) = retraining.failure_notices()
+    assert notice["event"] == "retraining_failed" and notice["run_id"] == "r-fails" and notice["error"]
+
+
+def test_a_retrained_bundle_is_imported_judged_and_promoted_by_canary(retraining: Retraining) -> None:
+    retraining.trained = "r2"
+    done = retraining.run("r-good")
+    assert done["status"] == "SUCCEEDED", done
+    output = json.loads(done["output"])
+    assert output["imported"]["version"] == "r2" and output["gate"]["admitted"] is True
+    assert output["outcome"] == "promoted"
+    registry = retraining.account.registry
+    assert registry.champion(MODEL).version == "r2" and registry.lock(MODEL) is None  # type: ignore[union-attr]
+    assert retraining.account.traffic(5) == {"r2": 5}
+    assert retraining.failure_notices() == []
+
+
+def test_a_run_whose_export_wrote_nothing_fails_by_name_and_frees_the_lock(retraining: Retraining) -> None:
+    done = retraining.run("r-empty")
+    assert done["status"] == "FAILED", done
+    registry = retraining.account.registry
+    assert registry.champion(MODEL).version == "v1" and registry.lock(MODEL) is None  # type: ignore[union-attr]
+    (notice,) = retraining.failure_notices()
+    assert notice["run_id"] == "r-empty"
+
+
+def _alarm_event(name: str, state: str = "ALARM") -> dict[str, Any]:
+    return {"source": "aws.cloudwatch", "detail-type": "CloudWatch Alarm State Change", "account": ACCOUNT,
+            "region": REGION, "detail": {"alarmName": name, "state": {"value": state}}}
+
+
+def test_only_a_drift_alarm_of_the_model_entering_alarm_starts_a_retraining_run(retraining_synth: Synth) -> None:
+    from moto.events.models import EventPattern
+
+    rule = retraining_synth.template["Resources"][
+        resource_id(retraining_synth, "RetrainingDriftAlarmRule", "AWS::Events::Rule")]["Properties"]
+    pattern = EventPattern.load(json.dumps(rule["EventPattern"]))
+    assert pattern.matches_event(_alarm_event(f"slimserve-{MODEL}-drift-psi"))
+    assert not pattern.matches_event(_alarm_event(f"slimserve-{MODEL}-drift-psi", state="OK"))
+    assert not pattern.matches_event(_alarm_event(f"slimserve-{MODEL}-champion-errors"))
+    assert not pattern.matches_event(_alarm_event("slimserve-other-drift-psi"))
+    (target,) = rule["Targets"]
+    machine = resource_id(retraining_synth, "RetrainingStateMachine", "AWS::StepFunctions::StateMachine")
+    assert target["Arn"] == {"Ref": machine} and "DeadLetterConfig" in target
