@@ -25,6 +25,7 @@ from ..constructs.model_registry import (
 from ..constructs.model_store import ModelStore, ModelStoreProps
 from ..constructs.monitoring import Monitoring
 from ..constructs.release import Release, ReleaseMachineSettings, ReleaseProps
+from ..constructs.retraining import Retraining, RetrainingProps, RetrainingSettings
 from ..constructs.serving_api import ServingApi, ServingApiProps
 from ..constructs.training import Training, TrainingProps, TrainingSettings
 
@@ -54,6 +55,8 @@ class ServingStackProps:
     """The SageMaker training jobs and their state machine (always on)."""
     release: ReleaseMachineSettings = field(default_factory=ReleaseMachineSettings)
     """Model releases by canary: stage weights, bake, the least canary traffic a comparison needs."""
+    retraining: RetrainingSettings = field(default_factory=RetrainingSettings)
+    """Retraining runs (train, import, gate, release): the schedule (off by default) and triggered runs' data."""
 
     def resolved_prefix(self) -> str:
         if self.model_prefix is not None:
@@ -112,6 +115,19 @@ class ServingStack(Stack):
             monitoring=self.monitoring,
             architecture=props.architecture,
             settings=props.release,
+        ))
+        # Started by hand, by drift alarms (`slimserve-<model>-drift-*`) and by the schedule when one is set.
+        self.retraining = Retraining(self, "Retraining", RetrainingProps(
+            model_name=props.model_name,
+            training=self.training,
+            validation=self.validation,
+            release=self.release,
+            model_bucket=self.model_store.bucket,
+            table=self.registry.table,
+            layer=self.layers.runtime,
+            monitoring=self.monitoring,
+            architecture=props.architecture,
+            settings=props.retraining,
         ))
         self.batch: BatchScoring | None = None
         if props.batch is not None:
