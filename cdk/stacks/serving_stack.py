@@ -13,6 +13,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from ..constructs.batch_scoring import BatchScoring, BatchScoringProps, BatchScoringSettings
+from ..constructs.code_release import CodeRelease, CodeReleaseProps
 from ..constructs.guardrails import FunctionGuardrails
 from ..constructs.layers import DEFAULT_PARQUET_LAYER_DIR, DEFAULT_RUNTIME_LAYER_DIR, Layers, LayersProps
 from ..constructs.model_registry import (
@@ -94,6 +95,15 @@ class ServingStack(Stack):
         self.role_alarms = self.monitoring.model_roles(self.serving, props.model_name)
         self.alias_alarms = self.monitoring.alias(self.serving, self.serving.function, self.serving.alias)
         self.api_alarm = self.monitoring.api_errors(self.serving, self.serving.api)
+        # Code reaches alias `live` by canary, under the alias alarms and the model's release lock.
+        self.code_release = CodeRelease(self, "CodeRelease", CodeReleaseProps(
+            alias=self.serving.alias,
+            alarms=self.alias_alarms,
+            model_name=props.model_name,
+            table=self.registry.table,
+            layer=self.layers.runtime,
+            architecture=props.architecture,
+        ))
         self.validation = ValidationGate(self, "Validation", ValidationGateProps(
             model_bucket=self.model_store.bucket,
             table=self.registry.table,

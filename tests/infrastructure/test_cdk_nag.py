@@ -51,6 +51,15 @@ EXPECTED_ACKNOWLEDGEMENTS = {
         "AwsSolutions-IAM5[Resource::*]",
         "AwsSolutions-IAM5[Resource::<ReleaseFunction7C47E101.Arn>:*]",
     },
+    "/CodeRelease/BeforeTrafficHook": {"AwsSolutions-L1"},
+    "/CodeRelease/BeforeTrafficHookRole": {"AwsSolutions-IAM5[Resource::*]"},
+    "/CodeRelease/AfterTrafficHook": {"AwsSolutions-L1"},
+    "/CodeRelease/AfterTrafficHookRole": {"AwsSolutions-IAM5[Resource::*]"},
+    "/CodeRelease/DeploymentGroup/ServiceRole": {
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSCodeDeployRoleForLambdaLimited]",
+        "AwsSolutions-IAM5[Resource::<CodeReleaseBeforeTrafficHookF282B2FC.Arn>:*]",
+        "AwsSolutions-IAM5[Resource::<CodeReleaseAfterTrafficHook3AC8A562.Arn>:*]",
+    },
     "/Training/StateMachineRole": {
         "AwsSolutions-IAM5[Resource::*]",
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:training-job/*]",

@@ -43,6 +43,7 @@ UNSCOPED_ACTIONS: dict[str, tuple[str, str | None]] = {
 MANAGED_POLICIES = {
     "AmazonAPIGatewayPushToCloudWatchLogs": "API Gateway's account-wide logging role (CDK's RestApi)",
     "AWSLambdaBasicExecutionRole": "CDK's bucket-notifications helper, which runs at deploy time",
+    "AWSCodeDeployRoleForLambdaLimited": "CodeDeploy's own Lambda role (CDK's LambdaDeploymentGroup): moves alias live",
 }
 
 
