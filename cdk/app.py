@@ -56,6 +56,10 @@ def _integration(value: Any) -> Integration:
     raise ValueError(f"context {CTX}trainingIntegration must be 'sync' or 'request', got {value!r}")
 
 
+# Model pins of earlier versions: refused rather than ignored, so nobody believes a version is pinned.
+RETIRED_CONTEXT = ("modelVersion", "modelPrefix", "modelManifestSha256")
+
+
 def stack_props_from_context(app: App, layer_dir: Path | None = None,
                              parquet_layer_dir: Path | None = None) -> ServingStackProps:
     """Typed stack props from CDK context; the one place where context strings become settings."""
@@ -64,14 +68,14 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None,
         return default if value is None else value
 
     defaults = ServingStackProps()
+    for gone in RETIRED_CONTEXT:
+        if ctx(gone) is not None:
+            raise ValueError(f"context {CTX}{gone} is no longer read: serving and batch scoring follow the registry's "
+                             "champion; make one with `slimserve release`")
     layer = layer_dir or ctx("layerDir")
     parquet_layer = parquet_layer_dir or ctx("parquetLayerDir")
-    sha = ctx("modelManifestSha256")
     return ServingStackProps(
         model_name=str(ctx("modelName", defaults.model_name)),
-        model_version=str(ctx("modelVersion", defaults.model_version)),
-        model_prefix=ctx("modelPrefix"),
-        model_manifest_sha256=str(sha) if sha else None,
         api_key_required=_as_bool(ctx("apiKeyRequired", False), CTX + "apiKeyRequired"),
         architecture=_architecture(ctx("architecture", "x86_64")),
         layer_dir=Path(layer) if layer else defaults.layer_dir,

@@ -11,10 +11,12 @@ function never gets the parquet layer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
@@ -26,6 +28,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from functions.batch import MAP_BATCH_INPUT
 from functions.common.layout import (
     INCOMING_PREFIX,
     MANIFESTS_PREFIX,
@@ -37,7 +40,7 @@ from functions.common.layout import (
 from functions.common.settings import EPHEMERAL_MIN_MIB, BatchSettings
 
 from .buckets import AccessLogs, abort_incomplete_uploads, secure_bucket
-from .checks import check_key_prefix, check_range, check_sha256
+from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
 from .monitoring import Monitoring
 from .nag import ack, arn_token, checkov_skip
@@ -116,11 +119,16 @@ class BatchScoringSettings:
         return Duration.seconds(self.topology.visibility_timeout_seconds)
 
 
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 @dataclass(frozen=True)
 class BatchScoringProps:
     model_bucket: s3.IBucket
-    model_prefix: str
-    """Key prefix of one model bundle, e.g. "models/churn/3/"; the functions may read nothing else there."""
+    model_name: str
+    """The model scored: its champion in the registry, its bundles under `models/<model_name>/` (nothing else)."""
+    registry_table: dynamodb.ITable
+    """The model registry: the functions read this model's routing item only."""
     layer: lambda_.ILayerVersion
     """The runtime layer the inference function uses (onnxruntime, numpy): one layer, one version."""
     parquet_layer: lambda_.ILayerVersion
@@ -128,13 +136,12 @@ class BatchScoringProps:
     access_log_bucket: s3.IBucket
     """Where the scoring bucket's server access logs go (the model store's log bucket)."""
     monitoring: Monitoring
-    model_manifest_sha256: str | None = None
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
     settings: BatchScoringSettings = field(default_factory=BatchScoringSettings)
 
     def validate(self) -> None:
-        check_key_prefix(_PROPS, "model_prefix", self.model_prefix)
-        check_sha256(_PROPS, "model_manifest_sha256", self.model_manifest_sha256)
+        if not _MODEL_NAME.match(self.model_name):
+            raise ValueError(f"{_PROPS}.model_name must match {_MODEL_NAME.pattern}, got {self.model_name!r}")
         self.settings.validate()
 
 
@@ -236,8 +243,8 @@ class BatchScoring(Construct):
         """The three functions share their settings; only the batch function gets the state machine's ARN
         (the machine invokes the other two, so giving them its ARN would be a circular reference)."""
         settings = BatchSettings(
-            model_uri=f"s3://{self.props.model_bucket.bucket_name}/{self.props.model_prefix}",
-            model_manifest_sha256=self.props.model_manifest_sha256,
+            model_name=self.props.model_name,
+            registry_table=self.props.registry_table.table_name,
             max_file_bytes=self.settings.max_file_bytes,
             distributed_threshold_bytes=self.settings.distributed_threshold_bytes,
             chunk_rows=self.settings.chunk_rows,
@@ -256,8 +263,13 @@ class BatchScoring(Construct):
             ephemeral_storage_mib=settings.ephemeral_storage if spools_files else EPHEMERAL_MIN_MIB,
             invoked_by=invoked_by,
         ))
-        # Every batch function reads the bundle; the finalize step's manifest names the version it verified.
-        fn.grant_read_objects(self.props.model_bucket, {f"{self.props.model_prefix}*": "one bundle prefix only"})
+        # Every batch function reads bundles of its model only: the champion, or the one a map run started with.
+        fn.grant_read_objects(self.props.model_bucket,
+                              {f"models/{self.props.model_name}/*": "the scored model's versions only"})
+        # The routing item only: GetItem on this model's partition key, nothing written, no other model.
+        fn.add_to_role_policy(iam.PolicyStatement(
+            sid="ReadRouting", actions=["dynamodb:GetItem"], resources=[self.props.registry_table.table_arn],
+            conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [self.props.model_name]}}))
         return fn
 
     def _grant_run_parts_read(self, fn: SlimserveFunction) -> None:
@@ -268,7 +280,8 @@ class BatchScoring(Construct):
     # --- state machine ----------------------------------------------------------------------------
 
     def _state_machine(self) -> sfn.StateMachine:
-        """Input: {"bucket", "key", "version_id", "etag", "run_id", "sequencer"} from the batch function."""
+        """Input: {"bucket", "key", "version_id", "etag", "run_id", "sequencer", "model_uri",
+        "model_manifest_sha256", "model_role"} from the batch function: the bundle is fixed for the whole run."""
         score_chunk = tasks.LambdaInvoke(
             self, "ScoreChunkTask", state_name=SCORE_CHUNK_STATE,
             lambda_function=self.map_function,
@@ -286,8 +299,8 @@ class BatchScoring(Construct):
                 max_items_per_batch=self.settings.chunk_rows,
                 # A child's input is capped at 256 KiB: wide rows end a batch before chunk_rows do.
                 max_input_bytes_per_batch=240 * 1024,
-                batch_input={"bucket.$": "$.bucket", "key.$": "$.key",
-                             "version_id.$": "$.version_id", "run_id.$": "$.run_id"},
+                # Every chunk gets the run's bundle (MAP_BATCH_INPUT): a promotion mid-run cannot mix versions.
+                batch_input={f"{name}.$": f"$.{name}" for name in MAP_BATCH_INPUT},
             ),
             max_concurrency=self.settings.map_max_concurrency,
             tolerated_failure_percentage=0,

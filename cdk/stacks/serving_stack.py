@@ -36,12 +36,7 @@ _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 @dataclass(frozen=True)
 class ServingStackProps:
     model_name: str = "demo"
-    model_version: str = "1"
-    """Batch scoring's pinned bundle only; serving follows the registry's champion and canary."""
-    model_prefix: str | None = None
-    """Batch scoring's pinned bundle; defaults to the bundle layout's `models/<model_name>/<model_version>/`."""
-    model_manifest_sha256: str | None = None
-    """Batch scoring's pin of that bundle's manifest."""
+    """The model served and batch-scored: both follow its champion (and canary) in the registry."""
     api_key_required: bool = False
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
     layer_dir: Path = DEFAULT_RUNTIME_LAYER_DIR
@@ -60,12 +55,10 @@ class ServingStackProps:
     """Retraining runs (train, import, gate, release): the schedule (off by default) and triggered runs' data."""
 
     def resolved_prefix(self) -> str:
-        if self.model_prefix is not None:
-            return self.model_prefix
-        for label, value in (("model_name", self.model_name), ("model_version", self.model_version)):
-            if not _NAME_PART.match(value):
-                raise ValueError(f"ServingStackProps.{label} must match {_NAME_PART.pattern}, got {value!r}")
-        return f"models/{self.model_name}/{self.model_version}/"
+        """The key prefix of the model's versions in the model bucket, `models/<model_name>/`."""
+        if not _NAME_PART.match(self.model_name):
+            raise ValueError(f"ServingStackProps.model_name must match {_NAME_PART.pattern}, got {self.model_name!r}")
+        return f"models/{self.model_name}/"
 
 
 class ServingStack(Stack):
@@ -141,11 +134,11 @@ class ServingStack(Stack):
         ))
         self.batch: BatchScoring | None = None
         if props.batch is not None:
-            # Same model pin, layer and log bucket as serving: one deploy scores online and in batch alike.
+            # Same model, registry, layer and log bucket as serving: each file is scored by the champion then.
             self.batch = BatchScoring(self, "Batch", BatchScoringProps(
                 model_bucket=self.model_store.bucket,
-                model_prefix=props.resolved_prefix(),
-                model_manifest_sha256=props.model_manifest_sha256,
+                model_name=props.model_name,
+                registry_table=self.registry.table,
                 layer=self.layers.runtime,
                 parquet_layer=self.layers.require_parquet(),
                 access_log_bucket=self.model_store.access_log_bucket,

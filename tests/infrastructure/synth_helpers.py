@@ -23,8 +23,8 @@ from cdk.app import STACK_ID, build_app  # noqa: E402
 # Tests set the model through context, so a changed default in cdk.json cannot move their target.
 # The default variant is the serving stack alone (`-c slimserve:batchScoring=false`); cdk.json
 # switches batch scoring on for a plain `cdk deploy`, and BATCH_CONTEXT tests that stack.
-MODEL_CONTEXT = {"slimserve:modelName": "churn", "slimserve:modelVersion": "7", "slimserve:batchScoring": "false"}
-MODEL_PREFIX = "models/churn/7/"
+MODEL_CONTEXT = {"slimserve:modelName": "churn", "slimserve:batchScoring": "false"}
+MODEL_PREFIX = "models/churn/7/"  # one version's bundle prefix, as the registry names it
 BATCH_CONTEXT = {**MODEL_CONTEXT, "slimserve:batchScoring": "true"}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aws_cdk import App, Stack
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from cfnlint.api import lint_all
@@ -23,10 +24,10 @@ from cdk.constructs.monitoring import Monitoring
 from cdk.stacks.serving_stack import ServingStack, ServingStackProps
 
 BUCKET = "<BatchScoringBucket0B6940EF.Arn>"
-MODEL = "<ModelStoreModelBucket1791D663.Arn>/models/churn/7/*"
+MODEL = "<ModelStoreModelBucket1791D663.Arn>/models/churn/*"  # every version of the model: champions change
 EXECUTIONS = ('arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:'
               '{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"BatchStateMachineA1FF2995"}]}]}')
-GRANT_READ = {f"AwsSolutions-IAM5[Resource::{MODEL}]"}  # s3:GetObject on the bundle prefix, no listing
+GRANT_READ = {f"AwsSolutions-IAM5[Resource::{MODEL}]"}  # s3:GetObject on the model's bundles, no listing
 XRAY_AND_PUT = {"AwsSolutions-IAM5[Resource::*]", "AwsSolutions-IAM5[Action::s3:Abort*]"}
 # Every acknowledgement batch scoring adds, by construct path; each reason sits next to it in the construct.
 BATCH_ACKNOWLEDGEMENTS = {
@@ -92,7 +93,9 @@ def _build(layers: tuple[Path, Path], settings: BatchScoringSettings | None = No
     layer_dir, parquet_layer_dir = layers
     stack = Stack(App(), "BatchPropsTest")
     built = Layers(stack, "Layers", LayersProps(runtime_dir=layer_dir, parquet_dir=parquet_layer_dir))
-    props = BatchScoringProps(model_bucket=s3.Bucket(stack, "Models"), model_prefix="models/m/1/",
+    props = BatchScoringProps(model_bucket=s3.Bucket(stack, "Models"), model_name="m",
+                              registry_table=dynamodb.Table(stack, "Registry", partition_key=dynamodb.Attribute(
+                                  name="model", type=dynamodb.AttributeType.STRING)),
                               layer=built.runtime, parquet_layer=built.require_parquet(),
                               access_log_bucket=s3.Bucket(stack, "Logs"), monitoring=Monitoring(stack, "Monitoring"),
                               settings=settings or BatchScoringSettings())
@@ -123,15 +126,20 @@ def test_bad_batch_settings_raise_value_error(layers: tuple[Path, Path], overrid
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"model_prefix": "models/m/1"}, r"model_prefix must be a relative key prefix ending with '/'"),
-    ({"model_prefix": "/models/m/1/"}, r"model_prefix must be a relative key prefix"),
-    ({"model_prefix": "models/*/"}, r"model_prefix must be a relative key prefix .* without '\*'"),
-    ({"model_manifest_sha256": "abc"}, r"model_manifest_sha256 must be 64 hex characters"),
+    ({"model_name": "m/1"}, r"model_name must match"),
+    ({"model_name": "*"}, r"model_name must match"),
+    ({"model_name": ""}, r"model_name must match"),
 ])
 def test_bad_batch_props_raise_value_error(layers: tuple[Path, Path], overrides: dict[str, Any],
                                           message: str) -> None:
     with pytest.raises(ValueError, match=r"BatchScoringProps\." + message):
         _build(layers, **overrides)
+
+
+@pytest.mark.parametrize("key", ["modelVersion", "modelPrefix", "modelManifestSha256"])
+def test_a_retired_model_pin_in_context_is_refused_not_ignored(layer_dir: Path, key: str) -> None:
+    with pytest.raises(ValueError, match=rf"context slimserve:{key} is no longer read: .* `slimserve release`"):
+        build_app(layer_dir=layer_dir, context={f"slimserve:{key}": "7"})
 
 
 def test_missing_parquet_layer_tells_how_to_build_it(layer_dir: Path, tmp_path: Path) -> None:
@@ -165,7 +173,7 @@ def test_stack_settings_reach_the_construct(layer_dir: Path, parquet_layer_dir: 
     stack = ServingStack(app, "Composed", ServingStackProps(layer_dir=layer_dir, parquet_layer_dir=parquet_layer_dir,
                                                             batch=settings))
     assert stack.batch is not None and stack.batch.settings == settings
-    assert stack.batch.props.model_prefix == "models/demo/1/"
+    assert stack.batch.props.model_name == "demo" and stack.batch.props.registry_table is stack.registry.table
     assert stack.batch.props.layer is stack.layers.runtime is stack.serving.props.layer
     assert stack.layers.props.parquet_dir == parquet_layer_dir
 

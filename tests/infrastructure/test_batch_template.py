@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from synth_helpers import MODEL_PREFIX, Synth, as_list, function_by_handler, model_bucket_id, role_statements
+from synth_helpers import Synth, as_list, function_by_handler, model_bucket_id, role_statements
 
 from cdk.constructs.batch_scoring import (
     FINALIZE_HANDLER,
@@ -17,6 +17,7 @@ from cdk.constructs.batch_scoring import (
     MAP_STATE,
     SCORE_CHUNK_STATE,
 )
+from functions.batch import MAP_BATCH_INPUT
 from functions.common.settings import BatchSettings
 
 pytestmark = pytest.mark.slow  # the first test in a session pays for a full synth (~10 s)
@@ -31,6 +32,11 @@ READ_ACTIONS = ("s3:Get", "s3:List")
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+def _registry_table_id(synth: Synth) -> str:
+    (table_id,) = [k for k in synth.resources("AWS::DynamoDB::Table") if k.startswith("Registry")]
+    return table_id
+
 
 def _role_id(function_props: dict[str, Any]) -> str:
     return function_props["Role"]["Fn::GetAtt"][0]
@@ -272,8 +278,11 @@ def test_batch_function_environment(batch_synth: Synth) -> None:
     _, fn = function_by_handler(batch_synth, HANDLER)
     state_machine_id, _ = _state_machine(batch_synth)
     variables = fn["Environment"]["Variables"]
+    assert "MODEL_URI" not in variables and "MODEL_MANIFEST_SHA256" not in variables  # no version fixed at synth
     assert variables.items() >= {
-        "MODEL_URI": {"Fn::Join": ["", ["s3://", {"Ref": model_bucket_id(batch_synth)}, f"/{MODEL_PREFIX}"]]},
+        "MODEL_NAME": "churn",
+        "REGISTRY_TABLE": {"Ref": _registry_table_id(batch_synth)},
+        "ROUTING_TTL_SECONDS": "0.0",  # one read of the routing item per file, at its start
         "MAX_FILE_BYTES": str(5 * 1024**3),
         "DISTRIBUTED_THRESHOLD_BYTES": str(256 * 1024**2),
         "CHUNK_ROWS": "5000",
@@ -288,7 +297,7 @@ def test_batch_function_environment(batch_synth: Synth) -> None:
 
 def test_only_the_batch_function_gets_tmp_sized_for_one_spooled_file(batch_synth: Synth) -> None:
     _, fn = function_by_handler(batch_synth, HANDLER)
-    expected = BatchSettings(model_uri="s3://b/p/").ephemeral_storage
+    expected = BatchSettings(model_name="churn", registry_table="t").ephemeral_storage
     assert expected > 512 and fn["EphemeralStorage"] == {"Size": expected}
     for handler in (MAP_HANDLER, FINALIZE_HANDLER):
         assert "EphemeralStorage" not in function_by_handler(batch_synth, handler)[1]
@@ -340,11 +349,16 @@ def test_batch_function_cannot_write_incoming(batch_synth: Synth) -> None:
 
 
 @pytest.mark.parametrize("handler", [HANDLER, MAP_HANDLER, FINALIZE_HANDLER])
-def test_batch_functions_read_only_the_model_prefix(batch_synth: Synth, handler: str) -> None:
+def test_batch_functions_read_only_their_models_bundles_and_routing_item(batch_synth: Synth, handler: str) -> None:
     role_id = _role_id(function_by_handler(batch_synth, handler)[1])
     model_id = model_bucket_id(batch_synth)
-    assert _s3_grants(batch_synth, role_id, model_id, write=False) == {f"{MODEL_PREFIX}*"}
+    assert _s3_grants(batch_synth, role_id, model_id, write=False) == {"models/churn/*"}
     assert _s3_grants(batch_synth, role_id, model_id, write=True) == set()
+    (registry,) = [s for s in role_statements(batch_synth, role_id)
+                   if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
+    assert (registry["Action"], registry["Resource"]) == (
+        "dynamodb:GetItem", {"Fn::GetAtt": [_registry_table_id(batch_synth), "Arn"]})
+    assert registry["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["churn"]}}
 
 
 def test_finalize_lists_only_under_runs(batch_synth: Synth) -> None:
@@ -404,9 +418,12 @@ def test_definition_starts_with_a_distributed_map_reading_the_csv_key(batch_synt
     assert state["ItemBatcher"] == {
         "MaxItemsPerBatch": 5000,
         "MaxInputBytesPerBatch": 240 * 1024,  # under the 256 KiB cap on a child input
+        # Each chunk gets the bundle the run started with, never the routing item: one version per run.
         "BatchInput": {"bucket.$": "$.bucket", "key.$": "$.key", "version_id.$": "$.version_id",
-                       "run_id.$": "$.run_id"},
+                       "run_id.$": "$.run_id", "model_uri.$": "$.model_uri",
+                       "model_manifest_sha256.$": "$.model_manifest_sha256"},
     }
+    assert {k.removesuffix(".$") for k in state["ItemBatcher"]["BatchInput"]} == set(MAP_BATCH_INPUT)
     assert state["MaxConcurrency"] == 20
     assert state.get("ToleratedFailurePercentage", 0) == 0  # ASL's default: one failed chunk fails the run
     assert "ToleratedFailureCount" not in state
