@@ -42,6 +42,25 @@ EXPECTED_ACKNOWLEDGEMENTS = {
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
         "log-group:/aws/sagemaker/TrainingJobs:*]",
     },
+    "/Retraining/ImportFunction": {
+        "AwsSolutions-L1",
+    },
+    "/Retraining/ImportFunctionRole": {
+        "AwsSolutions-IAM5[Action::s3:Abort*]",
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/churn/*]",
+        "AwsSolutions-IAM5[Resource::<TrainingArtifactsBucket4D77C497.Arn>/runs/*]",
+    },
+    "/Retraining/StateMachineRole": {
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Resource::<ReleaseFunction7C47E101.Arn>:*]",
+        "AwsSolutions-IAM5[Resource::<RetrainingImportFunctionCC7207C7.Arn>:*]",
+        "AwsSolutions-IAM5[Resource::<ValidationFunction0B4D9E78.Arn>:*]",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:training-job/*]",
+    },
+    "/Retraining/TriggerDeadLetters": {
+        "AwsSolutions-SQS3",
+    },
     "/Release/Function": {"AwsSolutions-L1"},
     "/Release/FunctionRole": {"AwsSolutions-IAM5[Resource::*]"},
     "/Release/RollbackFunction": {"AwsSolutions-L1"},
