@@ -65,6 +65,7 @@ def test_upload_is_scored_end_to_end(aws: dict[str, Any]) -> None:
     manifest = json.loads(get(aws, "manifests/daily run.csv.json"))  # the key arrived URL-encoded
     assert manifest["status"] == "complete" and manifest["rows"] == {"in": 40, "scored": 38, "rejected": 2}
     assert manifest["source"]["etag"]  # (the emulated notification carries no versionId; S3's does)
+    assert manifest["model"] == {"name": "cancer", "version": "v1", "role": "pinned"}  # MODEL_URI pins the bundle
     scored = list(csv.DictReader(io.StringIO(get(aws, "scored/daily run.csv").decode())))
     rejected = list(csv.DictReader(io.StringIO(get(aws, "rejected/daily run.csv").decode())))
     assert len(scored) == 38 and [r["line"] for r in rejected] == ["6", "10"]  # physical lines, header = 1
@@ -132,6 +133,7 @@ def test_big_csv_goes_to_the_distributed_map_once(aws: dict[str, Any]) -> None:
     assert len(executions) == 1
     run = json.loads(sfn.describe_execution(executionArn=executions[0]["executionArn"])["input"])
     assert run["key"] == "incoming/big.csv" and executions[0]["name"] == run["run_id"]
+    assert (run["model_uri"], run["model_role"]) == (aws["model_uri"], "pinned")  # the run's bundle, fixed
 
 
 def test_distributed_map_batches_and_finalize_give_one_manifest(aws: dict[str, Any]) -> None:
