@@ -133,13 +133,15 @@ def test_no_statement_grants_s3_writes_but_validation_reports_or_s3_on_every_res
     (artifacts,) = [v["Value"]["Ref"] for k, v in default_synth.template["Outputs"].items()
                     if k.startswith("TrainingArtifactsBucketName")]
     runs_objects = {"Fn::Join": ["", [{"Fn::GetAtt": [artifacts, "Arn"]}, "/runs/*"]]}
+    # The retraining import writes the trained bundles of the stack's model.
+    imported = {"Fn::Join": ["", [{"Fn::GetAtt": [model_bucket_id(default_synth), "Arn"]}, "/models/churn/*"]]}
     for policy in default_synth.resources("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = as_list(statement["Action"])
             s3_actions = [a for a in actions if a.startswith("s3:")]
             assert not [a for a in s3_actions if a.startswith("s3:Delete") or a == "s3:*"], statement
             if any(a.startswith("s3:Put") for a in s3_actions):  # the gate's report per bundle; training jobs' runs/
-                assert statement["Resource"] in (report_objects, runs_objects), statement
+                assert statement["Resource"] in (report_objects, runs_objects, imported), statement
             if s3_actions:
                 assert "*" not in as_list(statement["Resource"]), statement
 
