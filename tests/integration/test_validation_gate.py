@@ -23,6 +23,7 @@ from pipeline.cli import main as cli
 from tests.conftest import mixed_pipeline
 
 SEED = 11
+pytestmark = pytest.mark.slow  # four gradient-boosted bundles fitted and converted once per module
 
 
 def gate_frame(n: int, seed: int) -> pd.DataFrame:

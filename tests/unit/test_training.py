@@ -54,6 +54,7 @@ def test_soften_keeps_argmax_and_spreads_mass() -> None:
     assert (warm.max(axis=1) < proba.max(axis=1)).all()
 
 
+@pytest.mark.slow  # trains a teacher and a student: tens of seconds on a loaded machine
 def test_distilled_student_mimics_the_teacher_better_than_a_hard_label_student() -> None:
     frame = mixed_frame(1500)
     X, y = frame.drop(columns=["churn"]), frame["churn"]
@@ -78,6 +79,7 @@ def test_distilled_student_mimics_the_teacher_better_than_a_hard_label_student()
     assert cross_entropy_to_teacher(soft) < cross_entropy_to_teacher(hard)
 
 
+@pytest.mark.slow  # trains a teacher and a student: tens of seconds on a loaded machine
 def test_train_gives_a_servable_bundle_and_the_same_metrics_for_the_same_seed(tmp_path: Path) -> None:
     data = tmp_path / "data.csv"
     mixed_frame(600).to_csv(data, index=False)
@@ -95,6 +97,7 @@ def test_train_gives_a_servable_bundle_and_the_same_metrics_for_the_same_seed(tm
     assert result.predictions[0] in ("yes", "no")
 
 
+@pytest.mark.slow  # trains a teacher and a student: tens of seconds on a loaded machine
 def test_regression_chain(tmp_path: Path) -> None:
     from sklearn.datasets import load_diabetes
 
