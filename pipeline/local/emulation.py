@@ -25,16 +25,21 @@ FAKE_CREDENTIALS = {
 }
 
 
+# moto runs the synthesized state machines itself; Lambda tasks go to the in-process dispatcher (lambdas.py).
+STATE_MACHINES = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+
+
 @contextmanager
-def emulated_account() -> Iterator[None]:
-    """Fake credentials first, then moto: no request can reach a real account."""
+def emulated_account(config: dict[str, Any] | None = None) -> Iterator[None]:
+    """Fake credentials first, then moto: no request can reach a real account. ``config`` is moto's
+    (e.g. to execute state machines)."""
     saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
     os.environ.update(FAKE_CREDENTIALS)
     from moto import mock_aws
 
     aws.client.cache_clear()  # the functions' clients are made inside the emulation, never reused from outside
     try:
-        with mock_aws():
+        with mock_aws(config=config):  # type: ignore[arg-type]
             yield
     finally:
         aws.client.cache_clear()

@@ -150,3 +150,17 @@ def resource_id(synth: Synth, prefix: str, resource_type: str) -> str:
     found = [k for k in synth.resources(resource_type) if k.startswith(prefix)]
     assert len(found) == 1, f"expected one {resource_type} under {prefix}, found {found}"
     return found[0]
+
+
+def finished_execution(client: Any, execution_arn: str) -> dict[str, Any]:
+    """Wait for a Step Functions execution on moto's interpreter; a loaded machine is slow, not wrong:
+    only a hang (10 minutes) fails."""
+    import time
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        described = client.describe_execution(executionArn=execution_arn)
+        if described["status"] != "RUNNING":
+            return dict(described)
+        time.sleep(0.05)
+    raise AssertionError("the execution did not finish in 10 minutes")

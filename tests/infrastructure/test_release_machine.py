@@ -9,7 +9,6 @@ reaches the rollback, when the lock is released, which error a run fails with), 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from synth_helpers import (
     MODEL_CONTEXT,
     Synth,
     as_list,
+    finished_execution,
     function_by_handler,
     machine_definition,
     resource_id,
@@ -113,13 +113,7 @@ def run_release(release_synth: Synth, monkeypatch: pytest.MonkeyPatch
         def run(script: ScriptedRelease, state_input: dict[str, Any]) -> dict[str, Any]:
             scripts.append(script)
             execution = client.start_execution(stateMachineArn=arn, input=json.dumps(state_input))
-            deadline = time.monotonic() + 600  # a loaded machine is slow, not wrong: only a hang fails here
-            while time.monotonic() < deadline:
-                described = client.describe_execution(executionArn=execution["executionArn"])
-                if described["status"] != "RUNNING":
-                    return described
-                time.sleep(0.05)
-            raise AssertionError("the execution did not finish in 10 minutes")
+            return finished_execution(client, execution["executionArn"])
 
         yield run
 

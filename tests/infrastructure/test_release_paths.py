@@ -5,20 +5,17 @@ bakes: each path a user would see, the registry's record of it, and the lock fre
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from synth_helpers import ACCOUNT, Synth, function_by_handler, machine_definition, resource_id
+from synth_helpers import ACCOUNT, Synth, finished_execution, function_by_handler, machine_definition, resource_id
 from test_release_machine import RELEASE_CONTEXT
 
 from cdk.constructs.release import HANDLER
-from functions.common import aws
-from pipeline.local.emulation import FAKE_CREDENTIALS, REGION
+from pipeline.local.emulation import REGION, STATE_MACHINES, emulated_account
 from pipeline.local.lambdas import lambda_dispatch
 from tests.integration.release_account import MODEL, ReleaseAccount, release_account
 
@@ -58,33 +55,14 @@ class Machine:
         with lambda_dispatch({self.function_id: self.release_step}):
             execution = self.client.start_execution(stateMachineArn=self.arn, name=f"run-{self.runs}",
                                                     input=json.dumps(state_input))
-            deadline = time.monotonic() + 600  # a loaded machine is slow, not wrong: only a hang fails here
-            while time.monotonic() < deadline:
-                described = self.client.describe_execution(executionArn=execution["executionArn"])
-                if described["status"] != "RUNNING":
-                    return dict(described)
-                time.sleep(0.05)
-        raise AssertionError("the execution did not finish in 10 minutes")
+            return finished_execution(self.client, execution["executionArn"])
 
 
 @pytest.fixture
 def machine(release_synth: Synth, rf_bundle: Path, tmp_path: Path) -> Iterator[Machine]:
-    from moto import mock_aws
-
-    saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
-    os.environ.update(FAKE_CREDENTIALS)
-    aws.client.cache_clear()
-    try:
-        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}):
-            for account in release_account(rf_bundle, tmp_path):
-                yield Machine(release_synth, account)
-    finally:
-        aws.client.cache_clear()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with emulated_account(config=STATE_MACHINES):
+        for account in release_account(rf_bundle, tmp_path):
+            yield Machine(release_synth, account)
 
 
 def _champion(machine: Machine, version: str = "v1") -> None:

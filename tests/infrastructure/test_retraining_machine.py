@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,13 @@ from urllib.parse import urlparse
 import boto3
 import botocore.client
 import pytest
-from synth_helpers import ACCOUNT, Synth, function_by_handler, model_bucket_id, resource_id
+from synth_helpers import ACCOUNT, Synth, finished_execution, function_by_handler, model_bucket_id, resource_id
 from test_release_machine import RELEASE_CONTEXT
 
 from cdk.constructs.model_registry import ValidationGate  # noqa: F401  (the gate's handler below)
 from cdk.constructs.release import HANDLER
 from cdk.constructs.retraining import IMPORT_HANDLER
-from functions.common import aws
-from pipeline.local.emulation import FAKE_CREDENTIALS, REGION
+from pipeline.local.emulation import REGION, STATE_MACHINES, emulated_account
 from pipeline.local.lambdas import lambda_dispatch
 from pipeline.local.server import load_function
 from tests.conftest import breast_cancer
@@ -128,13 +125,7 @@ class Retraining:
         with lambda_dispatch(self.handlers):
             execution = self.client.start_execution(stateMachineArn=self.arn, name=name,
                                                     input=json.dumps(state_input))
-            deadline = time.monotonic() + 600  # a loaded machine is slow, not wrong: only a hang fails here
-            while time.monotonic() < deadline:
-                described = self.client.describe_execution(executionArn=execution["executionArn"])
-                if described["status"] != "RUNNING":
-                    return dict(described)
-                time.sleep(0.05)
-        raise AssertionError("the execution did not finish in 10 minutes")
+            return finished_execution(self.client, execution["executionArn"])
 
     def failure_notices(self) -> list[dict[str, Any]]:
         messages = self.account.sqs.receive_message(QueueUrl=self.failures, MaxNumberOfMessages=10).get("Messages", [])
@@ -143,25 +134,12 @@ class Retraining:
 
 @pytest.fixture
 def retraining(retraining_synth: Synth, rf_bundle: Path, tmp_path: Path) -> Iterator[Retraining]:
-    from moto import mock_aws
-
-    saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
-    os.environ.update(FAKE_CREDENTIALS)
-    aws.client.cache_clear()
-    try:
-        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}):
-            for account in release_account(rf_bundle, tmp_path):
-                account.add_version("v1")
-                account.step("first_release", version="v1")
-                account.serve()
-                yield Retraining(retraining_synth, account, tmp_path)
-    finally:
-        aws.client.cache_clear()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with emulated_account(config=STATE_MACHINES):
+        for account in release_account(rf_bundle, tmp_path):
+            account.add_version("v1")
+            account.step("first_release", version="v1")
+            account.serve()
+            yield Retraining(retraining_synth, account, tmp_path)
 
 
 def test_a_training_failure_leaves_the_champion_serving_frees_the_lock_and_notifies(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,16 @@ from aws_cdk import aws_stepfunctions as sfn
 from cdk_nag import AwsSolutionsChecks
 from cfnlint.api import lint_all
 from constructs import Construct
-from synth_helpers import MODEL_CONTEXT, STACK_ID, Synth, as_list, role_statements, synth_app, violations
+from synth_helpers import (
+    MODEL_CONTEXT,
+    STACK_ID,
+    Synth,
+    as_list,
+    finished_execution,
+    role_statements,
+    synth_app,
+    violations,
+)
 from test_cfn_lint import ALLOWED as ALLOWED_LINT_WARNINGS
 
 from cdk.app import load_cdk_json_context, stack_props_from_context
@@ -448,13 +456,7 @@ def test_request_variant_runs_on_moto_and_sends_the_clis_requests(request_synth:
 
         def run(name: str, state_input: dict[str, Any]) -> dict[str, Any]:
             execution = sfn_client.start_execution(stateMachineArn=arn, name=name, input=json.dumps(state_input))
-            deadline = time.monotonic() + 600  # a loaded machine is slow, not wrong: only a hang fails here
-            while time.monotonic() < deadline:
-                described = sfn_client.describe_execution(executionArn=execution["executionArn"])
-                if described["status"] != "RUNNING":
-                    return described
-                time.sleep(0.05)
-            raise AssertionError("the execution did not finish in 10 minutes")
+            return finished_execution(sfn_client, execution["executionArn"])
 
         done = run("good", RUN_INPUT)
         assert done["status"] == "SUCCEEDED", done
