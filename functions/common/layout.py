@@ -6,10 +6,13 @@ local emulation, so a prefix is named once. Plain strings only: no AWS, no third
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 # Model bucket.
 MODELS_PREFIX = "models/"  # bundles: models/<name>/<version>/
 HOLDOUT_PREFIX = "holdout/"  # holdout files the validation gate reads
 REPORT_FILE = "validation-report.json"  # written by the gate next to the bundle it judged
+CAPTURE_PREFIX = "capture/"  # sampled requests and responses: capture/<model>/<version>/<YYYY>/<MM>/<DD>/<HH>/
 
 # Scoring bucket.
 INCOMING_PREFIX = "incoming/"  # files dropped here are scored
@@ -24,6 +27,20 @@ SCORING_OUTPUT_PREFIXES = (SCORED_PREFIX, REJECTED_PREFIX, MANIFESTS_PREFIX)
 def model_prefix(name: str, version: str) -> str:
     """Key prefix of one bundle, without the trailing slash."""
     return f"{MODELS_PREFIX}{name}/{version}"
+
+
+def capture_model_prefix(model: str) -> str:
+    """Every capture object of one model, with the trailing slash."""
+    return f"{CAPTURE_PREFIX}{model}/"
+
+
+def capture_key(model: str, version: str, when: datetime, suffix: str) -> str:
+    """One capture object, in the UTC hour of its flush (`when` is timezone-aware), named by epoch ms."""
+    utc = when.astimezone(UTC)
+    epoch_ms = int(utc.timestamp() * 1000)
+    return (
+        f"{capture_model_prefix(model)}{version}/{utc:%Y/%m/%d/%H}/{epoch_ms}-{suffix}.jsonl.gz"
+    )
 
 
 def report_key(bundle_prefix: str) -> str:
