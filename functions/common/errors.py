@@ -177,4 +177,25 @@ class UnknownModel(SlimserveError):
     code = "unknown_model"
 
 
+class InvalidPredictionId(SlimserveError):
+    """A prediction id this service did not issue: forged, altered, truncated or not an id at all."""
+
+    status = 400
+    code = "invalid_prediction_id"
+
+
+class LabelNotInClasses(SlimserveError):
+    """A feedback label the model cannot have predicted (not one of its manifest's classes, or not a number)."""
+
+    status = 400
+    code = "label_not_in_classes"
+
+
+class DuplicateLabel(SlimserveError):
+    """A prediction already has its label: the first one stands, nothing is stored twice."""
+
+    status = 409
+    code = "duplicate_label"
+
+
 INTERNAL_ERROR_BODY = {"code": "internal_error", "message": "internal error"}
