@@ -88,10 +88,23 @@ class ModelSettings(Settings):
         return self.model_uri is None
 
 
-class InferenceSettings(ModelSettings):
+class PredictionIdSettings(Settings):
+    """The key that signs prediction ids: the stack's generated secret, or a fixed local key (hex).
+    Neither set: responses carry no prediction ids and feedback refuses every id."""
+
+    prediction_id_secret_arn: str | None = Field(default=None, min_length=1,
+                                                 description="Secrets Manager secret holding the key")
+    prediction_id_key: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{32,256}$",
+                                          description="a fixed key in hex, for local serving and tests")
+
+
+class InferenceSettings(ModelSettings, PredictionIdSettings):
     service: ClassVar[str] = "slimserve-inference"
 
     max_body_bytes: int = Field(default=5 * MIB, gt=0)
+    review_confidence_below: float | None = Field(default=None, gt=0, le=1, description=(
+        "a classifier row whose top probability is below this goes to the review queue; unset: off"))
+    review_queue_url: str | None = Field(default=None, min_length=1, description="the review queue (SQS)")
 
 
 class BatchSettings(ModelSettings):
@@ -163,3 +176,15 @@ class RollbackSettings(Settings):
     registry_table: str = Field(min_length=1, description="the model registry's DynamoDB table")
     notify_topic_arn: str | None = Field(default=None, description="SNS topic told of every rollback")
     lock_ttl_seconds: int = Field(default=900, gt=0)
+
+
+class FeedbackSettings(PredictionIdSettings):
+    """The feedback functions: labels posted back for prediction ids, one item per id, and live accuracy."""
+
+    service: ClassVar[str] = "slimserve-feedback"
+
+    feedback_table: str = Field(min_length=1, description="the DynamoDB table of labels")
+    model_bucket: str = Field(min_length=1, description="where the bundles' manifests (their classes) are read")
+    model_name: str = Field(min_length=1, description="the served model: ids of any other model are refused")
+    label_ttl_days: int = Field(default=365, gt=0, description="a stored label expires after")
+    max_file_bytes: int = Field(default=64 * MIB, gt=0, description="a larger feedback file is refused whole")
