@@ -105,6 +105,21 @@ class InferenceSettings(ModelSettings, PredictionIdSettings):
     review_confidence_below: float | None = Field(default=None, gt=0, le=1, description=(
         "a classifier row whose top probability is below this goes to the review queue; unset: off"))
     review_queue_url: str | None = Field(default=None, min_length=1, description="the review queue (SQS)")
+    # Request capture (functions/common/capture.py): sampled rows and answers to s3://MODEL_BUCKET/capture/.
+    model_bucket: str | None = Field(default=None, min_length=1, description="the model bucket: capture goes "
+                                                                             "under its capture/ prefix")
+    capture_sample_rate: float = Field(default=0.0, ge=0, le=1, description="share of requests captured, "
+                                                                             "chosen by request id; 0: none")
+    capture_max_records: int = Field(default=500, gt=0, le=100_000, description="flush at this many rows")
+    capture_max_seconds: float = Field(default=60.0, gt=0, description="flush once the oldest row is older")
+    capture_drop_columns: str = Field(default="", description="comma list: features never captured")
+    capture_hash_columns: str = Field(default="", description="comma list: features captured as sha256:<hex16>")
+
+    @model_validator(mode="after")
+    def _capture_has_a_bucket(self) -> Self:
+        if self.capture_sample_rate > 0 and not self.model_bucket:
+            raise ValueError("CAPTURE_SAMPLE_RATE > 0 needs MODEL_BUCKET (capture is written under its capture/)")
+        return self
 
 
 class BatchSettings(ModelSettings):
