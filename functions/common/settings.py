@@ -112,8 +112,9 @@ class InferenceSettings(ModelSettings, PredictionIdSettings):
                                                                              "chosen by request id; 0: none")
     capture_max_records: int = Field(default=500, gt=0, le=100_000, description="flush at this many rows")
     capture_max_seconds: float = Field(default=60.0, gt=0, description="flush once the oldest row is older")
-    capture_drop_columns: str = Field(default="", description="comma list: features never captured")
-    capture_hash_columns: str = Field(default="", description="comma list: features captured as sha256:<hex16>")
+    capture_drop_columns: str | None = Field(default=None, description="comma list: features never captured")
+    capture_hash_columns: str | None = Field(default=None, description="comma list: features captured as "
+                                                                       "sha256:<hex16>")
 
     @model_validator(mode="after")
     def _capture_has_a_bucket(self) -> Self:
