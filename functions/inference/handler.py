@@ -35,6 +35,7 @@ from ..common.errors import (
 from ..common.routing import Routed, RoutingSource, emit_request_metrics, prediction_counts
 from ..common.runtime import Runtime
 from ..common.settings import InferenceSettings
+from .review import FeedbackLoop
 
 rt = Runtime.for_settings(InferenceSettings)
 logger, metrics = rt.logger, rt.metrics
@@ -45,6 +46,17 @@ app = APIGatewayRestResolver()
 settings = InferenceSettings.from_env()
 holder = rt.serving_models(settings)
 holder.preload()  # in Lambda's init phase; a failure is logged and answered 503 until a load succeeds
+
+
+def _feedback_error(exc: Exception) -> None:
+    metrics.add_metric(name="FeedbackLoopErrors", unit=MetricUnit.Count, value=1)
+    logger.warning("prediction ids or review queue unavailable", extra={"reason": str(exc)})
+
+
+# Captured rows may go to the review queue only where capture keeps rows at all.
+feedback = FeedbackLoop(settings.prediction_id_key, settings.prediction_id_secret_arn,
+                        review_below=settings.review_confidence_below, queue_url=settings.review_queue_url,
+                        keep_row=None, on_error=_feedback_error)
 
 
 class PredictRequest(BaseModel):
@@ -85,6 +97,8 @@ class PredictResponse(BaseModel):
     model_version: str
     request_id: str | None
     id: str | None = None
+    prediction_ids: list[str | None] | None = Field(default=None, description=(
+        "One per row, in row order, when prediction ids are configured: POST one with its label to /feedback"))
 
 
 def _error_responses() -> dict[int, Any]:
@@ -124,6 +138,10 @@ def predict() -> Response[Any]:
     body["request_id"] = _request_id()
     if request.id is not None:
         body["id"] = request.id
+    ids = feedback.answer(model.manifest.name, model.version, body["request_id"] or "", request.instances,
+                          result.predictions, result.probabilities)
+    if ids is not None:
+        body["prediction_ids"] = ids
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
 
