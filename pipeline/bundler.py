@@ -44,6 +44,7 @@ from .bundling.columns import (
     without_string_imputers,
 )
 from .bundling.messages import conversion_refusal, label_disagreement, sample_refusal, step_fix
+from .bundling.profile import feature_profile
 
 DEFAULT_TOLERANCE = 1e-4
 TENSOR_INPUT = "X"
@@ -60,11 +61,14 @@ class BundleResult:
 def build_bundle(estimator: Any, sample: pd.DataFrame, out_dir: str | Path, *, name: str = "model",
                  version: str | None = None, target: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
                  lineage: dict[str, str] | None = None,
-                 missing_markers: list[str] | None = None) -> BundleResult:
+                 missing_markers: list[str] | None = None, profile_data: pd.DataFrame | None = None,
+                 holdout: pd.DataFrame | None = None) -> BundleResult:
     """Convert, check parity on ``sample`` and write the bundle to ``out_dir``.
 
     ``missing_markers`` are the strings read as missing when ``sample`` and the training data
-    were read (pandas' defaults unless given); batch scoring reads text files with the same list."""
+    were read (pandas' defaults unless given); batch scoring reads text files with the same list.
+    The feature profile drift reads is taken on ``profile_data`` (the training rows; default ``sample``)
+    and the prediction distribution on ``holdout`` (default: the profiled rows)."""
     task = _task(estimator)
     y = sample[target] if target is not None and target in sample.columns else None
     X_all = sample.drop(columns=[target]) if y is not None else sample
@@ -100,7 +104,9 @@ def build_bundle(estimator: Any, sample: pd.DataFrame, out_dir: str | Path, *, n
             raise BundleBuildError(f"bundle refused (float32 and float64): {failures[-1][1]}", code=code)
         raise BundleBuildError("bundle refused; " + "; ".join(f"{d}: {m}" for d, m in failures), code=code)
     metrics = {"sample": _metrics(task, y, onnx_scores, classes)} if y is not None else {}
-    manifest = draft.model_copy(update={"parity": parity, "metrics": metrics, "target": target})
+    profile = feature_profile(estimator, features, X_all if profile_data is None else profile_data, holdout,
+                              task=task)
+    manifest = draft.model_copy(update={"parity": parity, "metrics": metrics, "target": target, "profile": profile})
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

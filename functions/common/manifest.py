@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,7 +14,9 @@ MODEL_FILE = "model.onnx"
 # Bumped whenever the manifest gains or changes a field. A loader reads every version up to its
 # own and refuses a newer one. 2: features read by the fitted pipeline only (ignored_columns),
 # nullability and openness with their reasons, missing_category, missing_markers, ONNX input names.
-FORMAT_VERSION = 2
+# 3: the typed feature profile (FeatureProfile); an older untyped profile is not read (drift skips it).
+FORMAT_VERSION = 3
+PROFILE_QUANTILES = 101  # quantiles per numeric feature: the CDF at every percent, what KS and PSI read
 
 # pandas' default missing-value strings (read_csv's na_values): what training and bundling read as missing.
 PANDAS_MISSING_MARKERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
@@ -71,6 +73,48 @@ class Parity(_Strict):
     label_agreement: float | None = Field(default=None, ge=0, le=1)
 
 
+class NumericProfile(_Strict):
+    """A numeric feature's training distribution: its quantiles at evenly spaced probabilities
+    (0, 1/(n-1), ..., 1), enough to rebuild its CDF without any training row, and its null rate."""
+
+    type: Literal["number"] = "number"
+    count: int = Field(ge=1, description="non-null training values profiled")
+    null_rate: float = Field(ge=0, le=1)
+    quantiles: list[float] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NumericProfile:
+        if any(b < a for a, b in zip(self.quantiles, self.quantiles[1:], strict=False)):
+            raise ValueError("profile quantiles must be non-decreasing")
+        return self
+
+
+class CategoryProfile(_Strict):
+    """A categorical feature's training distribution: each category's share of non-null rows, and its null rate."""
+
+    type: Literal["category"] = "category"
+    count: int = Field(ge=1, description="non-null training values profiled")
+    null_rate: float = Field(ge=0, le=1)
+    shares: dict[str, float] = Field(min_length=1)
+
+
+class PredictionProfile(_Strict):
+    """What the model answered on the holdout: class shares (classifiers) and score quantiles (the top
+    class probability of a classifier, the predicted value of a regressor)."""
+
+    count: int = Field(ge=1, description="holdout rows scored")
+    class_shares: dict[str, float] | None = Field(default=None, description="predicted label (as text) -> share")
+    score_quantiles: list[float] = Field(min_length=2)
+
+
+class FeatureProfile(_Strict):
+    """The baseline drift compares live inputs and predictions with, written at export."""
+
+    rows: int = Field(ge=1, description="training rows profiled")
+    features: dict[str, Annotated[NumericProfile | CategoryProfile, Field(discriminator="type")]]
+    prediction: PredictionProfile | None = None
+
+
 class Manifest(_Strict):
     format_version: int = Field(default=FORMAT_VERSION, ge=1, le=FORMAT_VERSION)
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -93,7 +137,15 @@ class Manifest(_Strict):
     training_data_fingerprint: str | None = None
     lineage: dict[str, str] = Field(default_factory=dict)
     thresholds: dict[str, float] = Field(default_factory=dict)
-    profile: dict[str, Any] = Field(default_factory=dict, description="training feature distributions, for drift")
+    profile: FeatureProfile | None = Field(default=None, description="training feature distributions, for drift")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _untyped_profile_of_older_formats(cls, data: Any) -> Any:
+        # Formats 1 and 2 held an untyped profile (10 bins, no CDF): drift cannot read it, so it is left out.
+        if isinstance(data, dict) and int(data.get("format_version", FORMAT_VERSION)) < 3 and "profile" in data:
+            return {k: v for k, v in data.items() if k != "profile"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -239,9 +239,11 @@ def prediction_counts(model: Model, predictions: Sequence[Any]) -> dict[str, int
 
 
 def _prediction_range(model: Model) -> tuple[float | None, float | None]:
-    profile = model.manifest.profile.get("prediction") or {}
-    low, high = profile.get("min"), profile.get("max")
-    return (float(low), float(high)) if low is not None and high is not None and high > low else (None, None)
+    prediction = model.manifest.profile.prediction if model.manifest.profile is not None else None
+    if prediction is None or prediction.class_shares is not None:
+        return None, None
+    low, high = prediction.score_quantiles[0], prediction.score_quantiles[-1]
+    return (float(low), float(high)) if high > low else (None, None)
 
 
 def _bin(value: float, low: float | None, high: float | None) -> int:

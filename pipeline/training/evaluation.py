@@ -1,4 +1,4 @@
-"""Holdout metrics (teacher, student, trivial baseline) and the baseline feature profile for drift."""
+"""Holdout metrics (teacher, student, trivial baseline); the drift profile is written by pipeline.bundling.profile."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ import numpy as np
 import pandas as pd
 
 from functions.common import metrics as m
-from functions.common.manifest import Feature
-
-PROFILE_BINS = 10
 
 
 def holdout_metrics(task: str, holdout: pd.DataFrame, target: str, **models: Any) -> dict[str, dict[str, float]]:
@@ -32,27 +29,6 @@ def holdout_metrics(task: str, holdout: pd.DataFrame, target: str, **models: Any
     labels = np.array([classes[int(prior.argmax())]] * len(truth), dtype=object)
     out["holdout_baseline"] = m.classification_metrics(truth, labels, np.tile(prior, (len(truth), 1)), classes)
     return out
-
-
-def feature_profile(X: pd.DataFrame, features: list[Feature]) -> dict[str, Any]:
-    """Per feature: quantile bin edges and the share of training rows in each bin (numbers), or the
-    share of each category, plus the missing share. Drift checks compare live inputs with this."""
-    profile: dict[str, Any] = {}
-    for f in features:
-        col = X[f.name]
-        missing = float(col.isna().mean())
-        if f.type == "number":
-            values = col.dropna().to_numpy(dtype=float)
-            edges: Any = np.unique(np.quantile(values, np.linspace(0, 1, PROFILE_BINS + 1))) if len(values) else []
-            inner = list(edges[1:-1])
-            counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(inner) + 1)
-            profile[f.name] = {"type": "number", "edges": [float(e) for e in inner],
-                               "proportions": (counts / max(len(values), 1)).round(6).tolist(), "missing": missing}
-        else:
-            shares = col.dropna().astype(str).value_counts(normalize=True)
-            profile[f.name] = {"type": "category", "proportions": {str(k): round(float(v), 6) for k, v in
-                                                                    shares.items()}, "missing": missing}
-    return profile
 
 
 def student_gap(task: str, validation: pd.DataFrame, target: str, teacher: Any, student: Any) -> float:

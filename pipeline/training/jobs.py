@@ -150,7 +150,7 @@ def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
 def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     from pipeline.bundler import build_bundle
 
-    from .evaluation import feature_profile, holdout_metrics
+    from .evaluation import holdout_metrics
 
     train_path = _frame(paths, "train")[1]
     train = _usable(paths, "train", args.target, args.task)
@@ -164,11 +164,11 @@ def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
                "hyperparameters": json.dumps({k: v for k, v in vars(args).items() if k not in ("version",)},
                                              sort_keys=True, default=str)}
     result = build_bundle(student, sample, paths.model_dir / "bundle", name=args.name, version=args.version,
-                          target=args.target, tolerance=args.tolerance, lineage=lineage)
+                          target=args.target, tolerance=args.tolerance, lineage=lineage,
+                          profile_data=train.drop(columns=[args.target]), holdout=holdout)
     metrics = holdout_metrics(task, holdout, args.target, teacher=teacher, student=student)
     manifest = result.manifest.model_copy(update={
-        "metrics": {**result.manifest.metrics, **metrics}, "training_data_fingerprint": fingerprint(train_path),
-        "profile": feature_profile(train.drop(columns=[args.target]), result.manifest.features)})
+        "metrics": {**result.manifest.metrics, **metrics}, "training_data_fingerprint": fingerprint(train_path)})
     (paths.model_dir / "bundle" / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
     return {"bundle": str(paths.model_dir / "bundle"), "version": manifest.version, "metrics": manifest.metrics,
             "student": chosen, "warnings": teacher_warnings(task, metrics)}

@@ -91,8 +91,8 @@ def test_train_gives_a_servable_bundle_and_the_same_metrics_for_the_same_seed(tm
     manifest = model.manifest
     assert manifest.training_data_fingerprint and manifest.lineage["teacher"] == "hgb"
     assert json.loads(manifest.lineage["hyperparameters"])["seed"] == 3
-    assert set(manifest.profile) == set(manifest.feature_names)
-    assert manifest.profile["plan"]["type"] == "category" and len(manifest.profile["age"]["proportions"]) > 1
+    assert manifest.profile is not None and set(manifest.profile.features) == set(manifest.feature_names)
+    assert manifest.profile.features["plan"].type == "category" and manifest.profile.prediction is not None
     result = model.predict([{"age": 40.0, "plan": "pro", "income": None, "region": "north"}])
     assert result.predictions[0] in ("yes", "no")
 
