@@ -13,6 +13,8 @@ MODELS_PREFIX = "models/"  # bundles: models/<name>/<version>/
 HOLDOUT_PREFIX = "holdout/"  # holdout files the validation gate reads
 REPORT_FILE = "validation-report.json"  # written by the gate next to the bundle it judged
 CAPTURE_PREFIX = "capture/"  # sampled requests and responses: capture/<model>/<version>/<YYYY>/<MM>/<DD>/<HH>/
+FEEDBACK_PREFIX = "feedback/"  # label files (prediction_id,label) recorded as POST /feedback records one
+FEEDBACK_RESULTS_PREFIX = "feedback-results/"  # one outcome summary per feedback file, outside feedback/
 
 # Scoring bucket.
 INCOMING_PREFIX = "incoming/"  # files dropped here are scored

@@ -215,6 +215,11 @@ def set_metric_sink(sink: MetricSink | None) -> MetricSink:
     return previous
 
 
+def emit_metric_record(record: dict[str, Any]) -> None:
+    """One EMF record to the current sink (standard output on Lambda, a list in tests)."""
+    _sink[0](record)
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
