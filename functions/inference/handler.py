@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..common.bundle import Model
+from ..common.capture import Capture
 from ..common.errors import (
     INTERNAL_ERROR_BODY,
     InvalidInput,
@@ -46,6 +47,9 @@ app = APIGatewayRestResolver()
 settings = InferenceSettings.from_env()
 holder = rt.serving_models(settings)
 holder.preload()  # in Lambda's init phase; a failure is logged and answered 503 until a load succeeds
+# Sampled rows and answers to s3://MODEL_BUCKET/capture/, flushed inline and on SIGTERM (CAPTURE_SAMPLE_RATE > 0).
+capture = Capture.from_settings(settings, logger=logger)
+capture.install_shutdown_flush()
 
 
 def _feedback_error(exc: Exception) -> None:
@@ -142,6 +146,7 @@ def predict() -> Response[Any]:
                           result.predictions, result.probabilities)
     if ids is not None:
         body["prediction_ids"] = ids
+    capture.record(body["request_id"], routed, request.instances, result, ids)
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
 
