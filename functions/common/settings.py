@@ -184,6 +184,20 @@ class CodeDeployHookSettings(Settings):
                                   description="a code release stopped before AfterAllowTraffic frees the lock after")
 
 
+class DriftSettings(Settings):
+    """The drift function: which model's captures it reads, over what window, and when it says nothing."""
+
+    service: ClassVar[str] = "slimserve-drift"
+
+    registry_table: str = Field(min_length=1, description="the model registry's table (its routing item)")
+    model_name: str = Field(min_length=1, description="the model whose captured traffic is compared")
+    model_bucket: str = Field(min_length=1, description="where the bundles and capture/ live")
+    window_hours: int = Field(default=24, ge=1, le=24 * 14, description="captured rows of the last N hours")
+    min_samples: int = Field(default=500, ge=50,
+                             description="fewer live rows than this: nothing is published (noise, not drift)")
+    max_rows: int = Field(default=200_000, gt=0, description="rows read per run at most (memory stays bounded)")
+
+
 class RollbackSettings(Settings):
     """The rollback function: a champion alarm serves the last known-good version again."""
 
