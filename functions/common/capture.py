@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -204,20 +204,19 @@ class Capture:
 
         return handle
 
-    def install_shutdown_flush(self, environ: dict[str, str] | None = None) -> bool:
+    def install_shutdown_flush(self, environ: Mapping[str, str] | None = None) -> bool:
         """On Lambda, with capture on: register the internal extension and flush on SIGTERM.
 
-        Call from the main thread at init (module import). Outside Lambda only the handler is set."""
-        if not self.enabled:
-            return False
+        Call from the main thread at init (module import). Elsewhere (tests, the local server) nothing is set."""
         env = os.environ if environ is None else environ
         api = env.get("AWS_LAMBDA_RUNTIME_API")
-        if api:
-            try:
-                register_internal_extension(api)
-            except OSError as exc:  # no SIGTERM then: rows buffered at shutdown are lost, as on a crash
-                self.log.error("capture extension not registered; no flush at shutdown", extra={"reason": str(exc)})
-                return False
+        if not (self.enabled and api) or threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            register_internal_extension(api)
+        except OSError as exc:  # no SIGTERM then: rows buffered at shutdown are lost, as on a crash
+            self.log.error("capture extension not registered; no flush at shutdown", extra={"reason": str(exc)})
+            return False
         signal.signal(signal.SIGTERM, self.on_sigterm(signal.getsignal(signal.SIGTERM)))
         return True
 
