@@ -24,6 +24,7 @@ from .errors import (
     NoChampion,
     NothingToRollBack,
     RegistryConflict,
+    UnknownModel,
     UnknownVersion,
     WriteConflict,
 )
@@ -163,6 +164,16 @@ class Registry:
                 entries.extend(ModelEntry.from_item(i) for i in page.get("Items", [])
                                if not i["version"]["S"].startswith("~"))
         return sorted(entries, key=lambda e: (e.model, e.created_at, e.version))
+
+    def require_model(self, model: str) -> None:
+        """Raise UnknownModel unless at least one version of ``model`` was ever registered (one item read)."""
+        with aws.translated(f"registry table {self.table}"):
+            found = self.client.query(
+                TableName=self.table, KeyConditionExpression="#m = :m AND #v < :special", Limit=1,
+                ExpressionAttributeNames={"#m": "model", "#v": "version"}, ConsistentRead=True,
+                ExpressionAttributeValues={":m": {"S": model}, ":special": {"S": "~"}})  # not pointer, routing, lock
+        if not found.get("Items"):
+            raise UnknownModel(f"no model {model!r} in the registry: register a version of it first")
 
     def champion(self, model: str) -> ModelEntry | None:
         with aws.translated(f"registry table {self.table}"):

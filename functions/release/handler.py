@@ -2,13 +2,17 @@
 
 Event: {"action": "lock"|"unlock"|"admit"|"set_weight"|"compare"|"promote"|"rollback"|"first_release",
         "model": ..., "version": ..., and the action's own fields}. A refusal raises the project's error;
-its class name (LockHeld, NotAdmitted, UnknownVersion, ...) is the error the state machine catches.
+its class name (LockHeld, NotAdmitted, UnknownModel, UnknownVersion, ...) is the error the state machine catches.
+
+A model the registry has never seen is refused with UnknownModel before anything is written, except where a
+step may meet a model before its first version: `unlock` (refused only when there is no lock to let go of),
+`import_bundle` (it registers that version) and a `lock` that says `may_be_new` (the retraining machine's).
 """
 
 from __future__ import annotations
 
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -25,12 +29,18 @@ logger = rt.logger
 settings = ReleaseSettings.from_env()
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a model or version name, as the manifest allows
+LOCK_TTL_LIMIT_SECONDS = 60 * 24 * 3600  # above any run: Step Functions and SageMaker stop well before
 
 
 class _Step(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    known_model: ClassVar[bool] = True
+    """The step refuses a model the registry has never seen (UnknownModel), before it reads or writes."""
 
     model: str = Field(pattern=NAME, max_length=128)
+
+    def needs_known_model(self) -> bool:
+        return self.known_model
 
 
 class _VersionStep(_Step):
@@ -40,11 +50,19 @@ class _VersionStep(_Step):
 class Lock(_Step):
     action: Literal["lock"]
     owner: str = Field(min_length=1, max_length=1024)
+    ttl_seconds: int | None = Field(default=None, gt=0, le=LOCK_TTL_LIMIT_SECONDS)
+    """How long the lock holds if never released (default: the settings'); a long run asks for its own length."""
+    may_be_new: bool = False
+    """The run may register the model's first version (retraining): no UnknownModel for a model not seen yet."""
+
+    def needs_known_model(self) -> bool:
+        return not self.may_be_new
 
 
 class Unlock(_Step):
     action: Literal["unlock"]
     owner: str = Field(min_length=1, max_length=1024)
+    known_model: ClassVar[bool] = False  # a retraining run that made no version must still let go
 
 
 class Admit(_VersionStep):
@@ -82,6 +100,7 @@ class ImportBundle(_Step):
     """The retraining machine's export job output: unpacked into the model bucket, registered as a candidate."""
 
     action: Literal["import_bundle"]
+    known_model: ClassVar[bool] = False  # it registers the version, maybe the model's first
     artifact_uri: str = Field(pattern=r"^s3://[^/]+/.+\.tar\.gz$", max_length=2048)
     model_bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -108,9 +127,11 @@ def parse(event: Any) -> Any:
 
 def run(step: Any) -> dict[str, Any]:
     reg = registry()
+    if step.needs_known_model():
+        reg.require_model(step.model)
     match step:
         case Lock():
-            return service.lock(reg, step.model, step.owner, settings.lock_ttl_seconds)
+            return service.lock(reg, step.model, step.owner, step.ttl_seconds or settings.lock_ttl_seconds)
         case Unlock():
             return service.unlock(reg, step.model, step.owner)
         case Admit():

@@ -35,7 +35,11 @@ def lock(registry: Registry, model: str, owner: str, ttl_seconds: int) -> dict[s
 
 
 def unlock(registry: Registry, model: str, owner: str) -> dict[str, Any]:
-    return {"unlocked": registry.release_lock(model, owner)}
+    """Let go of the lock ``owner`` holds; with none to let go of, a model never seen is refused (UnknownModel)."""
+    unlocked = registry.release_lock(model, owner)
+    if not unlocked:
+        registry.require_model(model)
+    return {"unlocked": unlocked}
 
 
 def admit(registry: Registry, model: str, version: str) -> dict[str, Any]:

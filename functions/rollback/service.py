@@ -39,6 +39,7 @@ def parse_time(text: str) -> dt.datetime:
 def roll_back_champion(registry: Registry, alarm: AlarmEvent, *, lock_ttl_seconds: int,
                        topic_arn: str | None = None, to_version: str | None = None) -> dict[str, Any]:
     owner = f"rollback:{alarm.event_id}"
+    registry.require_model(alarm.model)  # an alarm named after a model never registered changes nothing
     registry.take_lock(alarm.model, owner, lock_ttl_seconds)
     try:
         return _roll_back(registry, alarm, topic_arn, to_version)

@@ -56,3 +56,12 @@ def test_release_without_traffic_ends_insufficient_traffic(account: None, rf_bun
                 *where]) == 1
     assert "rolled_back (insufficient_traffic" in capsys.readouterr().out
     assert cli(["release", "--bundle", str(rf_bundle), "--holdout", str(holdout), "--table", TABLE]) == 2  # no bucket
+
+
+def test_rollback_and_status_of_a_model_never_released_are_refused_unknown_model(
+        account: None, capsys: pytest.CaptureFixture[str]) -> None:
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    for command in ("rollback", "status"):
+        assert cli([command, "--model", "never-seen", "--table", TABLE]) == 2
+        assert "error [unknown_model]" in capsys.readouterr().err
+    assert ddb.scan(TableName=TABLE)["Items"] == []

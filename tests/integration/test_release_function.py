@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.common.errors import LockHeld, NotAdmitted, SlimserveError, UnknownVersion
+from functions.common.errors import LockHeld, NotAdmitted, SlimserveError, UnknownModel, UnknownVersion
 from pipeline.local.apigw import LambdaContext
 from pipeline.local.emulation import emulated_account
 from tests.integration.release_account import MODEL, ReleaseAccount, release_account
@@ -148,8 +148,6 @@ def test_bad_steps_get_named_errors_and_change_nothing(account: ReleaseAccount) 
     before = [(e.version, e.status, e.revision) for e in account.registry.list(MODEL)]
     with pytest.raises(UnknownVersion):
         account.step("admit", version="v9")
-    with pytest.raises(UnknownVersion):
-        account.release.lambda_handler({"action": "admit", "model": "nope", "version": "v1"}, CONTEXT)
     for event in ({"action": "launch", "model": MODEL}, {"action": "set_weight", "model": MODEL, "version": "v1",
                                                            "weight": 101},
                   {"action": "admit", "model": "../x", "version": "v1"}, {"model": MODEL}, "not an object"):
@@ -157,6 +155,38 @@ def test_bad_steps_get_named_errors_and_change_nothing(account: ReleaseAccount) 
             account.release.lambda_handler(event, CONTEXT)
         assert refused.value.code == "bad_request"
     assert [(e.version, e.status, e.revision) for e in account.registry.list(MODEL)] == before
+
+
+def _table(account: ReleaseAccount) -> list[dict]:  # type: ignore[type-arg]
+    return sorted(account.ddb.scan(TableName=account.registry.table)["Items"], key=str)
+
+
+def test_every_step_on_a_model_never_seen_is_refused_unknown_model_and_changes_nothing(
+        account: ReleaseAccount) -> None:
+    with_champion(account)
+    before = _table(account)
+    steps = [{"action": "lock", "owner": "exec-1"}, {"action": "lock", "owner": "exec-1", "ttl_seconds": 60},
+             {"action": "unlock", "owner": "exec-1"}, {"action": "admit", "version": "v1"},
+             {"action": "set_weight", "version": "v1", "weight": 10},
+             {"action": "compare", "version": "v1", "since": "2026-01-01T00:00:00+00:00"},
+             {"action": "promote", "version": "v1"}, {"action": "rollback", "version": "v1", "reason": "bad"},
+             {"action": "first_release", "version": "v1"}]
+    for step in steps:
+        with pytest.raises(UnknownModel) as refused:
+            account.release.lambda_handler({**step, "model": "never-seen"}, CONTEXT)
+        assert refused.value.code == "unknown_model" and "never-seen" in refused.value.message
+    assert _table(account) == before
+
+
+def test_a_retraining_lock_may_name_a_new_model_and_lasts_as_long_as_it_asks(account: ReleaseAccount) -> None:
+    taken = account.release.lambda_handler({"action": "lock", "model": "fresh", "owner": "exec-r",
+                                            "ttl_seconds": 100_000, "may_be_new": True}, CONTEXT)
+    lock = account.registry.lock("fresh")
+    assert taken == {"locked": True} and lock is not None and lock.owner == "exec-r"
+    assert lock.expires_at - account.registry.clock() > 6 * 3600  # longer than the release function's default
+    assert account.release.lambda_handler({"action": "unlock", "model": "fresh", "owner": "exec-r"},
+                                          CONTEXT) == {"unlocked": True}
+    assert _table(account) == []
 
 
 def test_a_warm_environment_picks_up_a_new_champion_within_the_ttl(account: ReleaseAccount) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from functions.common.errors import LockHeld, NoChampion, NothingToRollBack, SlimserveError
+from functions.common.errors import LockHeld, NoChampion, NothingToRollBack, SlimserveError, UnknownModel
 from pipeline.local.alarms import AlarmEvaluator, LocalRouter, champion_rule_pattern, state_change_event
 from pipeline.local.apigw import LambdaContext
 from pipeline.local.emulation import emulated_account
@@ -101,9 +101,13 @@ def test_an_ok_state_changes_nothing(account: ReleaseAccount, rollback: ModuleTy
 
 def test_rollback_refusals_are_named_and_change_nothing(account: ReleaseAccount, rollback: ModuleType) -> None:
     now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    with pytest.raises(UnknownModel):  # nothing of this model registered yet
+        rollback.lambda_handler(alarm_event(f"slimserve-{MODEL}-champion-errors", now), CONTEXT)
+    assert account.ddb.scan(TableName=TABLE)["Items"] == []
+    account.add_version("v1")
     with pytest.raises(NoChampion):
         rollback.lambda_handler(alarm_event(f"slimserve-{MODEL}-champion-errors", now), CONTEXT)
-    promoted(account, "v1")
+    account.step("first_release", version="v1")
     with pytest.raises(NothingToRollBack):
         rollback.lambda_handler(alarm_event(f"slimserve-{MODEL}-champion-errors", now), CONTEXT)
     account.registry.take_lock(MODEL, "exec-release", ttl_seconds=600)
