@@ -38,6 +38,8 @@ class AlarmSpec:
     """Missing data never breaches: an idle resource is a healthy one."""
     fixed_dimensions: tuple[tuple[str, str], ...] = ()
     """Dimensions with the same value wherever the spec is used, e.g. (("model_role", "champion"),)."""
+    missing_data: Literal["notBreaching", "ignore"] = "notBreaching"
+    """ignore: a period without data keeps the alarm's state (a metric published only when there is enough to judge)."""
 
     def __post_init__(self) -> None:
         if self.period_seconds < 60 or self.period_seconds % 60:
@@ -83,3 +85,21 @@ ALIAS_DURATION = AlarmSpec("AWS/Lambda", "Duration", "Resource", "p99", period_s
                            datapoints=2)
 """p99 above 5 s (half the function's default timeout), two minutes running."""
 API_5XX = AlarmSpec("AWS/ApiGateway", "5XXError", "ApiName", "Sum", period_seconds=60, threshold=5, datapoints=2)
+
+
+# Drift, on the drift function's hourly metrics (dimension model_name; `functions.drift.service`). A run with
+# too few captured rows publishes nothing, and a missing hour keeps the state (ignore), so a quiet hour
+# neither clears nor re-arms an alarm. Two breaching hours in a row: each value covers the whole window
+# (24 h by default), so a short burst of odd traffic moves it little.
+DRIFT_PERIOD_SECONDS = 3600
+DRIFT_PSI_MAX = AlarmSpec(SERVING_NAMESPACE, "DriftPsiMax", "model_name", "Maximum",
+                          period_seconds=DRIFT_PERIOD_SECONDS, threshold=0.2, datapoints=2, missing_data="ignore")
+"""The largest per-feature PSI above 0.2 (the usual line for a significant shift)."""
+DRIFT_KS_MAX = AlarmSpec(SERVING_NAMESPACE, "DriftKsMax", "model_name", "Maximum",
+                         period_seconds=DRIFT_PERIOD_SECONDS, threshold=0.1, datapoints=2, missing_data="ignore")
+"""The largest per-feature KS statistic above 0.1 (at the 1000 rows a run needs: past the 0.1% critical value)."""
+PREDICTION_PSI = AlarmSpec(SERVING_NAMESPACE, "PredictionPsi", "model_name", "Maximum",
+                           period_seconds=DRIFT_PERIOD_SECONDS, threshold=0.2, datapoints=2, missing_data="ignore")
+"""The champion's prediction distribution against its holdout's: PSI above 0.2."""
+DRIFT_SPECS = {"psi": DRIFT_PSI_MAX, "ks": DRIFT_KS_MAX, "prediction": PREDICTION_PSI}
+"""The drift signals by the name their alarm carries; any of them in ALARM raises the model's drift alarm."""

@@ -57,7 +57,8 @@ class Monitoring(Construct):
         alarm = metric.create_alarm(
             self, construct_id, threshold=spec.threshold, evaluation_periods=spec.datapoints,
             comparison_operator=_COMPARISONS[spec.comparison],
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            treat_missing_data=(cloudwatch.TreatMissingData.IGNORE if spec.missing_data == "ignore"
+                                else cloudwatch.TreatMissingData.NOT_BREACHING),
             alarm_description=description, alarm_name=alarm_name)
         self.alarms[construct_id] = (spec, alarm)
         return alarm

@@ -193,7 +193,7 @@ class DriftSettings(Settings):
     model_name: str = Field(min_length=1, description="the model whose captured traffic is compared")
     model_bucket: str = Field(min_length=1, description="where the bundles and capture/ live")
     window_hours: int = Field(default=24, ge=1, le=24 * 14, description="captured rows of the last N hours")
-    min_samples: int = Field(default=500, ge=50,
+    min_samples: int = Field(default=1000, ge=50,
                              description="fewer live rows than this: nothing is published (noise, not drift)")
     max_rows: int = Field(default=200_000, gt=0, description="rows read per run at most (memory stays bounded)")
 

@@ -112,7 +112,7 @@ def compare_numeric(quantiles: Sequence[float], null_rate: float, live: np.ndarr
     counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
     actual = np.r_[counts, nulls].astype(float)
     total = len(values) + nulls
-    labels = tuple(f"<={e:.4g}" for e in edges) + (f">{edges[-1]:.4g}" if len(edges) else "all", NULL)
+    labels = (*(f"<={e:.4g}" for e in edges), f">{edges[-1]:.4g}" if len(edges) else "all", NULL)
     return Comparison(psi=psi(expected, actual), ks=ks_statistic(quantiles, values) if len(values) else None,
                       null_rate_delta=nulls / total - null_rate if total else 0.0, count=total, labels=labels,
                       expected=tuple(expected.tolist()), actual=tuple((actual / max(total, 1)).tolist()))

@@ -27,9 +27,13 @@ def feature_profile(estimator: Any, features: list[Feature], data: pd.DataFrame,
                     holdout: pd.DataFrame | None = None, *, task: str) -> FeatureProfile:
     """Profile each feature on ``data`` (training rows) and the model's answers on ``holdout``
     (``data`` when there is none). Both frames hold the features; other columns are ignored."""
-    profiled = {f.name: _feature(f, data[f.name]) for f in features}
-    return FeatureProfile(rows=len(data), features=profiled,
-                          prediction=_predictions(estimator, features, data if holdout is None else holdout, task))
+    return profile_features(features, data).model_copy(update={
+        "prediction": _predictions(estimator, features, data if holdout is None else holdout, task)})
+
+
+def profile_features(features: list[Feature], data: pd.DataFrame) -> FeatureProfile:
+    """The profile of the features alone (no prediction distribution)."""
+    return FeatureProfile(rows=len(data), features={f.name: _feature(f, data[f.name]) for f in features})
 
 
 def quantiles(values: np.ndarray, points: int = PROFILE_QUANTILES) -> list[float]:
