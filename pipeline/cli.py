@@ -223,7 +223,43 @@ def _account(args: argparse.Namespace) -> None:
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
 
 
+def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Where release, rollback, status and retrain act: the running `slimserve up`, or a deployed stack (--aws)."""
+    from .local.up import deployed_stack, running_up
+
+    if args.aws:
+        from cdk.app import STACK_ID
+
+        return deployed_stack(args.stack or STACK_ID)
+    return running_up(Path(args.state_dir))
+
+
+def _registry_and_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The registry and the model a rollback or status is about: --table (that table directly), else the target's."""
+    if args.table:
+        if not args.model:
+            raise ConfigurationError("name the model with --model when the registry is named with --table")
+        _account(args)
+        return _registry(args), args.model
+    import boto3
+
+    from functions.common.registry import Registry
+
+    target = _target(args)
+    return Registry(boto3.client("dynamodb"), target["table"]), args.model or target["model"]
+
+
 def _release(args: argparse.Namespace) -> int:
+    if args.table:  # the registry named directly: the release is driven step by step from here
+        return _release_by_steps(args)
+    from .local.up import outcome_line, release_bundle
+
+    outcome = release_bundle(_target(args), Path(args.bundle), Path(args.holdout))
+    print(outcome_line(f"release {outcome['model']} {outcome['version']}", outcome))
+    return 0 if outcome["outcome"] in ("first_release", "promoted") else 1
+
+
+def _release_by_steps(args: argparse.Namespace) -> int:
     import os
     import time
 
@@ -270,20 +306,20 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    _account(args)
-    registry = _registry(args)
-    champion = registry.champion(args.model)
+    registry, model = _registry_and_model(args)
+    registry.require_model(model)
+    champion = registry.champion(model)
     if champion is None:
         from functions.common.errors import NoChampion
 
-        raise NoChampion(f"{args.model} has no champion to roll back")
-    registry.take_lock(args.model, "cli", 900)
+        raise NoChampion(f"{model} has no champion to roll back")
+    registry.take_lock(model, "cli", 900)
     try:
-        restored = registry.restore(args.model, champion.version, "rolled back by hand", to_version=args.to,
+        restored = registry.restore(model, champion.version, "rolled back by hand", to_version=args.to,
                                     release={"outcome": "rolled-back", "reason": "rolled back by hand"})
     finally:
-        registry.release_lock(args.model, "cli")
-    print(f"{args.model}: {champion.version} rolled back, {restored.version} is champion again")
+        registry.release_lock(model, "cli")
+    print(f"{model}: {champion.version} rolled back, {restored.version} is champion again")
     return 0
 
 
@@ -292,10 +328,42 @@ def _status(args: argparse.Namespace) -> int:
 
     from .local.releases import status
 
-    _account(args)
-    shown = status(_registry(args), args.model, time.time())
+    registry, model = _registry_and_model(args)
+    registry.require_model(model)
+    shown = status(registry, model, time.time())
+    if not args.table:
+        from .local.up import describe_alarms
+
+        shown["alarms"] = describe_alarms(model)
     print(json.dumps(shown, indent=2, default=str))
     return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .local.up import UpOptions, run_up
+
+    pairs = [item.split("=", 1) for item in args.context or []]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ConfigurationError("give CDK context as -c KEY=VALUE, e.g. -c slimserve:releaseBakeSeconds=10")
+    options = UpOptions(port=args.port, moto_port=args.moto_port, host=args.host, model=args.model,
+                        state_dir=Path(args.state_dir), context=dict(pairs), routing_ttl_seconds=args.routing_ttl,
+                        alarm_interval_seconds=args.alarm_interval)
+    _stop_on_signals()
+    return run_up(options, say=lambda line: print(line, flush=True))
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from .local.up import outcome_line, start_retraining
+    from .training.data import DataRefused
+
+    target = _target(args)
+    try:
+        outcome = start_retraining(target, Path(args.data), args.target, args.model)
+    except DataRefused as exc:
+        print(f"error [data_refused]: {exc}", file=sys.stderr)
+        return 2
+    print(outcome_line(f"retrain {args.model or target['model']}", outcome))
+    return 0 if outcome["outcome"] in ("first_release", "promoted") else 1
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -418,20 +486,43 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("release", help="gate a bundle, then release it by canary (or as the first champion)")
     r.add_argument("--bundle", required=True, help="bundle folder")
     r.add_argument("--holdout", required=True, help="held-out rows with labels, for the gate")
-    r.add_argument("--bucket", help="model bucket (default: $SLIMSERVE_MODEL_BUCKET)")
-    r.add_argument("--bake-seconds", type=float, default=60, help="how long each canary stage serves (60)")
-    r.add_argument("--min-requests", type=int, default=100, help="canary requests a comparison needs (100)")
+    r.add_argument("--bucket", help="with --table: model bucket (default: $SLIMSERVE_MODEL_BUCKET)")
+    r.add_argument("--bake-seconds", type=float, default=60, help="with --table: how long each canary stage serves")
+    r.add_argument("--min-requests", type=int, default=100, help="with --table: canary requests a comparison needs")
     r.set_defaults(func=_release)
     rb = sub.add_parser("rollback", help="serve the last known-good version (or --to VERSION) again")
-    rb.add_argument("--model", required=True, help="model name")
+    rb.add_argument("--model", help="model name (default: the stack's)")
     rb.add_argument("--to", help="a retired version to serve again (default: the last known-good one)")
     rb.set_defaults(func=_rollback)
-    st = sub.add_parser("status", help="champion, canary and weight, the release lock, how the last release ended")
-    st.add_argument("--model", required=True, help="model name")
+    st = sub.add_parser("status", help="champion, canary and weight, alarms, the release lock, how the last "
+                                       "release ended")
+    st.add_argument("--model", help="model name (default: the stack's)")
     st.set_defaults(func=_status)
+    rt = sub.add_parser("retrain", help="upload a table and run the stack's retraining machine (train, gate, release)")
+    rt.add_argument("--data", required=True, help="CSV or Parquet table with the target column")
+    rt.add_argument("--target", required=True, help="label column")
+    rt.add_argument("--model", help="model name (default: the stack's, the only one it retrains)")
+    rt.set_defaults(func=_retrain)
+    for p in (r, rb, st, rt):
+        p.add_argument("--state-dir", default=".slimserve", help="where `slimserve up` keeps up.json (.slimserve)")
+        p.add_argument("--aws", action="store_true", help="act on the deployed stack (its outputs), not `slimserve up`")
+        p.add_argument("--stack", help="with --aws: the stack's name (default: SlimserveServing)")
     for p in (r, rb, st):
-        p.add_argument("--table", help="registry table (default: $SLIMSERVE_REGISTRY_TABLE)")
-        p.add_argument("--endpoint-url", help="AWS endpoint for every client (e.g. a local moto server)")
+        p.add_argument("--table", help="act on this registry table directly, without the stack's state machines")
+        p.add_argument("--endpoint-url", help="with --table: AWS endpoint for every client (e.g. a moto server)")
+
+    u = sub.add_parser("up", help="start the emulated account with the stack's resources and the local API")
+    u.add_argument("--port", type=int, default=8080, help="local API port (default 8080; 0 picks a free one)")
+    u.add_argument("--moto-port", type=int, default=5000, help="emulated AWS endpoint port (default 5000; 0: free)")
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    u.add_argument("--model", help="model served (default: cdk.json's slimserve:modelName)")
+    u.add_argument("--state-dir", default=".slimserve", help="synth cache and up.json (default .slimserve)")
+    u.add_argument("-c", "--context", action="append", metavar="KEY=VALUE",
+                   help="CDK context, e.g. -c slimserve:releaseBakeSeconds=10 (repeatable)")
+    u.add_argument("--routing-ttl", help="seconds the inference function caches the routing item (default: "
+                                         "the stack's)")
+    u.add_argument("--alarm-interval", type=float, default=10.0, help="seconds between alarm evaluations (10)")
+    u.set_defaults(func=_up)
 
     t = sub.add_parser("train", help="validate data, train a teacher, distil a student, export a bundle")
     t.add_argument("--data", required=True, help="CSV or Parquet table with the target column")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import CfnOutput, Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
@@ -35,6 +35,8 @@ class ModelStore(Construct):
         self.props.validate()
         self.access_log_bucket = self._access_log_bucket()
         self.bucket = self._model_bucket()
+        CfnOutput(self, "ModelBucketName", value=self.bucket.bucket_name,
+                  description="Model bundles under models/<model>/<version>/, the gate's holdouts under holdout/")
 
     def _access_log_bucket(self) -> s3.Bucket:
         return secure_bucket(

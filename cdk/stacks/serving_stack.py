@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Aspects, Stack
+from aws_cdk import Aspects, CfnOutput, Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -72,6 +72,8 @@ class ServingStack(Stack):
             runtime_dir=props.layer_dir,
             parquet_dir=props.parquet_layer_dir if props.batch is not None else None,
         ))
+        CfnOutput(self, "ModelName", value=props.model_name,
+                  description="The model this stack serves (its registry partition, its alarms' names)")
         self.monitoring = Monitoring(self, "Monitoring")
         self.model_store = ModelStore(self, "ModelStore", props.model_store)
         self.registry = ModelRegistry(self, "Registry", props.registry)

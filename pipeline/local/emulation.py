@@ -88,14 +88,15 @@ def model_prefix(manifest: Manifest) -> str:
     return layout.model_prefix(manifest.name, manifest.version)
 
 
-def upload_bundle(s3: Any, bundle_dir: str | Path, bucket: str = MODEL_BUCKET) -> str:
-    """Create the (private, encrypted, versioned) model bucket if needed and upload a bundle.
+def upload_bundle(s3: Any, bundle_dir: str | Path, bucket: str = MODEL_BUCKET, create_bucket: bool = True) -> str:
+    """Create the (private, encrypted, versioned) model bucket if needed (unless the stack made it) and
+    upload a bundle.
 
     Returns the bundle's ``s3://`` URI.
     """
     root = Path(bundle_dir)
     manifest = Manifest.model_validate_json((root / MANIFEST_FILE).read_bytes())
-    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])} if create_bucket else {bucket}
     if bucket not in existing:
         s3.create_bucket(Bucket=bucket)
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
