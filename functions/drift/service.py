@@ -16,7 +16,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -207,15 +207,13 @@ def compare(profile: FeatureProfile, rows: list[dict[str, Any]], markers: frozen
 def drift_report(routing: Routing, champion: Manifest, canary: Manifest | None, captured: Captured,
                  min_samples: int) -> DriftReport:
     version = routing.champion_version or ""
-    base = {"model": routing.model, "version": version, "rows": len(captured.rows), "objects": captured.objects,
-            "corrupt": captured.corrupt}
+    base = DriftReport(model=routing.model, version=version, rows=len(captured.rows), objects=captured.objects,
+                       corrupt=captured.corrupt, published=False, reason="", features={}, skipped={})
     if champion.profile is None:
-        return DriftReport(**base, published=False, features={}, skipped={},
-                           reason=f"bundle {version} has no feature profile (manifest format "
-                                  f"{champion.format_version}): export it again to monitor drift")
+        return replace(base, reason=f"bundle {version} has no feature profile (manifest format "
+                                    f"{champion.format_version}): export it again to monitor drift")
     if len(captured.rows) < min_samples:
-        return DriftReport(**base, published=False, features={}, skipped={},
-                           reason=f"{len(captured.rows)} captured rows in the window, fewer than {min_samples}")
+        return replace(base, reason=f"{len(captured.rows)} captured rows in the window, fewer than {min_samples}")
     markers = frozenset(champion.missing_markers)
     features, skipped = compare(champion.profile, captured.rows, markers)
     champion_predictions = captured.predictions.get(version, [])
@@ -225,8 +223,8 @@ def drift_report(routing: Routing, champion: Manifest, canary: Manifest | None, 
     canary_prediction = (compare_predictions(canary.profile.prediction, canary_predictions)
                          if canary is not None and canary.profile is not None and canary.profile.prediction
                          is not None and len(canary_predictions) >= min_samples else None)
-    return DriftReport(**base, published=True, reason="compared", features=features, skipped=skipped,
-                       prediction=prediction, canary_prediction=canary_prediction)
+    return replace(base, published=True, reason="compared", features=features, skipped=skipped,
+                   prediction=prediction, canary_prediction=canary_prediction)
 
 
 # -- publishing ---------------------------------------------------------------------------------------

@@ -44,14 +44,15 @@ class Comparison:
     actual: tuple[float, ...]
 
 
-def psi(expected: Sequence[float], actual: Sequence[float], epsilon: float = EPSILON) -> float:
+def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray,
+        epsilon: float = EPSILON) -> float:
     """The population stability index of two distributions over the same bins (shares, or counts:
     each side is normalized first), with the ε-smoothing the module describes."""
     e, a = _smoothed(expected, epsilon), _smoothed(actual, epsilon)
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def _smoothed(shares: Sequence[float], epsilon: float) -> np.ndarray:
+def _smoothed(shares: Sequence[float] | np.ndarray, epsilon: float) -> np.ndarray:
     values = np.asarray(shares, dtype=float)
     total = values.sum()
     values = values / total if total > 0 else np.zeros_like(values)
