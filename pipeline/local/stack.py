@@ -296,6 +296,13 @@ class EmulatedStack:
         """Function logical id -> the real handler with its settings: what lambda_dispatch runs."""
         return {logical_id: runtime.handler(spec) for logical_id, spec in self.functions().items()}
 
+    def asset_uris(self) -> set[str]:
+        """The S3 objects of the CDK bootstrap bucket the state machines name (the training jobs' source)."""
+        found: set[str] = set()
+        for logical_id in self.resources("AWS::StepFunctions::StateMachine"):
+            found.update(re.findall(r"s3://cdk-[a-z0-9]+-assets-[^\"\s]+", self.machine_definition(logical_id)))
+        return found
+
     def machine_definition(self, logical_id: str) -> str:
         return machine_definition(self.template, logical_id, self.region)
 

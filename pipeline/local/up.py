@@ -130,7 +130,7 @@ def _emulation(stack: EmulatedStack, options: UpOptions, endpoint: str, say: Say
     with contextlib.ExitStack() as running:
         dispatcher = running.enter_context(lambda_dispatch(stack.handlers(runtime)))
         running.enter_context(forward_emf(clients["cloudwatch"]))
-        training = _local_training_jobs()
+        training = _local_training_jobs(stack, clients["s3"])
         if training is not None:
             running.enter_context(training)
         else:
@@ -159,12 +159,20 @@ def _emulation(stack: EmulatedStack, options: UpOptions, endpoint: str, say: Say
         yield api
 
 
-def _local_training_jobs() -> contextlib.AbstractContextManager[Any] | None:
-    """The local stand-in that makes moto's CreateTrainingJob run the training job scripts, where present."""
+def _local_training_jobs(stack: EmulatedStack, s3: Any) -> contextlib.AbstractContextManager[Any] | None:
+    """The local stand-in that makes moto's CreateTrainingJob run the training job scripts, where present,
+    with the jobs' source bundle where `cdk deploy` would have put the stack's asset."""
     try:
         from . import sagemaker  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return None
+    from urllib.parse import urlparse
+
+    for uri in sorted(stack.asset_uris()):
+        bucket = urlparse(uri).netloc
+        if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+            s3.create_bucket(Bucket=bucket)
+        sagemaker.put_source_bundle(s3, uri)
     return sagemaker.local_training_jobs()  # type: ignore[no-any-return]
 
 
@@ -372,7 +380,7 @@ def start_retraining(target: Target, data: Path, column: str, model: str | None,
 
     from pipeline.training.contract import read_table
     from pipeline.training.data import DataRefused, split, usable, validate_data
-    from pipeline.training.sagemaker_jobs import run_id_for, source_bundle
+    from pipeline.training.sagemaker_jobs import run_id_for
 
     name = model or target["model"]
     if name != target["model"]:
@@ -391,8 +399,6 @@ def start_retraining(target: Target, data: Path, column: str, model: str | None,
         if part == "holdout":
             s3.put_object(Bucket=target["model_bucket"], Key=f"holdout/{name}/{run_id}.csv",
                           Body=rows.to_csv(index=False).encode())
-    # The jobs' code, where a run that predates the machine's own source bundle looks for it.
-    s3.put_object(Bucket=target["artifacts_bucket"], Key=f"runs/{run_id}/sourcedir.tar.gz", Body=source_bundle())
     say(f"uploaded {Path(data).name} as s3://{target['data_bucket']}/{prefix}/ (train, validation, holdout)")
     state_input = {"model": name, "run_id": run_id, "data_prefix": prefix, "hyperparameters": {"target": column},
                    "holdout_uri": f"s3://{target['model_bucket']}/holdout/{name}/{run_id}.csv"}

@@ -19,6 +19,8 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
 
 from cdk.app import STACK_ID, build_app  # noqa: E402
+from pipeline.local.stack import ACCOUNT  # noqa: E402,F401  (the account the rendered ARNs name)
+from pipeline.local.stack import machine_definition as stack_machine_definition  # noqa: E402
 
 # Tests set the model through context, so a changed default in cdk.json cannot move their target.
 # The default variant is the serving stack alone (`-c slimserve:batchScoring=false`); cdk.json
@@ -114,35 +116,10 @@ def synth_app(app: Any, outdir: Path) -> Synth:
 
 # --- running a synthesized state machine on moto ----------------------------------------------------
 
-ACCOUNT = "123456789012"  # moto's default account: the ARNs a definition names must be the ones moto makes
-
-
-def render(value: Any, synth: Synth, region: str) -> Any:
-    """A template value as deploy time would see it in `region`: pseudo parameters, a function's Arn as an
-    ARN named by its logical id (the name the local Lambda dispatcher answers to), a topic's Ref as its ARN."""
-    if isinstance(value, str):
-        return value
-    if "Fn::Join" in value:
-        separator, parts = value["Fn::Join"]
-        return str(separator).join(str(render(p, synth, region)) for p in parts)
-    if "Ref" in value:
-        pseudo = {"AWS::Partition": "aws", "AWS::Region": region, "AWS::AccountId": ACCOUNT,
-                  "AWS::URLSuffix": "amazonaws.com"}
-        if value["Ref"] in pseudo:
-            return pseudo[value["Ref"]]
-        kind = synth.template["Resources"][value["Ref"]]["Type"]
-        return f"arn:aws:sns:{region}:{ACCOUNT}:{value['Ref']}" if kind == "AWS::SNS::Topic" else value["Ref"]
-    if "Fn::GetAtt" in value:
-        logical_id, attribute = value["Fn::GetAtt"]
-        if synth.template["Resources"][logical_id]["Type"] == "AWS::Lambda::Function" and attribute == "Arn":
-            return f"arn:aws:lambda:{region}:{ACCOUNT}:function:{logical_id}"
-    raise AssertionError(f"cannot render {value}")
-
-
 def machine_definition(synth: Synth, logical_id: str, region: str) -> str:
-    """The definition of one state machine of the template, rendered for moto's interpreter."""
-    body = synth.template["Resources"][logical_id]["Properties"]["DefinitionString"]
-    return str(render(body, synth, region))
+    """The definition of one state machine of the template, rendered for moto's interpreter as `slimserve up`
+    renders it (the names it gives the stack's resources)."""
+    return stack_machine_definition(synth.template, logical_id, region)
 
 
 def resource_id(synth: Synth, prefix: str, resource_type: str) -> str:

@@ -26,6 +26,7 @@ from cdk.constructs.retraining import IMPORT_HANDLER
 from pipeline.local.emulation import REGION, STATE_MACHINES, emulated_account
 from pipeline.local.lambdas import lambda_dispatch
 from pipeline.local.server import load_function
+from pipeline.local.stack import render
 from tests.conftest import breast_cancer
 from tests.integration.release_account import MODEL, TABLE, ReleaseAccount, bundle_version, release_account
 
@@ -41,34 +42,8 @@ def retraining_synth(synth_once: Callable[..., Synth]) -> Synth:
 
 
 def _render(value: Any, synth: Synth) -> Any:
-    """A template value in moto's account: a bucket's Ref as its lowercased id, a topic's as its ARN named
-    by its id, a function's Arn named by its id (what the dispatcher answers to), roles, image mappings."""
-    resources = synth.template["Resources"]
-    if isinstance(value, str):
-        return value
-    if "Fn::Join" in value:
-        separator, parts = value["Fn::Join"]
-        return str(separator).join(str(_render(p, synth)) for p in parts)
-    if "Ref" in value:
-        pseudo = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
-                  "AWS::URLSuffix": "amazonaws.com"}
-        if value["Ref"] in pseudo:
-            return pseudo[value["Ref"]]
-        kind = resources[value["Ref"]]["Type"]
-        return f"arn:aws:sns:{REGION}:{ACCOUNT}:{value['Ref']}" if kind == "AWS::SNS::Topic" else value["Ref"].lower()
-    if "Fn::GetAtt" in value:
-        logical_id, _ = value["Fn::GetAtt"]
-        kind = resources[logical_id]["Type"]
-        if kind == "AWS::Lambda::Function":
-            return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{logical_id}"
-        if kind == "AWS::IAM::Role":
-            return f"arn:aws:iam::{ACCOUNT}:role/{logical_id}"
-        if kind == "AWS::S3::Bucket":
-            return f"arn:aws:s3:::{logical_id.lower()}"
-    if "Fn::FindInMap" in value:
-        mapping, first, second = value["Fn::FindInMap"]
-        return str(synth.template["Mappings"][mapping][_render(first, synth)][second])
-    raise AssertionError(f"cannot render {value}")
+    """A template value in moto's account, named as `slimserve up` names it (one render: pipeline.local.stack)."""
+    return render(value, synth.template, REGION)
 
 
 class Retraining:
