@@ -30,6 +30,11 @@ def _bundle(args: argparse.Namespace) -> int:
           + (f", labels agree {m.parity.label_agreement:.2%}" if m.parity.label_agreement is not None else ""))
     for split, values in m.metrics.items():
         print(f"  {split} metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    if args.quantize:
+        from .bundling.quantize import quantize_bundle
+
+        # The sample stands in for a holdout here: with --target its labels judge the metrics too.
+        print(f"  quantize: {quantize_bundle(result.path, sample, args.target).reason}")
     return 0
 
 
@@ -371,7 +376,7 @@ def _train(args: argparse.Namespace) -> int:
     from .training.local import train_locally
 
     extra = ["--teacher", args.teacher, "--student", args.student, "--temperature", str(args.temperature),
-             "--augment", str(args.augment), "--name", args.name]
+             "--augment", str(args.augment), "--name", args.name, "--quantize", "on" if args.quantize else "off"]
     if args.on == "sagemaker":
         return _train_on_sagemaker(args, extra)
     try:
@@ -391,6 +396,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  {name[8:]:<18}" + "".join(f"{metrics[name].get(c, float('nan')):>10.4f}" for c in columns))
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
+    if "quantization" in result:
+        print(f"quantize: {result['quantization']['reason']}")
     print(f"bundle {result['version']}: {result['bundle']}")
     return 0
 
@@ -426,6 +433,10 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir))
 
 
+QUANTIZE_HELP = ("also write an int8 (dynamic) graph, kept when labels and metrics hold: MLP students and teachers "
+                 "only; linear and tree models (ONNX-ML operators) are not quantizable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -438,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--name", default="model", help="model name (default: model)")
     b.add_argument("--version", help="model version (default: UTC time and model hash)")
     b.add_argument("--tolerance", type=float, default=1e-4, help="max abs sklearn/ONNX difference (default 1e-4)")
+    b.add_argument("--quantize", action="store_true", help=QUANTIZE_HELP)
     b.set_defaults(func=_bundle)
 
     s = sub.add_parser("serve", help="serve a bundle on a local HTTP endpoint through the real Lambda handler")
@@ -533,8 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teacher", default="hgb", choices=["hgb", "xgboost", "mlp"])
     t.add_argument("--student", default="auto", choices=["auto", "hgb", "logreg", "tree", "mlp"],
                    help="auto (default): the smallest of logreg, mlp, hgb within 1 point of the teacher")
-    t.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
-    t.add_argument("--augment", type=int, default=1, help="teacher-labelled copies of the rows, jittered")
+    t.add_argument("--temperature", default="auto",
+                   help="distillation temperature (default auto: 1 or 2, the better on the validation split)")
+    t.add_argument("--augment", type=float, default=10.0,
+                   help="synthetic rows (MUNGE) per training row, labelled by the teacher (default 10; 0: none)")
+    t.add_argument("--quantize", action="store_true", help=QUANTIZE_HELP)
     t.add_argument("--name", default="model", help="model name in the bundle")
     t.add_argument("--on", choices=["local", "sagemaker"], default="local")
     t.add_argument("--role", help="SageMaker execution role ARN (--on sagemaker)")

@@ -15,7 +15,8 @@ MODEL_FILE = "model.onnx"
 # own and refuses a newer one. 2: features read by the fitted pipeline only (ignored_columns),
 # nullability and openness with their reasons, missing_category, missing_markers, ONNX input names.
 # 3: the typed feature profile (FeatureProfile); an older untyped profile is not read (drift skips it).
-FORMAT_VERSION = 3
+# 4: quantization (an int8 model.onnx records its parity against the float graph it came from).
+FORMAT_VERSION = 4
 PROFILE_QUANTILES = 101  # quantiles per numeric feature: the CDF at every percent, what KS and PSI read
 
 # pandas' default missing-value strings (read_csv's na_values): what training and bundling read as missing.
@@ -71,6 +72,19 @@ class Parity(_Strict):
     max_abs_diff: float = Field(ge=0)
     tolerance: float = Field(gt=0)
     label_agreement: float | None = Field(default=None, ge=0, le=1)
+
+
+class Quantization(_Strict):
+    """model.onnx is the int8 (dynamic) form of a float graph: ``parity`` there compares the int8 graph
+    with that float graph, under its own tolerance; the manifest's own ``parity`` is the float graph's
+    against scikit-learn."""
+
+    scheme: Literal["int8-dynamic"] = "int8-dynamic"
+    float_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the float graph the int8 one came from")
+    float_bytes: int = Field(ge=1)
+    parity: Parity
+    metric_losses: dict[str, float] = Field(default_factory=dict, description=(
+        "how much worse each holdout figure became (accuracy, the primary metric; relative RMSE)"))
 
 
 class NumericProfile(_Strict):
@@ -131,7 +145,8 @@ class Manifest(_Strict):
     onnx: OnnxSignature
     files: dict[str, str] = Field(description="file name -> sha256 hex digest")
     sizes: dict[str, int] = Field(default_factory=dict)
-    parity: Parity
+    parity: Parity = Field(description="the float graph against scikit-learn")
+    quantization: Quantization | None = Field(default=None, description="set when model.onnx is int8")
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
     target: str | None = Field(default=None, description="label column of the training data")
     training_data_fingerprint: str | None = None

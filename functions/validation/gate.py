@@ -32,6 +32,10 @@ class GateConfig(BaseModel):
     slices: list[str] = Field(default_factory=list, description="holdout columns to check slice by slice")
     min_slice_rows: int = Field(default=30, ge=1)
     max_parity_diff: float = Field(default=1e-4, gt=0)
+    max_quantized_diff: float = Field(default=0.05, gt=0, description="an int8 bundle: max abs difference "
+                                      "from the float graph it came from (its own parity)")
+    min_quantized_agreement: float = Field(default=0.99, ge=0, le=1, description="an int8 bundle: share of "
+                                           "labels it keeps from the float graph")
     latency_budget_ms: float = Field(default=100.0, gt=0, description="absolute p99 single-row ceiling, set far "
                                      "above machine noise; with a champion the relative rule decides")
     latency_ratio: float = Field(default=1.5, ge=1, description="candidate p99 may be this many times the "
@@ -304,9 +308,7 @@ def judge(candidate: Model, champion: Model | None, holdout: Holdout, config: Ga
         checks.append(Check("slices", not worse, "worse_on_slice",
                             f"worse on {worse}" if worse else f"no slice worse beyond {config.tolerance}"
                             + ("" if slices else " (no slices declared)")))
-    parity = manifest.parity.max_abs_diff
-    checks.append(Check("parity", parity <= config.max_parity_diff, "parity_failed",
-                        f"sklearn/ONNX max abs diff {parity:.3g} (budget {config.max_parity_diff:g})"))
+    checks.append(parity_check(manifest, config))
     latency = (measure_latency or interleaved_p99_ms)(candidate, champion if schema_issue is None else None,
                                                       holdout, config.latency_samples)
     checks.append(latency_check(latency, config))
@@ -321,6 +323,22 @@ def judge(candidate: Model, champion: Model | None, holdout: Holdout, config: Ga
             "candidate": {"name": manifest.name, "version": manifest.version},
             "champion": None if champion is None else {"name": champion.manifest.name,
                                                        "version": champion.manifest.version}}
+
+
+def parity_check(manifest: Manifest, config: GateConfig) -> Check:
+    """Parity of the graph that is served: the float graph against scikit-learn, or an int8 graph
+    against the float graph it came from (with its own budget and label agreement)."""
+    q = manifest.quantization
+    if q is None:
+        diff = manifest.parity.max_abs_diff
+        return Check("parity", diff <= config.max_parity_diff, "parity_failed",
+                     f"sklearn/ONNX max abs diff {diff:.3g} (budget {config.max_parity_diff:g})")
+    agreement = 1.0 if q.parity.label_agreement is None else q.parity.label_agreement
+    passed = q.parity.max_abs_diff <= config.max_quantized_diff and agreement >= config.min_quantized_agreement
+    return Check("parity", passed, "parity_failed",
+                 f"int8/float ONNX max abs diff {q.parity.max_abs_diff:.3g} (budget {config.max_quantized_diff:g}), "
+                 f"labels agree {agreement:.2%} (at least {config.min_quantized_agreement:.0%}); float graph vs "
+                 f"sklearn {manifest.parity.max_abs_diff:.3g}")
 
 
 def refused(reason: str, detail: str, candidate: Manifest | None) -> dict[str, Any]:

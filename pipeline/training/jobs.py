@@ -22,7 +22,20 @@ import pandas as pd
 from .contract import JobPaths, data_file, fingerprint, read_table
 from .data import DataRefused, usable, validate_data
 from .evaluation import student_gap, teacher_warnings
-from .models import AUTO_STUDENTS, STUDENTS, TEACHERS, distil, fit_teacher, make_student, make_teacher, student_label
+from .models import (
+    AUTO_STUDENTS,
+    LABEL_WEIGHTS,
+    MAX_SYNTHETIC_ROWS,
+    STUDENTS,
+    TEACHERS,
+    TEMPERATURES,
+    fit_teacher,
+    make_student,
+    make_teacher,
+    student_label,
+    teacher_targets,
+    tuned_student,
+)
 
 
 def parser(step: str) -> argparse.ArgumentParser:
@@ -38,16 +51,26 @@ def parser(step: str) -> argparse.ArgumentParser:
     p.add_argument("--export-check", choices=("on", "off"), default="on",
                    help="validate: fit and bundle each student on a sample first (off: already checked)")
     p.add_argument("--max-gap", type=float, default=0.01, help="auto: accepted accuracy (or relative RMSE) gap")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--augment", type=int, default=1, help="augmented copies of the training rows")
-    p.add_argument("--augment-scale", type=float, default=0.1)
+    p.add_argument("--temperature", type=_choice_or_number, default="auto",
+                   help="distillation temperature; auto: the best of 1 and 2 on the validation split")
+    p.add_argument("--label-weight", type=_choice_or_number, default="auto",
+                   help="share of the training rows' own labels in their soft targets; auto: 0 or 0.5 on validation")
+    p.add_argument("--augment", type=float, default=10.0,
+                   help="synthetic (MUNGE) rows per training row, labelled by the teacher (0: none)")
+    p.add_argument("--max-synthetic", type=int, default=MAX_SYNTHETIC_ROWS, help="synthetic rows at most")
     p.add_argument("--max-iter", type=int, default=400, help="teacher boosting rounds / epochs")
     p.add_argument("--student-iter", type=int, default=60)
     p.add_argument("--student-depth", type=int, default=4)
     p.add_argument("--name", default="model")
     p.add_argument("--version")
     p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--quantize", choices=("on", "off"), default="off",
+                   help="export: an int8 (dynamic) graph where it applies and keeps the holdout figures")
     return p
+
+
+def _choice_or_number(value: str) -> str | float:
+    return "auto" if value == "auto" else float(value)
 
 
 def _artefacts(paths: JobPaths, channel: str) -> Path:
@@ -86,6 +109,12 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_iter": args.max_iter, "student_iter": args.student_iter, "student_depth": args.student_depth}
 
 
+def _grid(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    """The temperatures and label weights tuned on the validation split (one each when fixed)."""
+    return {"temperatures": TEMPERATURES if args.temperature == "auto" else (float(args.temperature),),
+            "label_weights": LABEL_WEIGHTS if args.label_weight == "auto" else (float(args.label_weight),)}
+
+
 def run_validate(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     frame, path = _frame(paths, "train")
     report = validate_data(frame, args.target, args.task)
@@ -122,7 +151,7 @@ def run_teacher(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
 
 def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     train = _usable(paths, "train", args.target, args.task)
-    X, _ = _xy(train, args.target)
+    X, y = _xy(train, args.target)
     teacher_dir = _artefacts(paths, "teacher")
     teacher = joblib.load(teacher_dir / "teacher.joblib")  # our own artefact from the teacher job
     task = json.loads((teacher_dir / "teacher.json").read_text())["task"]
@@ -130,17 +159,23 @@ def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     kinds = [k for k in args.auto_students.split(",") if k in STUDENTS] if args.student == "auto" else [args.student]
     tried: dict[str, Any] = {}
     student = None
+    started = time.perf_counter()
+    targets = teacher_targets(teacher, X, task, y=y, synthetic=args.augment, max_synthetic=args.max_synthetic,
+                              seed=args.seed)
+    labelling = round(time.perf_counter() - started, 2)
+    held = None if validation is None else _xy(validation, args.target)
     for kind in kinds:
-        candidate = make_student(kind, task, X, args.seed, _params(args))
-        fit = distil(teacher, candidate, X, task, temperature=args.temperature, augment_copies=args.augment,
-                     augment_scale=args.augment_scale, seed=args.seed)
+        started = time.perf_counter()
+        candidate, tuning = tuned_student(lambda: make_student(kind, task, X, args.seed, _params(args)),  # noqa: B023
+                                          targets, held, **_grid(args))
         gap = None if validation is None else student_gap(task, validation, args.target, teacher, candidate)
-        tried[student_label(kind, task)] = {"gap": gap, "seconds": round(fit["seconds"], 2)}
-        student, chosen = candidate, kind
+        tried[student_label(kind, task)] = {"gap": gap, "seconds": round(time.perf_counter() - started, 2), **tuning}
+        student, chosen, chosen_tuning = candidate, kind, tuning
         if gap is None or gap <= args.max_gap:
             break  # the smallest acceptable one: candidates are ordered by size and latency
-    info = {"student": student_label(chosen, task), "tried": tried, "temperature": args.temperature,
-            "augment": args.augment, "task": task, "rows": len(X)}
+    info = {"student": student_label(chosen, task), "tried": tried, "temperature": chosen_tuning["temperature"],
+            "label_weight": chosen_tuning["label_weight"], "augment": args.augment,
+            "synthetic_rows": len(targets.X) - len(X), "labelling_seconds": labelling, "task": task, "rows": len(X)}
     paths.model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(student, paths.model_dir / "student.joblib")
     _write_json(paths.model_dir / "student.json", info)
@@ -170,8 +205,20 @@ def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     manifest = result.manifest.model_copy(update={
         "metrics": {**result.manifest.metrics, **metrics}, "training_data_fingerprint": fingerprint(train_path)})
     (paths.model_dir / "bundle" / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+    quantized = _quantize(args, paths.model_dir / "bundle", holdout)
     return {"bundle": str(paths.model_dir / "bundle"), "version": manifest.version, "metrics": manifest.metrics,
-            "student": chosen, "warnings": teacher_warnings(task, metrics)}
+            "student": chosen, "warnings": teacher_warnings(task, metrics), **quantized}
+
+
+def _quantize(args: argparse.Namespace, bundle: Path, holdout: pd.DataFrame) -> dict[str, Any]:
+    """``--quantize on``: the int8 graph replaces the float one where it applies and holds on the holdout."""
+    if args.quantize != "on":
+        return {}
+    from pipeline.bundling.quantize import quantize_bundle
+
+    outcome = quantize_bundle(bundle, holdout, args.target)
+    return {"quantization": {"kept": outcome.kept, "reason": outcome.reason, "float_bytes": outcome.float_bytes,
+                             "int8_bytes": outcome.int8_bytes, "holdout": outcome.metrics}}
 
 
 def code_version() -> str:

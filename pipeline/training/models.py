@@ -1,6 +1,8 @@
 """Teachers, students and distillation on soft labels.
 
-Distillation trains the student with the teacher's class probabilities as targets. For learners
+Distillation trains the student with the teacher's class probabilities as targets, over the
+training rows and many synthetic rows near them (MUNGE) that the teacher labels: the student
+learns the teacher's function where the data lives, not only at the training points. For learners
 that minimise log loss this is exact with scikit-learn's own ``fit``: each row is repeated once
 per class with ``sample_weight`` = the teacher's probability of that class, so the student's loss
 is the cross-entropy against the soft label.
@@ -9,6 +11,8 @@ is the cross-entropy against the soft label.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +25,10 @@ TEACHERS = ("hgb", "xgboost", "mlp")
 STUDENTS = ("hgb", "logreg", "tree", "mlp")
 AUTO_STUDENTS = ("logreg", "mlp", "hgb")  # smallest and fastest first
 MISSING_CATEGORY = "(missing)"  # what a null category is read as: a category of its own
+TEMPERATURES = (1.0, 2.0)  # tried on the validation split (higher ones lost on every set measured)
+LABEL_WEIGHTS = (0.0, 0.5)  # the training rows' own labels mixed into their soft targets
+MAX_SYNTHETIC_ROWS = 200_000  # teacher-labelled synthetic rows at most (large tables need few)
+MUNGE_SOURCE_ROWS = 50_000  # rows the synthetic ones start from (the neighbour search grows with them)
 EARLY_STOPPING_ROUNDS = 20  # boosting stops when the validation loss has not improved for this many rounds
 
 
@@ -160,43 +168,144 @@ def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def augment(X: pd.DataFrame, copies: int, scale: float, seed: int) -> pd.DataFrame:
-    """Rows near the training data (numeric features jittered by ``scale`` standard deviations,
-    categories resampled from their column), for the teacher to label."""
-    if copies <= 0:
-        return X.iloc[:0]
-    rng = np.random.default_rng(seed)
+def _numeric(col: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col))
+
+
+def _neighbour_space(X: pd.DataFrame) -> np.ndarray:
+    """Rows as points for the nearest-neighbour search: numbers standardised (a null at the median),
+    categories one-hot at 1/sqrt(2), so that a different category counts as one standard deviation."""
     parts = []
-    for _ in range(copies):
-        fake = X.copy()
-        for name in X.columns:
-            col = X[name]
-            if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-                std = float(np.nanstd(col.to_numpy(dtype=float))) or 1.0
-                fake[name] = col + rng.normal(0.0, scale * std, len(col))
-            else:
-                fake[name] = rng.choice(col.dropna().to_numpy(), len(col)) if col.notna().any() else col
-        parts.append(fake)
-    return pd.concat(parts, ignore_index=True)
+    for name in X.columns:
+        col = X[name]
+        if _numeric(col):
+            values = col.to_numpy(dtype=float)
+            filled = np.where(np.isnan(values), np.nanmedian(values) if np.isfinite(values).any() else 0.0, values)
+            parts.append(((filled - filled.mean()) / (filled.std() or 1.0))[:, None])
+        else:
+            codes = pd.factorize(col.astype(object).where(col.notna(), MISSING_CATEGORY))[0]
+            parts.append(np.eye(codes.max() + 1)[codes] / np.sqrt(2.0))
+    return np.hstack(parts) if parts else np.zeros((len(X), 1))
 
 
-def distil(teacher: Any, student: Pipeline, X: pd.DataFrame, task: str, *, temperature: float = 1.0,
-           augment_copies: int = 0, augment_scale: float = 0.1, seed: int = 0) -> dict[str, Any]:
-    """Fit ``student`` on the teacher's soft labels over X (plus augmented rows)."""
-    started = time.perf_counter()
-    X_all = pd.concat([X, augment(X, augment_copies, augment_scale, seed)], ignore_index=True)
+def munge(X: pd.DataFrame, rows: int, *, p: float = 0.5, s: float = 1.0, seed: int = 0,
+          max_source_rows: int = MUNGE_SOURCE_ROWS) -> pd.DataFrame:
+    """``rows`` synthetic rows near the data, for the teacher to label (MUNGE, Bucila et al. 2006).
+
+    Each synthetic row starts from a training row; each of its features, with probability ``p``,
+    takes the value of the row's nearest neighbour, a number jittered by a Gaussian whose scale is
+    the distance between the two values over ``s`` (the local scale), a category as it is. The
+    other features keep the row's own value. Values therefore stay where the data lives: a category
+    is always one the column holds, a number near two neighbouring ones. Deterministic from ``seed``."""
+    if rows <= 0 or len(X) < 2:
+        return X.iloc[:0]
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(seed)
+    source = X if len(X) <= max_source_rows else X.sample(max_source_rows, random_state=seed)
+    source = source.reset_index(drop=True)
+    space = _neighbour_space(source)
+    neighbour = NearestNeighbors(n_neighbors=2).fit(space).kneighbors(space, return_distance=False)[:, 1]
+    base = rng.integers(0, len(source), rows)
+    other = neighbour[base]
+    fake = source.iloc[base].reset_index(drop=True)
+    for name in source.columns:
+        take = rng.random(rows) < p
+        own, near = source[name].to_numpy()[base], source[name].to_numpy()[other]
+        if _numeric(source[name]):
+            own, near = own.astype(float), near.astype(float)
+            scale = np.nan_to_num(np.abs(own - near) / s)
+            jittered = near + rng.normal(0.0, 1.0, rows) * scale
+            values = np.where(take, jittered, own)
+            fake[name] = values.astype(source[name].dtype) if source[name].dtype.kind == "f" else values
+        else:
+            fake[name] = pd.Series(np.where(take, near, own), dtype=source[name].dtype)
+    return fake
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The rows a student learns from (training rows, then synthetic ones) and what it learns:
+    the teacher's probabilities (classification) or predictions (regression), and the labels of
+    the training rows."""
+
+    X: pd.DataFrame
+    teacher: np.ndarray
+    labels: pd.Series | None
+    classes: np.ndarray | None
+
+
+def teacher_targets(teacher: Any, X: pd.DataFrame, task: str, *, y: pd.Series | None = None,
+                    synthetic: float = 0.0, max_synthetic: int = MAX_SYNTHETIC_ROWS, seed: int = 0) -> Targets:
+    """Label the training rows and ``synthetic`` MUNGE rows per training row (at most
+    ``max_synthetic``) with the teacher, once: every temperature tried reuses them."""
+    rows = int(min(round(synthetic * len(X)), max_synthetic))
+    X_all = pd.concat([X, munge(X, rows, seed=seed)], ignore_index=True)
     if task == "regression":
-        student.fit(X_all, teacher.predict(X_all))  # the teacher's predictions are the soft targets
-        return {"rows": len(X_all), "seconds": time.perf_counter() - started}
-    classes = teacher.classes_
-    soft = soften(teacher.predict_proba(X_all), temperature)
+        return Targets(X_all, np.asarray(teacher.predict(X_all), dtype=float), y, None)
+    return Targets(X_all, np.asarray(teacher.predict_proba(X_all), dtype=float), y, np.asarray(teacher.classes_))
+
+
+def fit_student(student: Pipeline, targets: Targets, *, temperature: float = 1.0,
+                label_weight: float = 0.0) -> Pipeline:
+    """Fit ``student`` on soft targets: the teacher's probabilities at ``temperature``, mixed on the
+    training rows with their own labels at ``label_weight`` (0: the teacher's alone)."""
+    X_all = targets.X
+    if targets.classes is None:
+        return student.fit(X_all, targets.teacher)  # the teacher's predictions are the soft targets
+    soft = soften(targets.teacher, temperature)
+    if label_weight > 0 and targets.labels is not None:
+        n = len(targets.labels)
+        hard = (targets.labels.to_numpy(dtype=object)[:, None] == targets.classes.astype(object)[None, :])
+        soft = soft.copy()
+        soft[:n] = (1 - label_weight) * soft[:n] + label_weight * hard
     keep = soft > 1e-4  # rows of a class the teacher rules out add nothing
-    rows = np.concatenate([np.flatnonzero(keep[:, j]) for j in range(len(classes))])
-    labels = np.concatenate([np.full(int(keep[:, j].sum()), j) for j in range(len(classes))])
-    weights = soft[rows, labels]
+    rows = np.concatenate([np.flatnonzero(keep[:, j]) for j in range(len(targets.classes))])
+    labels = np.concatenate([np.full(int(keep[:, j].sum()), j) for j in range(len(targets.classes))])
     # Preprocessing learns from the rows as they are (not from the per-class copies); only the
     # final estimator sees the weighted copies.
     features = student[:-1].fit_transform(X_all) if len(student.steps) > 1 else X_all
     student.steps[-1][1].fit(features[rows] if isinstance(features, np.ndarray) else features.iloc[rows],
-                             np.asarray(classes)[labels], sample_weight=weights)
-    return {"rows": len(X_all), "weighted_rows": len(rows), "seconds": time.perf_counter() - started}
+                             targets.classes[labels], sample_weight=soft[rows, labels])
+    return student
+
+
+def distil(teacher: Any, student: Pipeline, X: pd.DataFrame, task: str, *, y: pd.Series | None = None,
+           temperature: float = 1.0, synthetic: float = 0.0, label_weight: float = 0.0,
+           seed: int = 0) -> dict[str, Any]:
+    """Fit ``student`` on the teacher's soft labels over X plus ``synthetic`` MUNGE rows per row."""
+    started = time.perf_counter()
+    targets = teacher_targets(teacher, X, task, y=y, synthetic=synthetic, seed=seed)
+    fit_student(student, targets, temperature=temperature, label_weight=label_weight)
+    return {"rows": len(targets.X), "seconds": time.perf_counter() - started}
+
+
+def tuned_student(make: Callable[[], Pipeline], targets: Targets, validation: tuple[pd.DataFrame, pd.Series] | None,
+                  temperatures: tuple[float, ...] = TEMPERATURES,
+                  label_weights: tuple[float, ...] = LABEL_WEIGHTS) -> tuple[Pipeline, dict[str, Any]]:
+    """The student fitted at each temperature and label weight, kept where the validation split
+    scores best (accuracy, then log loss; RMSE for regression). Without a validation split: the first."""
+    from functions.common import metrics as m
+
+    grid = [(1.0, 0.0)] if targets.classes is None else [(t, w) for t in temperatures for w in label_weights]
+    grid = grid if validation is not None else grid[:1]
+    best: tuple[Any, ...] | None = None
+    tried = []
+    for temperature, weight in grid:
+        student = fit_student(make(), targets, temperature=temperature, label_weight=weight)
+        score: tuple[float, ...] = (0.0,)
+        if validation is not None:
+            X_val, y_val = validation
+            if targets.classes is None:
+                score = (-m.rmse(y_val.to_numpy(dtype=float), student.predict(X_val)),)
+            else:
+                truth = y_val.to_numpy(dtype=object)
+                proba = student.predict_proba(X_val)
+                labels = np.asarray(student.classes_, dtype=object)[proba.argmax(axis=1)]
+                score = (m.accuracy(truth, labels), -m.log_loss(truth, proba, list(student.classes_)))
+        tried.append({"temperature": temperature, "label_weight": weight,
+                      "validation": [round(float(v), 6) for v in score]})
+        if best is None or score > best[0]:
+            best = (score, student, temperature, weight)
+    assert best is not None
+    return best[1], {"temperature": best[2], "label_weight": best[3], "grid": tried}
