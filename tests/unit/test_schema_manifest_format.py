@@ -28,7 +28,7 @@ def _rewrite(path: Path, change: dict[str, object]) -> None:
 
 
 def test_a_new_bundle_carries_the_current_format(bundle: Path) -> None:
-    assert json.loads((bundle / "manifest.json").read_text())["format_version"] == FORMAT_VERSION == 3
+    assert json.loads((bundle / "manifest.json").read_text())["format_version"] == FORMAT_VERSION == 4
 
 
 def test_a_version_1_manifest_still_loads_and_serves(bundle: Path) -> None:
