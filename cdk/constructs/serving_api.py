@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from aws_cdk import CfnOutput, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
@@ -18,6 +19,7 @@ from functions.common.settings import InferenceSettings
 
 from .checks import check_key_prefix, check_range, check_sha256
 from .function import FunctionProps, SlimserveFunction
+from .model_store import grant_put_capture
 from .nag import ack, checkov_skip
 
 HANDLER = "functions.inference.handler.lambda_handler"
@@ -28,6 +30,32 @@ LAMBDA_SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 APIGW_INTEGRATION_TIMEOUT_SECONDS = 29
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9_]{1,128}$")
 _OWNER = "ServingApiProps"
+
+
+@dataclass(frozen=True)
+class CaptureProps:
+    """Request capture to the model bucket's capture/ prefix (see functions/common/capture.py)."""
+
+    sample_rate: float = 0.0
+    """Share of requests captured, chosen by request id; 0 (the default) captures nothing and grants nothing."""
+    max_records: int = 500
+    """A buffer of this many rows is written in the request that fills it."""
+    max_seconds: float = 60.0
+    """A buffer whose oldest row is older is written in the next request."""
+    drop_columns: tuple[str, ...] = ()
+    """Features never captured (PII)."""
+    hash_columns: tuple[str, ...] = ()
+    """Features captured as sha256:<hex16> (pseudonymised: equal values stay equal)."""
+
+    def validate(self, owner: str) -> None:
+        if not 0 <= self.sample_rate <= 1:
+            raise ValueError(f"{owner}.capture.sample_rate must be between 0 and 1, got {self.sample_rate}")
+        check_range(f"{owner}.capture", "max_records", self.max_records, 1, 100_000)
+        if self.max_seconds <= 0:
+            raise ValueError(f"{owner}.capture.max_seconds must be > 0, got {self.max_seconds}")
+        for name in (*self.drop_columns, *self.hash_columns):
+            if not name or "," in name:
+                raise ValueError(f"{owner}.capture: column names are non-empty and hold no comma, got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -54,9 +82,12 @@ class ServingApiProps:
     max_body_bytes: int = 5 * 1024 * 1024
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
     stage_name: str = "v1"
+    capture: CaptureProps = field(default_factory=CaptureProps)
+    """Request capture (off by default): the function may then PutObject under capture/<model>/ only."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad prop, before any resource is created."""
+        self.capture.validate(_OWNER)
         if self.model_prefix is not None:
             check_key_prefix(_OWNER, "model_prefix", self.model_prefix)
         elif not (self.model_name and self.registry_table is not None):
@@ -116,6 +147,7 @@ class ServingApi(Construct):
                 model_manifest_sha256=props.model_manifest_sha256,
                 max_rows=props.max_rows,
                 max_body_bytes=props.max_body_bytes,
+                **_capture_settings(props),
             ),
             layers=[props.layer],
             memory_size=props.memory_size,
@@ -126,6 +158,8 @@ class ServingApi(Construct):
             log_group_id="FunctionLogs",  # the id it was first deployed with
             invoked_by="API Gateway (the REST API's Lambda proxy integration)",
         ))
+        if props.capture.sample_rate > 0:
+            grant_put_capture(fn, props.model_bucket, props.model_name)
         if props.model_prefix:
             fn.grant_read_objects(props.model_bucket, {f"{props.model_prefix}*": "one bundle prefix only"})
             return fn
@@ -230,6 +264,16 @@ class ServingApi(Construct):
                                                           "one caller's rows with another's predictions")
         checkov_skip(self.node.find_child("AccessLogs"), "CKV_AWS_158", "service-encrypted at rest; access "
                                                                         "log lines hold no request or response body")
+
+
+def _capture_settings(props: ServingApiProps) -> dict[str, Any]:
+    capture = props.capture
+    if capture.sample_rate <= 0:
+        return {}
+    return {"model_bucket": props.model_bucket.bucket_name, "capture_sample_rate": capture.sample_rate,
+            "capture_max_records": capture.max_records, "capture_max_seconds": capture.max_seconds,
+            "capture_drop_columns": ",".join(capture.drop_columns) or None,
+            "capture_hash_columns": ",".join(capture.hash_columns) or None}
 
 
 def _add_error_responses(api: apigw.RestApi) -> None:

@@ -27,7 +27,7 @@ from ..constructs.model_store import ModelStore, ModelStoreProps
 from ..constructs.monitoring import Monitoring
 from ..constructs.release import Release, ReleaseMachineSettings, ReleaseProps
 from ..constructs.retraining import Retraining, RetrainingProps, RetrainingSettings
-from ..constructs.serving_api import ServingApi, ServingApiProps
+from ..constructs.serving_api import CaptureProps, ServingApi, ServingApiProps
 from ..constructs.training import Training, TrainingProps, TrainingSettings
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -38,6 +38,8 @@ class ServingStackProps:
     model_name: str = "demo"
     """The model served and batch-scored: both follow its champion (and canary) in the registry."""
     api_key_required: bool = False
+    capture: CaptureProps = field(default_factory=CaptureProps)
+    """Request capture to the model bucket's capture/ (off by default); its expiry is `model_store`'s."""
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
     layer_dir: Path = DEFAULT_RUNTIME_LAYER_DIR
     parquet_layer_dir: Path = DEFAULT_PARQUET_LAYER_DIR
@@ -85,6 +87,7 @@ class ServingStack(Stack):
             registry_table=self.registry.table,
             api_key_required=props.api_key_required,
             architecture=props.architecture,
+            capture=props.capture,
         ))
         # Serving alarms: per model role on the handler's metrics, and on alias `live` and the API stage.
         self.role_alarms = self.monitoring.model_roles(self.serving, props.model_name)
