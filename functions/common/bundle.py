@@ -24,6 +24,8 @@ from .schema import RowSchema
 
 # Probabilities closer than this count as a tie, broken towards the first class as scikit-learn does.
 TIE_TOLERANCE = 1e-5
+# Up to this many rows, labels are picked from Python lists: numpy's fixed cost per call dominates there.
+SMALL_REQUEST_ROWS = 16
 
 Reader = Callable[[str], bytes]
 
@@ -115,6 +117,7 @@ class Model:
         self._check_signature()
         self.schema = RowSchema(manifest.features, manifest.onnx, max_rows, manifest.ignored_columns)
         self._classes = np.array(manifest.classes, dtype=object) if manifest.classes else None
+        self._class_list = list(manifest.classes or ())
         sig = manifest.onnx
         self._outputs = [sig.probability_output if self._classes is not None else sig.prediction_output]
 
@@ -149,6 +152,12 @@ class Model:
         return self.predict_feeds(self.schema.to_feeds(instances))
 
     def predict_feeds(self, feeds: dict[str, np.ndarray]) -> Prediction:
+        """Labels and probabilities as lists (a float32 output's values are exact as Python floats)."""
+        if self._classes is not None and len(next(iter(feeds.values()))) <= SMALL_REQUEST_ROWS:
+            (out,) = self.session.run(self._outputs, feeds)
+            probabilities = np.asarray(out).tolist()
+            classes = self._class_list
+            return Prediction([classes[first_max_row(row)] for row in probabilities], probabilities)
         predictions, proba = self.score(feeds)
         return Prediction(predictions=predictions.tolist(), probabilities=None if proba is None else proba.tolist())
 
@@ -166,6 +175,15 @@ def first_max(proba: np.ndarray) -> np.ndarray:
     exact ties even when float32 rounding in ONNX nudges one side up."""
     top = proba.max(axis=1, keepdims=True)
     return np.argmax(proba >= top - TIE_TOLERANCE, axis=1)
+
+
+def first_max_row(row: list[float]) -> int:
+    """:func:`first_max` of one row of Python floats, with the same answer (NaN anywhere: the first class)."""
+    top = max(row)
+    if sum(row) != sum(row):  # NaN: numpy's argmax over no candidates
+        return 0
+    floor = top - TIE_TOLERANCE
+    return next(i for i, p in enumerate(row) if p >= floor)
 
 
 def load_model(read: Reader, *, expected_manifest_sha256: str | None = None, max_rows: int = 10_000,

@@ -261,8 +261,13 @@ def _bin(value: float, low: float | None, high: float | None) -> int:
 
 def emit_request_metrics(model_name: str, role: str, version: str, *, status: int,
                          latency_ms: float | None = None, counts: dict[str, int] | None = None,
-                         timestamp_ms: int | None = None) -> dict[str, Any]:
-    """One EMF record for one request, under both dimension sets; returns the record."""
+                         timestamp_ms: int | None = None,
+                         function_metrics: tuple[dict[str, str], dict[str, tuple[float, str]]] | None = None
+                         ) -> dict[str, Any]:
+    """One EMF record for one request, under both dimension sets; returns the record.
+
+    ``function_metrics`` (dimensions, then name -> (value, unit)) ride in the same record under
+    their own dimension set: one line per request instead of a second record from Powertools."""
     values: dict[str, tuple[float, str]] = {
         "Requests": (1, "Count"), "Errors4xx": (int(400 <= status < 500), "Count"),
         "Errors5xx": (int(status >= 500), "Count")}
@@ -277,5 +282,12 @@ def emit_request_metrics(model_name: str, role: str, version: str, *, status: in
                                         "Metrics": [{"Name": n, "Unit": u} for n, (_, u) in values.items()]}]},
         "model_name": model_name, "model_role": role, "model_version": version,
         **{n: v for n, (v, _) in values.items()}}
+    if function_metrics is not None:
+        dimensions, extra = function_metrics
+        record["_aws"]["CloudWatchMetrics"].append({
+            "Namespace": METRICS_NAMESPACE, "Dimensions": [list(dimensions)],
+            "Metrics": [{"Name": n, "Unit": u} for n, (_, u) in extra.items()]})
+        record.update(dimensions)
+        record.update({n: v for n, (v, _) in extra.items()})
     _sink[0](record)
     return record

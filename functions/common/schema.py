@@ -24,6 +24,7 @@ from .manifest import Feature, OnnxSignature
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER_TYPES = frozenset({int, float})
+FEW_ROWS = 16  # up to this many rows, checking cells in Python beats numpy's fixed cost per call
 SUGGESTION_CANDIDATES = 8  # unknown keys compared with the missing names per refused row: bounds the work
 SUGGESTION_CUTOFF = 0.75
 
@@ -169,7 +170,12 @@ class RowSchema:
 
         Anything else (nulls, strings, NaN...) returns None and the column-by-column path
         finds and names the first bad cell."""
-        if not set(map(type, itertools.chain.from_iterable(rows))) <= _NUMBER_TYPES:
+        cells = itertools.chain.from_iterable(rows)
+        if len(rows) <= FEW_ROWS:
+            if not all(type(v) in _NUMBER_TYPES and -_FLOAT32_MAX <= v <= _FLOAT32_MAX for v in cells):
+                return None  # NaN fails both comparisons
+            return np.array(rows, dtype=np.float64).astype(self._dtype, copy=False)
+        if not set(map(type, cells)) <= _NUMBER_TYPES:
             return None
         try:
             matrix = np.array(rows, dtype=np.float64)

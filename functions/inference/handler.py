@@ -121,20 +121,23 @@ def predict() -> Response[Any]:
         raise request_shape_error(exc.errors()) from None
     routed = route()
     try:
-        started = clock()
-        result = routed.model.predict(request.instances)
-        latency_ms = (clock() - started) * 1e3
+        with rt.subsegment("## model", model_version=routed.version, model_role=routed.role):
+            started = clock()
+            result = routed.model.predict(request.instances)
+            latency_ms = (clock() - started) * 1e3
     except SlimserveError as exc:
         emit_request_metrics(routed.model.manifest.name, routed.role, routed.version, status=exc.status)
         raise
     except Exception:
         emit_request_metrics(routed.model.manifest.name, routed.role, routed.version, status=500)
         raise
+    # One EMF record: the per-role metrics, and PredictedRows and ModelLatency under the function's dimensions.
+    function_metrics = {"PredictedRows": (len(result.predictions), "Count"),
+                        "ModelLatency": (latency_ms, "Milliseconds")}
     emit_request_metrics(routed.model.manifest.name, routed.role, routed.version, status=200,
-                         latency_ms=latency_ms, counts=prediction_counts(routed.model, result.predictions))
+                         latency_ms=latency_ms, counts=prediction_counts(routed.model, result.predictions),
+                         function_metrics=(rt.metric_dimensions, function_metrics))
     model = routed.model
-    metrics.add_metric(name="PredictedRows", unit=MetricUnit.Count, value=len(result.predictions))
-    metrics.add_metric(name="ModelLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
     body: dict[str, Any] = {"predictions": result.predictions}
     if result.probabilities is not None:
         body["probabilities"] = result.probabilities
@@ -281,7 +284,8 @@ def _error(exc: SlimserveError) -> Response[Any]:
                     body=json.dumps(exc.to_body(_request_id())), headers=headers)
 
 
-@rt.handler(correlation_id_path=correlation_paths.API_GATEWAY_REST, cold_start_metric=True)
+# The model call opens its own subsegment (rt.subsegment): unsampled requests pay nothing for tracing.
+@rt.handler(correlation_id_path=correlation_paths.API_GATEWAY_REST, cold_start_metric=True, trace=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     proxy_event = APIGatewayProxyEvent(event)
     refused = guard(proxy_event, settings.max_body_bytes)
