@@ -43,7 +43,7 @@ from .buckets import AccessLogs, abort_incomplete_uploads, secure_bucket
 from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
 from .monitoring import Monitoring
-from .nag import ack, arn_token, checkov_skip
+from .nag import ack, ack_notifications_handler, arn_token, checkov_skip
 from .state_machines import logged_state_machine
 from .topology import OBJECT_CREATED, BatchTopology
 
@@ -347,7 +347,7 @@ class BatchScoring(Construct):
         for fn in (self.map_function, self.finalize_function):
             ack(role, f"AwsSolutions-IAM5[Resource::{arn_token(fn)}:*]", "invoke: this function's versions only")
         self._acknowledge_distributed_map_policy()
-        self._acknowledge_notifications_handler()
+        ack_notifications_handler(self)
 
     def _acknowledge_distributed_map_policy(self) -> None:
         """CDK's grants for the Map Run's child executions, whose ids exist only at run time."""
@@ -361,17 +361,5 @@ class BatchScoring(Construct):
         ack(policy, f"AwsSolutions-IAM5[Resource::{executions}/{MAP_RUN_LABEL}:*]",
              "redrive this machine's own Map Run children")
 
-    def _acknowledge_notifications_handler(self) -> None:
-        """CDK's stack-wide helper that writes the bucket's notification configuration."""
-        handler = next((c for c in Stack.of(self).node.children
-                        if c.node.id.startswith("BucketNotificationsHandler")), None)
-        role = handler.node.try_find_child("Role") if handler is not None else None
-        basic = "arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
-        ack(role, f"AwsSolutions-IAM4[Policy::{basic}]", "CDK's notification helper, deploy time; role is fixed")
-        resource = handler.node.try_find_child("Resource") if handler is not None else None
-        helper = "CDK's notification helper, invoked only by CloudFormation at deploy time"
-        checkov_skip(resource, "CKV_AWS_115", f"{helper}: one call per deploy, no concurrency to reserve")
-        checkov_skip(resource, "CKV_AWS_116", f"{helper}, synchronously: CloudFormation receives its failure")
-        checkov_skip(resource, "CKV_AWS_117", f"{helper}: calls only the S3 API")
 
 

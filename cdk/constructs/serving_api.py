@@ -218,6 +218,22 @@ class ServingApi(Construct):
         self.api.root.add_resource("health").add_method("GET", integration)
         self.api.root.add_resource("openapi.json").add_method("GET", integration)
 
+    def add_iam_route(self, path: str, method: str, function: lambda_.IFunction, *, rate_limit: float,
+                      burst_limit: int) -> apigw.Method:
+        """Another function's route on this API: its own resource, so IAM policies allow it apart from /predict,
+        IAM-authenticated, and throttled on its own (a stage method setting) below the stage's limits."""
+        added = self.api.root.add_resource(path).add_method(
+            method, apigw.LambdaIntegration(function, proxy=True), authorization_type=apigw.AuthorizationType.IAM)
+        stage = self.api.deployment_stage.node.default_child
+        if not isinstance(stage, apigw.CfnStage):
+            raise TypeError(f"{self.node.id}: no CfnStage to throttle /{path} on")
+        existing = stage.method_settings if isinstance(stage.method_settings, list) else []
+        stage.method_settings = [*existing, apigw.CfnStage.MethodSettingProperty(
+            http_method=method, resource_path="/" + f"/{path}".replace("/", "~1"), throttling_rate_limit=rate_limit,
+            throttling_burst_limit=burst_limit, metrics_enabled=True, logging_level="INFO", data_trace_enabled=False)]
+        ack(added, "AwsSolutions-COG4", "callers authenticate with IAM (SigV4), not Cognito user pools")
+        return added
+
     def _predict_model(self) -> apigw.Model:
         # Shape only, so malformed bodies never cost a Lambda call; the handler owns the finer limits
         # (row count, id length, unknown keys) because its errors name the offending field.

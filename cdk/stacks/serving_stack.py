@@ -14,6 +14,7 @@ from constructs import Construct
 
 from ..constructs.batch_scoring import BatchScoring, BatchScoringProps, BatchScoringSettings
 from ..constructs.code_release import CodeRelease, CodeReleaseProps
+from ..constructs.feedback import Feedback, FeedbackProps, FeedbackSettings
 from ..constructs.guardrails import FunctionGuardrails
 from ..constructs.layers import DEFAULT_PARQUET_LAYER_DIR, DEFAULT_RUNTIME_LAYER_DIR, Layers, LayersProps
 from ..constructs.model_registry import (
@@ -55,6 +56,8 @@ class ServingStackProps:
     """Model releases by canary: stage weights, bake, the least canary traffic a comparison needs."""
     retraining: RetrainingSettings = field(default_factory=RetrainingSettings)
     """Retraining runs (train, import, gate, release): the schedule (off by default) and triggered runs' data."""
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    """Labels for prediction ids (POST /feedback, feedback/ files), the live accuracy alarm and the review queue."""
 
     def resolved_prefix(self) -> str:
         """The key prefix of the model's versions in the model bucket, `models/<model_name>/`."""
@@ -88,6 +91,16 @@ class ServingStack(Stack):
             api_key_required=props.api_key_required,
             architecture=props.architecture,
             capture=props.capture,
+        ))
+        # Prediction ids, POST /feedback and the review queue join the serving function and its API.
+        self.feedback = Feedback(self, "Feedback", FeedbackProps(
+            model_name=props.model_name,
+            model_bucket=self.model_store.bucket,
+            serving=self.serving,
+            layer=self.layers.runtime,
+            monitoring=self.monitoring,
+            architecture=props.architecture,
+            settings=props.feedback,
         ))
         # Serving alarms: per model role on the handler's metrics, and on alias `live` and the API stage.
         self.role_alarms = self.monitoring.model_roles(self.serving, props.model_name)

@@ -61,6 +61,27 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     "/Retraining/TriggerDeadLetters": {
         "AwsSolutions-SQS3",
     },
+    "/Feedback/Function": {"AwsSolutions-L1"},
+    "/Feedback/FunctionRole": {
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/churn/*/manifest.json]",
+    },
+    "/Feedback/FilesFunction": {"AwsSolutions-L1"},
+    "/Feedback/FilesFunctionRole": {
+        "AwsSolutions-IAM5[Action::s3:Abort*]",
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/feedback-results/*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/feedback/*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/churn/*/manifest.json]",
+    },
+    "/Feedback/FilesDeadLetters": {"AwsSolutions-SQS3"},
+    "/Feedback/ReviewDeadLetters": {"AwsSolutions-SQS3"},
+    "/Feedback/PredictionIdKey": {"AwsSolutions-SMG4"},
+    "/Serving/RestApi/Default/feedback/POST": {"AwsSolutions-COG4"},
+    # CDK's bucket notification helper: the feedback/ notification of the model bucket makes it in every variant.
+    "/BucketNotificationsHandler050a0587b7544547bf325f094a3db834/Role": {
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
+    },
     "/Release/Function": {"AwsSolutions-L1"},
     "/Release/FunctionRole": {"AwsSolutions-IAM5[Resource::*]"},
     "/Release/RollbackFunction": {"AwsSolutions-L1"},
