@@ -7,15 +7,16 @@ Parquet needs random access: it is spooled to local disk (not memory) and delete
 
 from __future__ import annotations
 
-import collections
+import codecs
 import contextlib
 import csv
 import functools
 import gzip
 import io
-import itertools
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -33,7 +34,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD_CHARS = 1 << 20  # a longer record is a rejected row, never held whole in memory
 CHUNK_CHARS = 16 << 20  # a chunk ends here whatever its row count: wide rows keep memory bounded too
 ECHO_CHARS = 1024  # of an oversized or unreadable record, echoed into the rejected rows
-FAST_LINES = 1024  # lines read and checked at once while none needs a closer look
+READ_BYTES = 1 << 20  # read from the (decompressed) stream at a time
+PLAIN_BYTES = MAX_RECORD_CHARS  # a plain block (no line in it oversized) is at most this long
 NO_MARKERS: tuple[str, ...] = ("",)  # an empty text cell is missing; a bundle's missing_markers add to it
 
 
@@ -72,9 +74,16 @@ class Chunk:
     cells: list[list[Any] | None] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
     numbers: np.ndarray | None = None  # all cells already parsed as float64 (fast CSV path)
+    block: bytes | None = None  # the records' own text, one a line, when ``raw`` is not filled (plain CSV)
 
     def __len__(self) -> int:
         return len(self.line_numbers)
+
+    def record(self, i: int) -> Any:
+        """Record ``i`` as read (a CSV record's text without its line ending)."""
+        if not self.raw and self.block is not None:
+            self.raw = [line.decode("ascii") for line in self.block.splitlines()]
+        return self.raw[i]
 
 
 def open_text_lines(stream: IO[bytes], fmt: FileFormat, max_bytes: int | None = None) -> Lines:
@@ -91,6 +100,10 @@ def open_text_lines(stream: IO[bytes], fmt: FileFormat, max_bytes: int | None = 
     if head == GZIP_MAGIC:
         raise WholeFileRejected("file is gzip-compressed but not named .gz", code="wrong_format")
     return Lines(buffered)
+
+
+_NOT_ASCII = re.compile(rb"[\x80-\xff]")
+_LONE_CR = re.compile(rb"\r(?!\n)")
 
 
 class ByteSource(Protocol):
@@ -144,11 +157,17 @@ class Line:
 class Lines:
     """Physical lines of a text file, numbered from 1: each ends at \\n, \\r\\n or a lone \\r. Bytes
     that are not UTF-8 are kept (as surrogates) so the line holding them can be named and refused.
-    A line over MAX_RECORD_CHARS keeps only its head; the rest is read past, never held."""
+    A line over MAX_RECORD_CHARS keeps only its head; the rest is read past, never held.
+
+    Lines are cut from bytes, so that a stretch needing no closer look can be handed on whole
+    (:meth:`plain_block`) without a Python object per line."""
 
     def __init__(self, binary: io.BufferedReader | gzip.GzipFile) -> None:
-        self._text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        self._pending: collections.deque[str] = collections.deque()  # lines read ahead, then given back
+        self._binary = binary
+        self._buf = b""
+        self._pos = 0  # first byte of ``_buf`` not read yet
+        self._eof = False
+        self._fresh = True  # a UTF-8 byte order mark is still to be looked for
         self.number = 0
 
     def next(self) -> Line | None:
@@ -157,33 +176,10 @@ class Lines:
 
     def read(self) -> str:
         """The next line's text as read ('' at the end of the file)."""
-        text = self._next_text()
+        text = self._readline()
         if text:
             self.number += 1
         return text
-
-    def read_many(self, count: int) -> list[str]:
-        """Up to ``count`` lines' texts as read, in one call: the readers' fast path."""
-        if self._pending:
-            texts = [self.read() for _ in range(min(count, len(self._pending)))]
-            return texts
-        try:
-            texts = list(itertools.islice(iter(functools.partial(self._text.readline, MAX_RECORD_CHARS), ""), count))
-        except (OSError, EOFError, zlib.error) as exc:
-            raise WholeFileRejected(f"file cannot be decompressed: {clip(str(exc), 200)}",
-                                    code="corrupt_gzip") from None
-        self.number += len(texts)
-        return texts
-
-    @property
-    def pending(self) -> int:
-        """How many lines given back are still to be read again."""
-        return len(self._pending)
-
-    def unread(self, texts: list[str]) -> None:
-        """Give back the last lines read, to be read again one by one."""
-        self._pending.extendleft(reversed(texts))
-        self.number -= len(texts)
 
     def line(self, text: str) -> Line:
         """The line whose ``text`` was just read; if it is oversized, the rest of it is read past."""
@@ -191,20 +187,96 @@ class Lines:
             return Line(self.number, text)
         rest, quotes = text, text[ECHO_CHARS:].count('"')
         while rest and not rest.endswith(("\n", "\r")):
-            rest = self._next_text()
+            rest = self._readline()
             quotes += rest.count('"')
         return Line(self.number, text[:ECHO_CHARS], oversized=True, skipped_quotes=quotes)
 
-    def _next_text(self) -> str:
-        """The next piece of text up to a line ending (or MAX_RECORD_CHARS), given back ones first."""
-        return self._pending.popleft() if self._pending else self._readline()
+    def plain_block(self) -> bytes | None:
+        """The next whole lines that need no closer look, as one block of bytes, without reading past
+        them (:meth:`consume` does): ASCII, no quote, \\n or \\r\\n endings, at most PLAIN_BYTES long (so
+        none is oversized). None when the very next line needs a closer look (or the file has ended).
+        A blank line is left for the parser to refuse."""
+        if self._available(PLAIN_BYTES) == 0:
+            return None
+        buf, pos = self._buf, self._pos
+        stop = _first_trouble(buf, pos, min(len(buf), pos + PLAIN_BYTES))
+        cut = buf.rfind(b"\n", pos, stop) + 1
+        return buf[pos:cut] if cut > pos else None
+
+    def consume(self, size: int, lines: int) -> None:
+        """Read past the first ``size`` bytes of the last plain block, ``lines`` lines."""
+        self._pos += size
+        self.number += lines
+
+    def plain_ahead(self) -> bool:
+        """Whether the next line could start a plain block (a cheap look, reading nothing more)."""
+        buf, pos = self._buf, self._pos
+        return pos < len(buf) and _first_trouble(buf, pos, min(len(buf), pos + 4096)) > buf.find(b"\n", pos) >= 0
+
+    def _available(self, need: int) -> int:
+        """Bytes read ahead past the position: more are read until ``need`` are, or the file ends."""
+        need = max(need, 3) if self._fresh else need
+        while len(self._buf) - self._pos < need and not self._eof:
+            try:
+                data = self._binary.read(max(READ_BYTES, need))
+            except (OSError, EOFError, zlib.error) as exc:
+                raise WholeFileRejected(f"file cannot be decompressed: {clip(str(exc), 200)}",
+                                        code="corrupt_gzip") from None
+            self._eof = not data
+            self._buf = self._buf[self._pos:] + data
+            self._pos = 0
+        if self._fresh:
+            self._fresh = False
+            if self._buf.startswith(codecs.BOM_UTF8):
+                self._pos = len(codecs.BOM_UTF8)
+        return len(self._buf) - self._pos
 
     def _readline(self) -> str:
-        try:
-            return self._text.readline(MAX_RECORD_CHARS)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise WholeFileRejected(f"file cannot be decompressed: {clip(str(exc), 200)}",
-                                    code="corrupt_gzip") from None
+        """The next piece of text up to a line ending (or MAX_RECORD_CHARS characters)."""
+        cap = 4 * MAX_RECORD_CHARS + 4  # bytes that surely hold MAX_RECORD_CHARS characters
+        scanned = 0  # bytes past the position already searched for a line ending
+        while (end := self._line_end(self._pos + scanned, self._pos + cap)) < 0:
+            have = len(self._buf) - self._pos
+            if have >= cap:
+                end = self._pos + cap
+                break
+            if self._available(have + 1) <= have:
+                end = len(self._buf)  # the file ends without a line ending
+                break
+            scanned = max(have - 1, 0)  # a \r last may be followed by a \n just read
+        pos = self._pos
+        text = self._buf[pos:end].decode("utf-8", "surrogateescape")
+        if len(text) > MAX_RECORD_CHARS:
+            text = text[:MAX_RECORD_CHARS]
+            end = pos + len(text.encode("utf-8", "surrogateescape"))
+        self._pos = end
+        return text
+
+    def _line_end(self, start: int, stop: int) -> int:
+        """Where the line being read ends (past its ending), searching from ``start``; -1 if not read yet."""
+        buf = self._buf
+        stop = min(stop, len(buf))
+        nl = buf.find(b"\n", start, stop)
+        cr = buf.find(b"\r", start, nl if nl >= 0 else stop)
+        if cr < 0:
+            return nl + 1 if nl >= 0 else -1
+        if cr + 1 < len(buf):
+            return cr + 2 if buf[cr + 1] == 10 else cr + 1
+        return cr + 1 if self._eof else -1
+
+
+def _first_trouble(buf: bytes, pos: int, stop: int) -> int:
+    """The first byte of ``buf[pos:stop]`` that needs the line-by-line reader: a quote, a byte that is
+    not ASCII or a lone \\r (``stop`` if none)."""
+    found = buf.find(b'"', pos, stop)
+    stop = stop if found < 0 else found
+    window = buf[pos:stop]
+    if not window.isascii():
+        stop = pos + _NOT_ASCII.search(window).start()  # type: ignore[union-attr]
+        window = window[: stop - pos]
+    if b"\r" in window and window.count(b"\r") != window.count(b"\r\n"):
+        stop = pos + _LONE_CR.search(window).start()  # type: ignore[union-attr]
+    return stop
 
 
 def not_utf8(text: str) -> bool:
@@ -275,38 +347,82 @@ class CsvReader:
         self._features = features
         self._positions = [self.header.index(n) for n in names]
         self._all_numeric = all(f.type == "number" for f in features)
+        self._numeric_markers = any(_is_number(m) for m in self._missing)
 
     def chunks(self, rows: int) -> Iterator[Chunk]:
-        lines = self._lines
         while True:
-            numbers: list[int] = []
-            raws: list[str] = []
-            special: dict[int, Record] = {}  # records quoted, refused or not ASCII, by index in the chunk
-            size = 0
-            while len(raws) < rows and size < CHUNK_CHARS:
-                start = lines.number + 1
-                batch = lines.read_many(min(rows - len(raws), FAST_LINES))
-                if not batch:
-                    break
-                block = "".join(batch)
-                if '"' not in block and block.isascii() and max(map(len, batch)) < MAX_RECORD_CHARS:
-                    for i, body in enumerate([text.rstrip("\r\n") for text in batch]):
-                        if body and not body.isspace():  # a blank line is no row
-                            numbers.append(start + i)
-                            raws.append(body)
-                    size += len(block)
-                    continue
-                lines.unread(batch)  # quoted, oversized or not ASCII somewhere: line by line
-                while lines.pending:
-                    record = self._slow_line(lines, lines.read())
-                    if record is not None:
-                        special[len(raws)] = record
-                        numbers.append(record.line)
-                        raws.append(record.raw)
-                        size += len(record.raw)
-            if not raws:
+            chunk = self._plain_chunk(rows) if self._all_numeric else None
+            if chunk is None:
+                chunk = self._slow_chunk(rows)
+            if chunk is None:
                 return
-            yield self._chunk(numbers, raws, special)
+            yield chunk
+
+    def _plain_chunk(self, rows: int) -> Chunk | None:
+        """Plain stretches of lines, each parsed as one block; None when the next line needs a closer look."""
+        lines = self._lines
+        first = lines.number + 1
+        blocks: list[bytes] = []
+        parts: list[np.ndarray] = []
+        count = size = 0
+        while count < rows and size < CHUNK_CHARS and (block := lines.plain_block()) is not None:
+            parsed = self._parse(block)
+            if parsed is None:
+                if parts:
+                    break  # the parsed blocks first; this one is read row by row next
+                return self._checked_block(block, rows)
+            if count + len(parsed) > rows:
+                parsed = parsed[: rows - count]
+                block = block[: int(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)[len(parsed) - 1]) + 1]
+            lines.consume(len(block), len(parsed))
+            blocks.append(block)
+            parts.append(parsed)
+            count += len(parsed)
+            size += len(block)
+        if not parts:
+            return None
+        return Chunk(line_numbers=list(range(first, first + count)), numbers=np.concatenate(parts),
+                     block=b"".join(blocks), cells=[None] * count, errors=[None] * count)
+
+    def _checked_block(self, block: bytes, rows: int) -> Chunk:
+        """A plain block with some row off, read row by row so that each bad one is named."""
+        texts = block.splitlines(keepends=True)[:rows]
+        first = self._lines.number + 1
+        self._lines.consume(sum(map(len, texts)), len(texts))
+        records = [self._record(Line(first + i, text.decode("ascii"))) for i, text in enumerate(texts)]
+        kept = [r for r in records if r is not None]  # a blank line is no row
+        return self._cells_chunk([r.line for r in kept], [r.raw for r in kept], {})
+
+    def _slow_chunk(self, rows: int) -> Chunk | None:
+        """Records read line by line (quoted, oversized, not ASCII, blank lines...) until a plain
+        stretch begins again, ``rows`` are read or the chunk is CHUNK_CHARS long."""
+        lines = self._lines
+        numbers: list[int] = []
+        raws: list[str] = []
+        special: dict[int, Record] = {}  # records quoted or refused, by index in the chunk
+        size = 0
+        while len(raws) < rows and size < CHUNK_CHARS:
+            text = lines.read()
+            if not text:
+                break
+            record = self._record(lines.line(text))
+            if record is not None:
+                if not record.plain:
+                    special[len(raws)] = record
+                numbers.append(record.line)
+                raws.append(record.raw)
+                size += len(record.raw)
+            if self._all_numeric and raws and lines.plain_ahead():
+                break
+        if not raws:
+            return None
+        if self._all_numeric and not special:
+            block = "".join(raw + "\n" for raw in raws).encode("utf-8", "surrogateescape")
+            parsed = self._parse(block)
+            if parsed is not None and len(parsed) == len(raws):
+                return Chunk(line_numbers=numbers, raw=raws, numbers=parsed, cells=[None] * len(raws),
+                             errors=[None] * len(raws))
+        return self._cells_chunk(numbers, raws, special)
 
     def _slow_line(self, lines: Lines, text: str) -> Record | None:
         """The record starting with the line ``text`` just read; None for a blank line."""
@@ -372,10 +488,9 @@ class CsvReader:
                 return
             quotes += line.quotes
 
-    def _chunk(self, numbers: list[int], raws: list[str], special: dict[int, Record]) -> Chunk:
+    def _cells_chunk(self, numbers: list[int], raws: list[str], special: dict[int, Record]) -> Chunk:
+        """Records checked one by one: each bad one named with its reason."""
         chunk = Chunk(line_numbers=numbers, raw=raws)
-        if self._all_numeric and all(r.plain for r in special.values()) and self._fast(chunk):
-            return chunk
         for i, raw in enumerate(raws):
             record = special.get(i)
             if record is not None and record.error is not None:
@@ -388,24 +503,51 @@ class CsvReader:
             chunk.errors.append(error)
         return chunk
 
-    def _fast(self, chunk: Chunk) -> bool:
-        """Every record single-line, unquoted and numeric: parse the chunk in one call, if every row parses."""
-        # When the header is exactly the features, loadtxt itself refuses rows of another width.
-        exact = self._positions == list(range(len(self.header)))
+    def _parse(self, block: bytes) -> np.ndarray | None:
+        """Every record of ``block`` (one per line, unquoted) as float64 in one call; None if any row is
+        off (a cell that is not a plain number, a row of another width, a missing marker): the records
+        are then read one by one, and each bad one named."""
+        if self._numeric_markers:
+            return None  # a marker such as -999 must be read as null: cell by cell
+        parsed = self._parse_arrow(block) if _arrow_csv() is not None else self._parse_numpy(block)
+        if parsed is None or parsed.shape[1:] != (len(self._positions),) or not np.isfinite(parsed).all():
+            return None  # NaN and infinity have many spellings: the exact reader names them
+        return parsed
+
+    def _parse_arrow(self, block: bytes) -> np.ndarray | None:
+        import pyarrow as pa
+
+        pa_csv = _arrow_csv()
+        names = [f.name for f in self._features]
         try:
-            parsed = np.loadtxt(chunk.raw, delimiter=",", dtype=np.float64, ndmin=2, comments=None,
-                                usecols=None if exact else self._positions)
+            table = pa_csv.read_csv(
+                pa.py_buffer(block),
+                read_options=pa_csv.ReadOptions(column_names=self.header, use_threads=False,
+                                                block_size=len(block) + 1),
+                parse_options=pa_csv.ParseOptions(quote_char=False, ignore_empty_lines=False),
+                convert_options=pa_csv.ConvertOptions(include_columns=names,
+                                                      column_types={n: pa.float64() for n in names},
+                                                      null_values=[], strings_can_be_null=False))
+        except pa.ArrowException:
+            return None
+        parsed = np.empty((table.num_rows, len(names)), dtype=np.float64)
+        for j, name in enumerate(names):
+            parsed[:, j] = table.column(name).to_numpy()
+        return parsed
+
+    def _parse_numpy(self, block: bytes) -> np.ndarray | None:
+        """The reader without pyarrow (a runtime that lacks it): numpy's loadtxt, slower."""
+        texts = [t.decode("utf-8", "surrogateescape") for t in block.splitlines()]
+        if not all(t and not t.isspace() for t in texts):
+            return None  # a blank line is no row: counted line by line
+        exact = self._positions == list(range(len(self.header)))  # then loadtxt refuses rows of another width
+        if not (exact or all(t.count(",") == len(self.header) - 1 for t in texts)):
+            return None
+        try:
+            return np.loadtxt(texts, delimiter=",", dtype=np.float64, ndmin=2, comments=None,
+                              usecols=None if exact else self._positions)
         except ValueError:
-            return False  # some row is off: parse row by row to name it
-        if _reads_nan_as_missing(self._missing) and np.isnan(parsed).any():
-            return False  # 'nan' is a missing marker: row by row, it is a null
-        if parsed.shape != (len(chunk), len(self._positions)) or not (
-                exact or all(t.count(",") == len(self.header) - 1 for t in chunk.raw)):
-            return False
-        chunk.numbers = parsed
-        chunk.cells = [None] * len(chunk)
-        chunk.errors = [None] * len(chunk)
-        return True
+            return None
 
     def _cells(self, fields: list[str]) -> tuple[list[Any] | None, str | None]:
         if len(fields) != len(self.header):
@@ -418,8 +560,22 @@ def markers_set(missing_markers: Collection[str]) -> frozenset[str]:
     return frozenset(m.strip() for m in missing_markers) | {""}
 
 
-def _reads_nan_as_missing(missing: frozenset[str]) -> bool:
-    return any(m.lower().lstrip("+-") == "nan" for m in missing)
+def _is_number(text: str) -> bool:
+    """Whether ``text`` reads as a finite number (a marker such as NaN is caught as non-finite anyway)."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+@functools.cache
+def _arrow_csv() -> Any:
+    """pyarrow's CSV module, or None where it is not installed (the batch functions always have it)."""
+    try:
+        import pyarrow.csv as pa_csv
+    except ImportError:
+        return None
+    return pa_csv
 
 
 def cells_from_text(features: list[Feature], texts: list[str],
