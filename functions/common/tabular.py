@@ -532,7 +532,11 @@ class CsvReader:
             return None
         parsed = np.empty((table.num_rows, len(names)), dtype=np.float64)
         for j, name in enumerate(names):
-            parsed[:, j] = table.column(name).to_numpy()
+            row = 0
+            for values in table.column(name).chunks:  # read from the buffer: to_numpy would import pandas
+                parsed[row:row + len(values), j] = np.frombuffer(values.buffers()[1], dtype=np.float64,
+                                                                 count=len(values), offset=8 * values.offset)
+                row += len(values)
         return parsed
 
     def _parse_numpy(self, block: bytes) -> np.ndarray | None:
