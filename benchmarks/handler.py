@@ -17,7 +17,11 @@ between invocations as the runtime sets it). Request capture is off (its default
 The variants take turns in blocks (interleaved) so load from other processes falls on all of them
 alike; p50 and p99 are over every request of a variant.
 
-Run: .venv/bin/python benchmarks/handler.py [--requests N] [--block N] [--python PATH]
+With ``--compare DIR`` (a folder holding another version's ``functions/``, e.g. from
+``git archive <commit> functions | tar -x -C DIR``) that version's handler takes turns too, Tracer on
+and off: before and after under the same load.
+
+Run: .venv/bin/python benchmarks/handler.py [--requests N] [--block N] [--python PATH] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYER = ROOT / "layers" / "build" / "runtime" / "python"
 HANDLER_VARIANTS = ("Tracer on, sampled", "Tracer on, unsampled", "Tracer off")
 FLOORS = ("minimal handler", "Model.predict", "session.run")
+COMPARED = "--compare: "
 GOALS = {"p50": 120.0, "p99": 400.0}  # us, one row, Tracer on
 
 
@@ -46,6 +51,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000, help="timed requests per variant")
     parser.add_argument("--block", type=int, default=100, help="requests per turn")
     parser.add_argument("--python", help="the python3.12 to run (default: search, as the layer build does)")
+    parser.add_argument("--compare", type=Path, help="a folder with another version's functions/, timed beside")
     args = parser.parse_args()
 
     sys.path[:0] = [str(ROOT), str(ROOT / "layers"), str(Path(__file__).resolve().parent)]
@@ -71,9 +77,15 @@ def main() -> int:
     cfg = {"path": path, "row": row}
     traced = Worker(python, cfg, env)
     untraced = Worker(python, cfg, {**env, "POWERTOOLS_TRACE_DISABLED": "true"})
+    workers = [traced, untraced]
     plan = [(traced, "handler", True), (traced, "handler", False), (untraced, "handler", False),
             (untraced, "minimal", False), (untraced, "predict", False), (untraced, "session", False)]
     names = HANDLER_VARIANTS + FLOORS
+    if args.compare is not None:
+        other = {**cfg, "path": [str(args.compare.resolve()), *path[1:]]}
+        workers += [Worker(python, other, env), Worker(python, other, {**env, "POWERTOOLS_TRACE_DISABLED": "true"})]
+        plan += [(workers[2], "handler", True), (workers[2], "handler", False), (workers[3], "handler", False)]
+        names += tuple(f"{COMPARED}{name}" for name in HANDLER_VARIANTS)
     samples: dict[str, list[float]] = {name: [] for name in names}
     try:
         for worker, what, sampled in plan:  # warm-up, untimed
@@ -83,8 +95,8 @@ def main() -> int:
                 samples[name] += worker.run(what, sampled, args.block)
         versions = traced.run("version", False, 0)
     finally:
-        traced.close()
-        untraced.close()
+        for worker in workers:
+            worker.close()
     report(samples, versions, python, found, sink.datagrams)
     return 0
 
@@ -146,6 +158,10 @@ def report(samples: dict[str, list[float]], versions: dict[str, str], python: st
     for name, values in samples.items():
         if name == FLOORS[0]:
             print("floors:")
+        if name.startswith(COMPARED) and name.endswith(HANDLER_VARIANTS[0]):
+            print("the --compare version:")
+            name = name.removeprefix(COMPARED)
+        name = name.removeprefix(COMPARED)
         print(f"{name:<28}{percentile(values, 0.5):>8.0f}{percentile(values, 0.99):>8.0f}")
     on = [(percentile(samples[v], 0.5), percentile(samples[v], 0.99)) for v in HANDLER_VARIANTS[:2]]
     p50, p99 = max(p for p, _ in on), max(p for _, p in on)

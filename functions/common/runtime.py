@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from .settings import METRICS_NAMESPACE, ModelSettings, Settings
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 TRACED_MODULES = ("botocore",)
+TRACE_HEADER = "_X_AMZN_TRACE_ID"  # set by the Lambda runtime before each invocation
 NOT_TRACED: AbstractContextManager[None] = contextlib.nullcontext()
 
 
@@ -33,8 +34,7 @@ class Runtime:
         self.metrics = Metrics(namespace=METRICS_NAMESPACE, service=service)
         # X-Ray patches the one client library the functions call (the SDK), not every library it knows.
         self.tracer = Tracer(service=service, patch_modules=TRACED_MODULES)
-        if not self.tracer.disabled:
-            parse_trace_header_once(self.tracer.provider)
+        self._xray_context = None if self.tracer.disabled else header_per_invocation(self.tracer.provider)
         self._bound: dict[str, str] = {}  # keys every log line carries, kept across invocations
         self._cold_start = True
 
@@ -93,6 +93,8 @@ class Runtime:
             @functools.wraps(fn)
             def with_metrics(event: Any, context: Any) -> Any:
                 # log_metrics, less its warning and work on every call that added no metric of its own
+                if self._xray_context is not None:  # the header stands still until the invocation ends
+                    self._xray_context.header = os.environ.get(TRACE_HEADER)
                 try:
                     response = traced(event, context)
                     if cold_start_metric and self._cold_start:
@@ -100,6 +102,8 @@ class Runtime:
                     return response
                 finally:
                     self._cold_start = False
+                    if self._xray_context is not None:
+                        self._xray_context.header = None
                     if metrics and self.metrics.metric_set:
                         self.metrics.flush_metrics()
 
@@ -110,24 +114,34 @@ class Runtime:
 
     def sampled(self) -> bool:
         """Whether X-Ray records this invocation: the Tracer is on and the runtime's trace header says so."""
-        return not self.tracer.disabled and "Sampled=1" in os.environ.get("_X_AMZN_TRACE_ID", "")
+        if self._xray_context is None:
+            return False
+        header = self._xray_context.header or os.environ.get(TRACE_HEADER) or ""
+        return "Sampled=1" in header
 
     def subsegment(self, name: str, **annotations: str) -> AbstractContextManager[Any]:
-        """A subsegment with annotations (and ColdStart, Service) on sampled invocations; nothing at all
+        """A subsegment with these annotations and ColdStart on sampled invocations; nothing at all
         otherwise, where the X-Ray SDK would still parse the trace header several times to discard it."""
         if not self.sampled():
             return NOT_TRACED
-        return self._subsegment(name, annotations)
+        return _Annotated(self.tracer.provider.in_subsegment(name=name), {"ColdStart": self._cold_start,
+                                                                          **annotations})
 
-    @contextlib.contextmanager
-    def _subsegment(self, name: str, annotations: dict[str, str]) -> Iterator[Any]:
-        with self.tracer.provider.in_subsegment(name=name) as subsegment:
-            subsegment.put_annotation(key="ColdStart", value=self._cold_start)
-            subsegment.put_annotation(key="Service", value=self.service)
-            for key, value in annotations.items():
-                subsegment.put_annotation(key=key, value=value)
-            yield subsegment
 
+class _Annotated:
+    """The X-Ray SDK's subsegment context manager, its annotations put on entry."""
+
+    def __init__(self, subsegment: Any, annotations: dict[str, Any]) -> None:
+        self._subsegment, self._annotations = subsegment, annotations
+
+    def __enter__(self) -> Any:
+        subsegment = self._subsegment.__enter__()
+        for key, value in self._annotations.items():
+            subsegment.put_annotation(key, value)
+        return subsegment
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self._subsegment.__exit__(*exc_info)
 
 def correlation_reader(path: str) -> Callable[[Any], Any]:
     """A Powertools correlation id path as a function of the event: a path of plain keys is walked
@@ -148,21 +162,30 @@ def correlation_reader(path: str) -> Callable[[Any], Any]:
     return walk
 
 
-def parse_trace_header_once(recorder: Any) -> None:
-    """X-Ray's Lambda context parses the runtime's trace header on every call (six times for one
-    subsegment); this one parses it again only when it changes, once per invocation."""
+def header_per_invocation(recorder: Any) -> Any:
+    """Give the X-Ray recorder a Lambda context that reads the trace header once per invocation.
+
+    The SDK's own reads the environment and parses the header on every call (six times for one
+    subsegment). This one is handed the header when an invocation starts (``header``; None outside
+    one: read from the environment) and makes a new facade segment only when it changes. Returns
+    the context, or None where the recorder is not in Lambda mode."""
     from aws_xray_sdk.core.lambda_launcher import LAMBDA_TRACE_HEADER_KEY, LambdaContext
 
     if type(recorder.context) is not LambdaContext:
-        return
+        return None
 
-    class OncePerInvocation(LambdaContext):  # type: ignore[misc]
-        def _refresh_context(self) -> None:
-            header, local = os.environ.get(LAMBDA_TRACE_HEADER_KEY), self._local
-            if header is not None and header == getattr(local, "trace_header", None) and \
-                    getattr(local, "segment", None) is not None:
-                return  # the same invocation: the segment it made stands
-            super()._refresh_context()
-            local.trace_header = header
+    class PerInvocation(LambdaContext):  # type: ignore[misc]
+        header: str | None = None
 
-    recorder.configure(context=OncePerInvocation())
+        def get_trace_entity(self) -> Any:
+            header, local = self.header or os.environ.get(LAMBDA_TRACE_HEADER_KEY), self._local
+            if header is None or header != getattr(local, "trace_header", None) or \
+                    getattr(local, "segment", None) is None:
+                self._refresh_context()  # a new invocation: a new facade segment
+                local.trace_header = header
+            entities = getattr(local, "entities", None)
+            return entities[-1] if entities else local.segment
+
+    context = PerInvocation()
+    recorder.configure(context=context)
+    return context
