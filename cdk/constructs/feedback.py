@@ -191,6 +191,8 @@ class Feedback(Construct):
 
     def _acknowledge_nag_findings(self) -> None:
         ack(self.key, "AwsSolutions-SMG4", "rotating the key would refuse every prediction id already handed out")
+        checkov_skip(self.table, "CKV_AWS_119", "KMS-encrypted under the AWS managed key; only PutItem is granted, "
+                                                "to the two feedback roles")
         checkov_skip(self.key, "CKV_AWS_149", "Secrets Manager's AWS-managed key; only the two roles granted read it")
         ack(self.review_dead_letters, "AwsSolutions-SQS3", "it is the review queue's dead-letter queue")
         ack(self.files_dead_letters, "AwsSolutions-SQS3", "it is the feedback files function's dead-letter queue")

@@ -35,6 +35,7 @@ NO_COMMENT = "No comment provided"  # what checkov reports for a Metadata skip w
 ACCEPTED = {
     "CKV_AWS_18": "S3 access logging: the access-log bucket itself (buckets.secure_bucket)",
     "CKV_AWS_27": "SQS KMS key: the batch queues use SQS-managed SSE, which S3 can publish to",
+    "CKV_AWS_149": "Secrets Manager CMK: the prediction id key uses the AWS-managed key; two roles may read it",
     "CKV_AWS_115": "Lambda concurrency: CDK's deploy-time notification helper",
     "CKV_AWS_116": "Lambda DLQ: functions invoked synchronously (FunctionProps.invoked_by), CDK's helper",
     "CKV_AWS_117": "Lambda in a VPC: the functions call only AWS APIs",
