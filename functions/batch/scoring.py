@@ -334,7 +334,7 @@ def suffix_columns(preds: np.ndarray, proba: np.ndarray | None) -> list[Any]:
     if preds.dtype.kind == "f":
         labels = pa.array([repr(p) for p in preds.tolist()], pa.string())  # regression: shortest exact text
     else:
-        labels = pa.array(preds)  # class labels: integers or text
+        labels = _arrow(preds) if preds.dtype.kind in "iu" else pa.array(preds.tolist())  # integers or text
         if not pa.types.is_string(labels.type):
             labels = labels.cast(pa.string())
         elif any(_csv_escape(c) != c for c in pc.unique(labels).to_pylist()):
@@ -344,7 +344,15 @@ def suffix_columns(preds: np.ndarray, proba: np.ndarray | None) -> list[Any]:
     narrow = proba.astype(np.float32)
     if np.array_equal(narrow, proba):  # the model's float32 values, widened: their own shortest text
         proba = narrow
-    return [labels, *(pa.array(proba[:, j]).cast(pa.string()) for j in range(proba.shape[1]))]
+    return [labels, *(_arrow(proba[:, j]).cast(pa.string()) for j in range(proba.shape[1]))]
+
+
+def _arrow(values: np.ndarray) -> Any:
+    """A numeric numpy column as an Arrow array, built on its buffer (pa.array would import pandas)."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
 def csv_suffixes(preds: np.ndarray, proba: np.ndarray | None) -> list[str]:
