@@ -6,7 +6,7 @@ named after the construct that asked, so every alarm of the stack is under one p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aws_cdk import Duration
 from aws_cdk import aws_apigateway as apigw
@@ -62,6 +62,14 @@ class Monitoring(Construct):
             alarm_description=description, alarm_name=alarm_name)
         self.alarms[construct_id] = (spec, alarm)
         return alarm
+
+    def any_of(self, owner: Construct, name: str, alarms: Sequence[cloudwatch.IAlarm], alarm_name: str,
+               description: str) -> cloudwatch.CompositeAlarm:
+        """One alarm in ALARM while any of `alarms` is: a rule matching its name hears one incident once."""
+        construct_id = f"{owner.node.id}{name}"
+        return cloudwatch.CompositeAlarm(self, construct_id, composite_alarm_name=alarm_name,
+                                         alarm_rule=cloudwatch.AlarmRule.any_of(*alarms),
+                                         alarm_description=description)
 
     def function_errors(self, owner: Construct, name: str, function: lambda_.IFunction,
                         description: str) -> cloudwatch.Alarm:

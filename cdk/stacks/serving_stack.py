@@ -14,6 +14,7 @@ from constructs import Construct
 
 from ..constructs.batch_scoring import BatchScoring, BatchScoringProps, BatchScoringSettings
 from ..constructs.code_release import CodeRelease, CodeReleaseProps
+from ..constructs.drift import Drift, DriftMonitorSettings, DriftProps
 from ..constructs.feedback import Feedback, FeedbackProps, FeedbackSettings
 from ..constructs.guardrails import FunctionGuardrails
 from ..constructs.layers import DEFAULT_PARQUET_LAYER_DIR, DEFAULT_RUNTIME_LAYER_DIR, Layers, LayersProps
@@ -56,6 +57,8 @@ class ServingStackProps:
     """Model releases by canary: stage weights, bake, the least canary traffic a comparison needs."""
     retraining: RetrainingSettings = field(default_factory=RetrainingSettings)
     """Retraining runs (train, import, gate, release): the schedule (off by default) and triggered runs' data."""
+    drift: DriftMonitorSettings = field(default_factory=DriftMonitorSettings)
+    """The drift function's schedule, window and minimum sample; its alarm starts retraining."""
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     """Labels for prediction ids (POST /feedback, feedback/ files), the live accuracy alarm and the review queue."""
 
@@ -149,6 +152,16 @@ class ServingStack(Stack):
             monitoring=self.monitoring,
             architecture=props.architecture,
             settings=props.retraining,
+        ))
+        # Captured traffic against the champion's profile, hourly: the drift alarm starts the retraining above.
+        self.drift = Drift(self, "Drift", DriftProps(
+            model_name=props.model_name,
+            model_store=self.model_store,
+            table=self.registry.table,
+            layer=self.layers.runtime,
+            monitoring=self.monitoring,
+            architecture=props.architecture,
+            settings=props.drift,
         ))
         self.batch: BatchScoring | None = None
         if props.batch is not None:

@@ -61,6 +61,13 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     "/Retraining/TriggerDeadLetters": {
         "AwsSolutions-SQS3",
     },
+    "/Drift/Function": {"AwsSolutions-L1"},
+    "/Drift/FunctionRole": {
+        "AwsSolutions-IAM5[Resource::*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/capture/churn/*]",
+        "AwsSolutions-IAM5[Resource::<ModelStoreModelBucket1791D663.Arn>/models/churn/*/manifest.json]",
+    },
+    "/Drift/DeadLetters": {"AwsSolutions-SQS3"},
     "/Feedback/Function": {"AwsSolutions-L1"},
     "/Feedback/FunctionRole": {
         "AwsSolutions-IAM5[Resource::*]",
