@@ -166,9 +166,9 @@ def header_per_invocation(recorder: Any) -> Any:
     """Give the X-Ray recorder a Lambda context that reads the trace header once per invocation.
 
     The SDK's own reads the environment and parses the header on every call (six times for one
-    subsegment). This one is handed the header when an invocation starts (``header``; None outside
-    one: read from the environment) and makes a new facade segment only when it changes. Returns
-    the context, or None where the recorder is not in Lambda mode."""
+    subsegment). This one is handed the environment's header when an invocation starts (``header``;
+    None outside one: read from the environment) and makes a new facade segment only when it
+    changes. Returns the context, or None where the recorder is not in Lambda mode."""
     from aws_xray_sdk.core.lambda_launcher import LAMBDA_TRACE_HEADER_KEY, LambdaContext
 
     if type(recorder.context) is not LambdaContext:
