@@ -68,10 +68,12 @@ layer: $(VENV)/.installed
 synth: $(VENV)/.installed node_modules/.installed layers/build/runtime-report.json layers/build/parquet-report.json
 	npx cdk synth --quiet
 
-## bench: serving latency, throughput and package size against scikit-learn; then cold start as Lambda
+## bench: serving latency, throughput and package size against scikit-learn; the warm handler as Lambda runs
+## it (python3.12, the built layer, Tracer on: sampled and unsampled, and off) beside its floors; then cold start as Lambda
 ## pays it (python3.12, the built layer read-only, bundle from a local S3, Tracer on) against scikit-learn
 bench: $(VENV)/.installed layers/build/runtime-report.json
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/handler.py $(HANDLER_ARGS)
 	$(PY) benchmarks/coldstart.py $(COLDSTART_ARGS)
 
 ## fuzz: schemathesis (all checks) against the local API's OpenAPI document, >= 2,000 cases on two bundles

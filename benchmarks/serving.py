@@ -5,8 +5,8 @@ Everything is measured in one run, on the same 100-tree random forest and the sa
   - raw onnxruntime session.run and raw scikit-learn predict_proba on that row
   - rows/s for one 10,000-row request
   - package size: the runtime layer against the scikit-learn stack
-Cold start, and the handler with the Tracer on as on Lambda, are measured from the built layer in
-python3.12 by benchmarks/coldstart.py (`make bench` runs both).
+The handler as Lambda runs it (python3.12, the built layer, Tracer on and off) beside its floors is
+benchmarks/handler.py; cold start is benchmarks/coldstart.py (`make bench` runs all three).
 
 Run: .venv/bin/python benchmarks/serving.py [--quick]
 """
