@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from cdk_nag import AwsSolutionsChecks
 
 from .constructs.batch_scoring import BatchScoringSettings
 from .constructs.release import ReleaseMachineSettings
+from .constructs.retraining import RetrainingSettings
 from .constructs.training import Integration, TrainingSettings
 from .stacks.serving_stack import ServingStack, ServingStackProps
 
@@ -84,6 +86,7 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None,
         # "request" for the local emulation (moto runs sagemaker:createTrainingJob, not its .sync form).
         training=TrainingSettings(integration=_integration(ctx("trainingIntegration", "sync"))),
         release=_release(ctx),
+        retraining=_retraining(ctx),
     )
 
 
@@ -98,6 +101,23 @@ def _release(ctx: Any) -> ReleaseMachineSettings:
                              f"got {value!r}")
     return ReleaseMachineSettings(bake_seconds=int(values["bake_seconds"]),
                                   min_canary_requests=int(values["min_canary_requests"]))
+
+
+def _retraining(ctx: Any) -> RetrainingSettings:
+    """Scheduled retraining: off without `retrainSchedule`; with it, the target column its runs train on
+    (`retrainTarget`) and, optionally, where their data lies in the data bucket (`retrainDataPrefix`)."""
+    schedule, target, prefix = ctx("retrainSchedule"), ctx("retrainTarget"), ctx("retrainDataPrefix")
+    if schedule is not None and not re.fullmatch(r"(rate|cron)\(\s*\S.*\)", str(schedule)):
+        raise ValueError(f"context {CTX}retrainSchedule must be an EventBridge schedule expression such as "
+                         f"'rate(7 days)' or 'cron(0 3 ? * MON *)', got {schedule!r}")
+    if schedule is not None and not target:
+        raise ValueError(f"context {CTX}retrainSchedule needs {CTX}retrainTarget: the column scheduled runs train on")
+    if prefix is not None and (not str(prefix) or str(prefix).strip("/") != str(prefix)):
+        raise ValueError(f"context {CTX}retrainDataPrefix must be a key prefix without a leading or trailing '/', "
+                         f"got {prefix!r}")
+    return RetrainingSettings(schedule=None if schedule is None else str(schedule),
+                              data_prefix=None if prefix is None else str(prefix),
+                              hyperparameters={"target": str(target)} if target else {})
 
 
 def build_app(outdir: str | None = None, context: Mapping[str, Any] | None = None,

@@ -6,7 +6,9 @@ State input (by hand; the schedule and the drift rule send the same fields, from
     {"model": "churn", "run_id": "20250601120000-0042", "data_prefix": "churn/2025-06",
      "hyperparameters": {"target": "churn"}, "holdout_uri": "s3://<model bucket>/holdout/churn.csv"}
 
-Steps: check the input -> take the model's release lock (owner: the execution) -> the training machine's
+Steps: check the input -> take the model's release lock (owner: the execution; it lasts as long as the
+machine's own timeout, the training run's plus the release's, so it cannot expire under a live run) -> the
+training machine's
 four SageMaker jobs -> import the export job's `model.tar.gz` into `models/<model>/<version>/` (a candidate)
 -> the validation gate -> the release machine's states (admit, canary stages, promote or roll back), built
 by the same `ReleaseSteps` -> release the lock. Any failure notifies the Release topic and fails the run
@@ -15,6 +17,13 @@ under the error's name; the champion keeps serving, and the lock is released whe
 Started by hand, by an EventBridge schedule (off unless `RetrainingSettings.schedule` is set), and by alarms
 named `slimserve-<model>-drift-*` entering ALARM (`drift_alarm_prefix`): monitoring names its drift alarms
 so to plug in. Triggered runs use the execution's event id as run id.
+
+What a triggered run reads (the stack's standing settings; context `slimserve:retrainSchedule`,
+`retrainTarget`, `retrainDataPrefix` in `cdk/app.py`): the data bucket's `<data_prefix>/train/`,
+`validation/` and `holdout/` (one .csv or .parquet each; `<model>/latest` unless set) and the gate's holdout
+`holdout/<model>.csv` in the model bucket. The jobs' code needs nothing uploaded: it is the source bundle
+the stack deploys (`Training.source`), so a run works on a freshly deployed stack. The jobs name the bundle
+after the stack's model (hyperparameter `name`), which the import requires.
 """
 
 from __future__ import annotations
@@ -105,6 +114,9 @@ class RetrainingProps:
 
     def validate(self) -> None:
         self.settings.validate()
+        if self.training.settings.hyperparameters.get("name", self.model_name) != self.model_name:
+            raise ValueError(f"TrainingSettings.hyperparameters['name'] must be the model's name "
+                             f"{self.model_name!r} (the import refuses another model's bundle)")
         missing = [k for k in self.training.settings.run_hyperparameters if k not in self.settings.hyperparameters]
         if self.settings.schedule is not None and missing:
             raise ValueError(f"RetrainingSettings.hyperparameters needs {missing} for scheduled runs")
@@ -118,10 +130,13 @@ class Retraining(Construct):
         props.validate()
         self.props = props
         self.import_function = self._import_function()
+        self.timeout_hours = props.training.settings.run_timeout_hours + props.release.settings.run_timeout_hours
+        self.lock_ttl_seconds = self.timeout_hours * 3600
+        """The run's release lock outlives the run: a run cannot last longer than the machine's timeout."""
         self.state_machine = logged_state_machine(
             self, "StateMachine", self._definition(),
             log_retention=props.settings.log_retention,
-            timeout_hours=props.training.settings.run_timeout_hours + props.release.settings.run_timeout_hours,
+            timeout_hours=self.timeout_hours,
             role_description="slimserve retraining state machine: training jobs, import, gate, release steps",
             comment="slimserve retraining: lock, train, import, gate, canary release, unlock")
         self.dead_letters = sqs.Queue(self, "TriggerDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
@@ -201,11 +216,12 @@ class Retraining(Construct):
         steps = ReleaseSteps(steps_scope, props.release, entry=False, version_path="$.imported.version",
                              on_error=notify)
         notify.add_catch(steps.failed, result_path="$.notify_error")
-        lock = steps.invoke(LOCK_STATE, {"action": "lock", "owner": sfn.JsonPath.execution_id}, "$.lock")
+        lock = steps.invoke(LOCK_STATE, {"action": "lock", "owner": sfn.JsonPath.execution_id,
+                                         "ttl_seconds": self.lock_ttl_seconds, "may_be_new": True}, "$.lock")
         lock.add_catch(notify, result_path="$.error")  # not ours: nothing to unlock
         chain: sfn.IChainable = lock
         last: sfn.INextable = lock
-        for job in props.training.training_tasks(jobs_scope):
+        for job in props.training.training_tasks(jobs_scope, {"name": props.model_name}):
             job.add_catch(steps.unlock, result_path="$.error")
             last.next(job)
             last = job

@@ -11,8 +11,13 @@ State input (the execution input of the training machine; the retraining machine
      "data_prefix": "churn/2025-06",       # key prefix in the data bucket holding train/, validation/, holdout/
      "hyperparameters": {"target": "churn"}}   # the keys TrainingSettings.run_hyperparameters names
 
-Before a run, the caller uploads the source bundle (`sagemaker_jobs.source_bundle()`) to
-`s3://<artifacts bucket>/runs/<run_id>/sourcedir.tar.gz`, as the CLI does with `--out s3://<artifacts>/runs/`.
+The jobs' code is a standing object: the stack ships `sagemaker_jobs.source_bundle()` (the sourcedir.tar.gz
+`slimserve train --on sagemaker` uploads per run) as a file asset, deployed by `cdk deploy` into the CDK
+assets bucket under its content hash, and every job's `sagemaker_submit_directory` names it. So a run needs
+nothing uploaded first (a scheduled or drift-started run works on a freshly deployed stack), no step copies
+code per run, and the hash in each job's hyperparameters says which code trained it. (An asset directory would
+be zipped; script mode wants a tar.gz, so the asset is the archive file itself, built reproducibly at synth.)
+The execution role may read that one object (the bootstrap bucket's default aws/s3 key needs no grant).
 Each job writes `s3://<artifacts bucket>/runs/<run_id>/<step>/<job name>/output/model.tar.gz`; the export
 job's holds the bundle. Each task leaves its result under `$.training.<step>` and passes its input on.
 
@@ -23,10 +28,13 @@ for the local emulation; on AWS the steps would not wait for each other).
 
 from __future__ import annotations
 
+import hashlib
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 from aws_cdk import ArnFormat, Aws, CfnMapping, CfnOutput, Duration, Fn, RemovalPolicy, Size, Stack, Token
@@ -34,12 +42,13 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from functions.common.layout import RUNS_PREFIX
-from pipeline.training.sagemaker_jobs import SKLEARN_VERSION, STEPS, XGBOOST_VERSION, SageMakerPlan
+from pipeline.training.sagemaker_jobs import SKLEARN_VERSION, STEPS, XGBOOST_VERSION, SageMakerPlan, source_bundle
 
 from .buckets import AccessLogs, abort_incomplete_uploads, secure_bucket
 from .monitoring import Monitoring
@@ -66,6 +75,7 @@ REFERENCE_REGION = "us-east-1"
 come from the SDK's image config, into a CfnMapping)."""
 
 SAGEMAKER_MAX_RUNTIME_SECONDS = 28 * 24 * 3600
+SOURCE_CACHE = Path(tempfile.gettempdir()) / "slimserve-training-source"
 _PLAN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SageMakerPlan)}
 _RUN_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
@@ -173,6 +183,8 @@ class Training(Construct):
         self.data_bucket = self._bucket("DataBucket", "training-data-bucket/")
         self.artifacts_bucket = self._bucket("ArtifactsBucket", "training-artifacts-bucket/")
         self.images = _Images(self, self.settings)
+        self.source = s3_assets.Asset(self, "TrainingSource", path=str(staged_source_bundle()))
+        """The jobs' sourcedir.tar.gz, deployed with the stack (`source.s3_object_url`)."""
         self.role = self._sagemaker_role()
         self.plan = self._plan()
         self.state_machine = self._state_machine()
@@ -216,6 +228,9 @@ class Training(Construct):
             iam.PolicyStatement(sid="ReadWriteRuns",
                                 actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
                                 resources=[artifacts.arn_for_objects(f"{RUNS_PREFIX}*")]),
+            # The jobs' code: the one deployed source bundle, read by script mode at each job's start.
+            iam.PolicyStatement(sid="ReadTrainingSource", actions=["s3:GetObject"],
+                                resources=[self.source.bucket.arn_for_objects(self.source.s3_object_key)]),
             iam.PolicyStatement(sid="TrainingJobLogGroup", actions=["logs:CreateLogGroup"],
                                 resources=[self._log_group_arn("")]),
             iam.PolicyStatement(sid="TrainingJobLogStreams",
@@ -252,7 +267,7 @@ class Training(Construct):
             role_arn=self.role.role_arn,
             region=Stack.of(self).region,
             run_id=_RUN,
-            source_uri=f"{artifacts}{_RUN}/sourcedir.tar.gz",
+            source_uri=self.source.s3_object_url,
             hyperparameters={**self.settings.hyperparameters,
                              **{key: f"@HP:{key}@" for key in self.settings.run_hyperparameters}},
             gpu_instance=self.settings.gpu_instance,
@@ -262,17 +277,23 @@ class Training(Construct):
 
     def training_chain(self, scope: Construct) -> sfn.Chain:
         """A fresh validate → teacher → distil → export chain (states belong to one machine each), its
-        tasks created under `scope`; the training machine uses one, the retraining machine another."""
+        tasks created under `scope`; the training machine uses one."""
         chain: sfn.Chain | None = None
         for task in self.training_tasks(scope):
             chain = sfn.Chain.start(task) if chain is None else chain.next(task)
         assert chain is not None
         return chain
 
-    def training_tasks(self, scope: Construct) -> list[tasks.SageMakerCreateTrainingJob]:
+    def training_tasks(self, scope: Construct, hyperparameters: Mapping[str, str] | None = None,
+                       ) -> list[tasks.SageMakerCreateTrainingJob]:
         """Fresh validate, teacher, distil and export tasks under `scope`, not yet chained: a machine that
-        embeds them chains them itself and catches each one's failure."""
-        return [self._task(scope, step) for step in STEPS]
+        embeds them chains them itself and catches each one's failure. `hyperparameters` are fixed ones of
+        that machine (the retraining machine names its model), over the settings' own."""
+        extra = dict(hyperparameters or {})
+        if clash := sorted(set(extra) & {*self.settings.run_hyperparameters, *(k for k in extra
+                                                                                if k.startswith("sagemaker_"))}):
+            raise ValueError(f"Training: {clash} cannot be fixed by the machine (read at run time or SageMaker's)")
+        return [self._task(scope, step, extra) for step in STEPS]
 
     def export_artifact(self) -> str:
         """The export job's `model.tar.gz` (the bundle) as a States.Format expression over the state input."""
@@ -303,8 +324,10 @@ class Training(Construct):
             self.input_is_valid(), jobs).otherwise(refused)
         return sfn.Chain.custom(check, jobs.end_states, jobs)
 
-    def _task(self, scope: Construct, step: str) -> tasks.SageMakerCreateTrainingJob:
+    def _task(self, scope: Construct, step: str, extra: Mapping[str, str] | None = None,
+              ) -> tasks.SageMakerCreateTrainingJob:
         request = self.plan.request(step)
+        request["HyperParameters"] = {**request["HyperParameters"], **(extra or {})}
         known = {"TrainingJobName", "RoleArn", "AlgorithmSpecification", "HyperParameters", "InputDataConfig",
                  "OutputDataConfig", "ResourceConfig", "StoppingCondition", "EnableNetworkIsolation", "Tags"}
         if set(request) != known:  # a field added to the CLI's request must be carried over here on purpose
@@ -377,6 +400,18 @@ class Training(Construct):
         jobs = stack.format_arn(service="sagemaker", resource="training-job", resource_name="*")
         ack(role, f"AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, jobs)}]",
              "job names come from the run id at run time (slimserve-<run_id>-<step>)")
+
+
+def staged_source_bundle(cache: Path = SOURCE_CACHE) -> Path:
+    """`source_bundle()` written to a content-addressed file (the asset's path): synthesizing again reuses it."""
+    data = source_bundle()
+    path = cache / hashlib.sha256(data).hexdigest()[:32] / "sourcedir.tar.gz"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as partial:
+            partial.write(data)
+        Path(partial.name).replace(path)  # atomic: a concurrent synth reads a whole file or none
+    return path
 
 
 def _as_nag_prints(stack: Stack, arn: str) -> str:

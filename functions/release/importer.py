@@ -1,7 +1,8 @@
 """Import a trained bundle: the export job's `model.tar.gz` (artifacts bucket) becomes
 `models/<model>/<version>/` in the model bucket and a candidate in the registry, for the gate to judge.
 
-The archive holds the bundle's files at its root (the export job writes them to SM_MODEL_DIR). Every file
+The archive holds the bundle's files in `bundle/` (the export job writes them to SM_MODEL_DIR/bundle, and
+SageMaker archives SM_MODEL_DIR) or at its root. Every file
 is checked against the manifest's sha256 before anything is written, and the manifest is written last,
 so a half-imported bundle never looks complete. Importing the same bundle twice changes nothing.
 """
@@ -20,10 +21,11 @@ from ..common.manifest import MANIFEST_FILE, sha256_hex
 from ..common.registry import ModelEntry, Registry, UnknownVersion
 
 MAX_ARCHIVE_BYTES = 512 * 1024 * 1024  # unpacked; a distilled student's bundle is a few MiB
+BUNDLE_FOLDER = "bundle/"  # where the export job leaves the bundle in SM_MODEL_DIR
 
 
 def unpack(stream: Any, where: str) -> dict[str, bytes]:
-    """The archive's regular files by name (a leading `./` dropped); nested paths and links refused."""
+    """The archive's regular files by name (a leading `./` or `bundle/` dropped); deeper paths and links refused."""
     files: dict[str, bytes] = {}
     total = 0
     try:
@@ -31,9 +33,10 @@ def unpack(stream: Any, where: str) -> dict[str, bytes]:
             for member in archive:
                 if member.isdir():
                     continue
-                name = member.name.removeprefix("./")
-                if not member.isfile() or not name or "/" in name or name.startswith("."):
-                    raise BundleError(f"{where}: {member.name!r} is not a plain file at the archive's root")
+                name = member.name.removeprefix("./").removeprefix(BUNDLE_FOLDER)
+                if not member.isfile() or not name or "/" in name or name.startswith(".") or name in files:
+                    raise BundleError(f"{where}: {member.name!r} is not a plain file, once, at the archive's "
+                                      f"root or in {BUNDLE_FOLDER}")
                 total += member.size
                 if total > MAX_ARCHIVE_BYTES:
                     raise BundleError(f"{where}: unpacks to more than {MAX_ARCHIVE_BYTES} bytes")

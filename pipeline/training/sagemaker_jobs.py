@@ -9,6 +9,7 @@ bundle's parity was measured with, not the image's older ones.
 
 from __future__ import annotations
 
+import gzip
 import io
 import re
 import tarfile
@@ -94,16 +95,19 @@ class SageMakerPlan:
 
 
 def source_bundle() -> bytes:
-    """sourcedir.tar.gz: the pipeline and functions packages plus the jobs' requirements."""
+    """sourcedir.tar.gz: the pipeline and functions packages plus the jobs' requirements. Reproducible (no
+    times, owners or modes from the checkout): the same sources give the same bytes, so the stack's copy
+    (an asset named by its hash) changes only when the code does."""
+    files = [(str(path.relative_to(ROOT)), path.read_bytes()) for package in ("pipeline", "functions")
+             for path in sorted((ROOT / package).rglob("*.py"))]
+    files.append(("requirements.txt", ("\n".join(JOB_REQUIREMENTS) + "\n").encode()))
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for package in ("pipeline", "functions"):
-            for path in sorted((ROOT / package).rglob("*.py")):
-                tar.add(path, arcname=str(path.relative_to(ROOT)))
-        data = ("\n".join(JOB_REQUIREMENTS) + "\n").encode()
-        info = tarfile.TarInfo("requirements.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 

@@ -81,6 +81,8 @@ def _render(part: Any, template: dict[str, Any], region: str) -> str:
     if "Fn::Join" in part:
         separator, parts = part["Fn::Join"]
         return str(separator).join(_render(p, template, region) for p in parts)
+    if isinstance(part.get("Fn::Sub"), str):  # the CDK assets bucket (the jobs' source bundle)
+        return part["Fn::Sub"].replace("${AWS::AccountId}", ACCOUNT).replace("${AWS::Region}", region)
     raise AssertionError(f"unexpected token: {part}")
 
 
@@ -143,6 +145,14 @@ def _ids(synth: Synth) -> dict[str, str]:
             "state_machine": output("TrainingStateMachineArn")["Ref"]}
 
 
+def _source_uri(synth: Synth, region: str = REGION) -> str:
+    """The jobs' source bundle as deployed: the stack's .tar.gz file asset in the CDK assets bucket."""
+    assets = json.loads(next(synth.outdir.glob("*.assets.json")).read_text())["files"]
+    (source,) = [asset for asset in assets.values() if asset["source"]["path"].endswith(".tar.gz")]
+    key = next(iter(source["destinations"].values()))["objectKey"]
+    return f"s3://cdk-hnb659fds-assets-{ACCOUNT}-{region}/{key}"
+
+
 def _plan(synth: Synth, state_input: dict[str, Any], region: str = REGION) -> SageMakerPlan:
     """The CLI's plan for the same run: `--data s3://<data>/<prefix> --out s3://<artifacts>/runs/`."""
     ids = _ids(synth)
@@ -150,7 +160,7 @@ def _plan(synth: Synth, state_input: dict[str, Any], region: str = REGION) -> Sa
     run = state_input["run_id"]
     return SageMakerPlan(data_uri=f"s3://{data}/{state_input['data_prefix']}", output_uri=f"s3://{artifacts}/runs/",
                          role_arn=f"arn:aws:iam::{ACCOUNT}:role/{ids['role']}", region=region, run_id=run,
-                         source_uri=f"s3://{artifacts}/runs/{run}/sourcedir.tar.gz",
+                         source_uri=_source_uri(synth, region),
                          hyperparameters=dict(state_input["hyperparameters"]))
 
 
@@ -230,7 +240,8 @@ def test_sagemaker_role_is_assumed_by_sagemaker_only_and_has_no_managed_policy(d
 
 
 @slow
-def test_sagemaker_role_touches_only_the_two_buckets_and_never_deletes(default_synth: Synth) -> None:
+def test_sagemaker_role_touches_only_the_two_buckets_and_its_source_bundle_and_never_deletes(
+        default_synth: Synth) -> None:
     ids = _ids(default_synth)
     data, artifacts = ({"Fn::GetAtt": [ids[k], "Arn"]} for k in ("data", "artifacts"))
     grants: dict[str, set[str]] = {}
@@ -242,6 +253,10 @@ def test_sagemaker_role_touches_only_the_two_buckets_and_never_deletes(default_s
         for resource in as_list(statement["Resource"]):
             rendered = _render(resource, default_synth.template, REGION)
             assert isinstance(resource, dict), statement  # never "*"
+            if statement.get("Sid") == "ReadTrainingSource":  # the one deployed source bundle, read only
+                assert rendered.startswith(f"arn:aws:s3:::cdk-hnb659fds-assets-{ACCOUNT}-{REGION}/"), statement
+                assert actions == ["s3:GetObject"] and not rendered.endswith("*"), statement
+                continue
             assert resource in (data, artifacts) or resource["Fn::Join"][1][0] in (data, artifacts), statement
             grants.setdefault(rendered, set()).update(actions)
     data_arn, artifacts_arn = (f"arn:aws:s3:::{ids[k].lower()}" for k in ("data", "artifacts"))
@@ -333,13 +348,12 @@ def test_teacher_runs_on_a_gpu_with_xgboost_and_the_rest_on_cpu_with_scikit_lear
 
 
 @slow
-def test_each_job_runs_its_own_script_from_the_runs_source_bundle(default_synth: Synth) -> None:
-    ids = _ids(default_synth)
+def test_each_job_runs_its_own_script_from_the_source_bundle_the_stack_deploys(default_synth: Synth) -> None:
     for step, (name, state) in zip(STEPS, _jobs(_definition(default_synth)), strict=True):
         hyperparameters = _evaluate(state["Parameters"]["HyperParameters"], RUN_INPUT)
         assert hyperparameters["sagemaker_program"] == f"pipeline/training/{step}_job.py", name
-        assert hyperparameters["sagemaker_submit_directory"] == (
-            f"s3://{ids['artifacts'].lower()}/runs/{RUN_INPUT['run_id']}/sourcedir.tar.gz")
+        # A standing object deployed with the stack: no run has to upload it first.
+        assert hyperparameters["sagemaker_submit_directory"] == _source_uri(default_synth)
         assert hyperparameters["target"] == "churn"  # read from the run's input
 
 
