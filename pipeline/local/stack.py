@@ -345,11 +345,24 @@ def target_input(target: Mapping[str, Any], event: Mapping[str, Any]) -> str:
     if not transformer:
         return json.dumps(event)
     values = {name: _json_path(event, path) for name, path in transformer.get("InputPathsMap", {}).items()}
-    text = str(transformer["InputTemplate"])
-    for name, value in values.items():
-        text = text.replace(f'"<{name}>"', json.dumps(value if isinstance(value, str) else json.dumps(value)))
-        text = text.replace(f"<{name}>", json.dumps(value))
-    return text
+    text, out, quoted, i = str(transformer["InputTemplate"]), [], False, 0
+    while i < len(text):
+        match = re.match(r"<([A-Za-z0-9_.-]+)>", text[i:])
+        if match and match.group(1) in values:
+            value = values[match.group(1)]
+            # Inside a JSON string the value goes in as text; outside, as a JSON value.
+            out.append(json.dumps(value if isinstance(value, str) else json.dumps(value))[1:-1] if quoted
+                       else json.dumps(value))
+            i += match.end()
+            continue
+        if text[i] == "\\" and quoted:
+            out.append(text[i:i + 2])
+            i += 2
+            continue
+        quoted ^= text[i] == '"'
+        out.append(text[i])
+        i += 1
+    return "".join(out)
 
 
 def _json_path(event: Mapping[str, Any], path: str) -> Any:
