@@ -80,37 +80,43 @@ class Runtime:
         correlation_id = None if correlation_id_path is None else correlation_reader(correlation_id_path)
 
         def decorate(fn: Handler) -> Handler:
-            @functools.wraps(fn)
-            def with_bound_keys(event: Any, context: Any) -> Any:
-                if self._bound:  # inject_lambda_context(clear_state=True) dropped them
-                    self.logger.append_keys(**self._bound)
-                if correlation_id is not None:
-                    self.logger.set_correlation_id(correlation_id(event))
-                return fn(event, context)
-
-            traced: Any = self.tracer.capture_lambda_handler(with_bound_keys) if trace else with_bound_keys
+            traced: Any = self.tracer.capture_lambda_handler(fn) if trace else fn
 
             @functools.wraps(fn)
-            def with_metrics(event: Any, context: Any) -> Any:
-                # log_metrics, less its warning and work on every call that added no metric of its own
-                if self._xray_context is not None:  # the header stands still until the invocation ends
-                    self._xray_context.header = os.environ.get(TRACE_HEADER)
+            def invoke(event: Any, context: Any) -> Any:
+                self._begin(event, context, correlation_id)
                 try:
                     response = traced(event, context)
                     if cold_start_metric and self._cold_start:
                         self.metrics.provider.add_cold_start_metric(context=context)
                     return response
                 finally:
-                    self._cold_start = False
-                    if self._xray_context is not None:
-                        self._xray_context.header = None
-                    if metrics and self.metrics.metric_set:
-                        self.metrics.flush_metrics()
+                    self._end(metrics)
 
-            wrapped = self.logger.inject_lambda_context(clear_state=True)(with_metrics)
-            return functools.wraps(fn)(wrapped)  # type: ignore[return-value]
+            return invoke  # type: ignore[return-value]
 
         return decorate
+
+    def _begin(self, event: Any, context: Any, correlation_id: Callable[[Any], Any] | None) -> None:
+        # What Logger.inject_lambda_context(clear_state=True) sets, in one call: a fresh logging
+        # context with the Lambda context's keys, the bound keys (model version) and the correlation id.
+        keys: dict[str, Any] = {
+            "cold_start": self._cold_start, "function_name": context.function_name,
+            "function_memory_size": context.memory_limit_in_mb, "function_arn": context.invoked_function_arn,
+            "function_request_id": context.aws_request_id, **self._bound}
+        if correlation_id is not None:
+            keys["correlation_id"] = correlation_id(event)
+        self.logger.structure_logs(**keys)
+        if self._xray_context is not None:  # the header stands still until the invocation ends
+            self._xray_context.header = os.environ.get(TRACE_HEADER)
+
+    def _end(self, metrics: bool) -> None:
+        # Metrics.log_metrics, less its warning and its work on every call that added no metric.
+        self._cold_start = False
+        if self._xray_context is not None:
+            self._xray_context.header = None
+        if metrics and self.metrics.metric_set:
+            self.metrics.flush_metrics()
 
     def sampled(self) -> bool:
         """Whether X-Ray records this invocation: the Tracer is on and the runtime's trace header says so."""

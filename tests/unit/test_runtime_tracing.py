@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import redirect_stdout
@@ -143,3 +144,36 @@ def test_a_handler_that_adds_no_metric_writes_no_empty_record() -> None:
         warnings.simplefilter("always")
         handle({}, LambdaContext())
     assert '"_aws"' not in out.getvalue() and not caught
+
+
+def test_log_lines_carry_the_invocation_and_no_key_outlives_it() -> None:
+    rt = Runtime("logging-test")
+    rt._bound["model_version"] = "v3"
+    lines: list[dict[str, Any]] = []
+    formatter = rt.logger.registered_formatter
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(formatter.format(record)))
+
+    @rt.handler(correlation_id_path="requestContext.requestId", metrics=False)
+    def handle(event: dict[str, Any], context: Any) -> None:
+        rt.logger.append_keys(model_role=event.get("role"))
+        rt.logger.info("scored")
+
+    underlying = logging.getLogger(rt.service)
+    capture, level = Capture(), underlying.level
+    underlying.addHandler(capture)
+    underlying.setLevel(logging.INFO)
+    try:
+        handle({"requestContext": {"requestId": "api-1"}, "role": "canary"}, LambdaContext(aws_request_id="lambda-1"))
+        handle({"requestContext": {"requestId": "api-2"}}, LambdaContext(aws_request_id="lambda-2"))
+    finally:
+        underlying.removeHandler(capture)
+        underlying.setLevel(level)
+    first, second = lines
+    assert (first["function_request_id"], first["correlation_id"], first["model_version"]) == \
+        ("lambda-1", "api-1", "v3")
+    assert first["cold_start"] is True and second["cold_start"] is False
+    assert first["model_role"] == "canary" and (second["correlation_id"], second.get("model_role")) == ("api-2", None)
+    assert first["function_name"] == "slimserve-inference" and first["function_memory_size"] == 1024
