@@ -72,6 +72,8 @@ def run_up(options: UpOptions, say: Say = print) -> int:
     os.environ.update(FAKE_CREDENTIALS)  # fake credentials before any client: nothing reaches a real account
     for noisy in ("werkzeug", "moto"):  # moto's server logs every call, its interpreter each unsupported detail
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # The interpreter logs a Choice's test of an absent path as an error; a run's real failure is in its history.
+    logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
     moto = ThreadedMotoServer(ip_address=options.host, port=options.moto_port, verbose=False)
     moto.start()
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from functions.common.errors import ConfigurationError
-from pipeline.local.stack import OUTPUT_NAMES, EmulatedStack, render, stack_endpoints, target_input
+from pipeline.local.stack import OUTPUT_NAMES, EmulatedStack, install_rules, render, stack_endpoints, target_input
 
 TEMPLATE: dict[str, Any] = {
     "Mappings": {"Images": {"us-east-1": {"sklearn": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sk:1"}}},
@@ -76,3 +76,40 @@ def test_stack_outputs_are_found_with_or_without_cdk_hash_and_a_missing_one_is_n
     outputs["ReleaseStateMachineArnExtra"] = "not it: not a hash"
     with pytest.raises(ConfigurationError, match="ReleaseStateMachineArn"):
         stack_endpoints(outputs)
+
+
+def _alarm(name: str, state: str = "ALARM") -> dict[str, Any]:
+    return {"id": "e-7", "source": "aws.cloudwatch", "detail-type": "CloudWatch Alarm State Change",
+            "detail": {"alarmName": name, "state": {"value": state}}}
+
+
+def test_the_stack_rules_send_a_champion_alarm_to_its_function_and_a_drift_alarm_to_its_machine() -> None:
+    from pipeline.local.alarms import LocalRouter
+
+    def rule(prefix: str, target: dict[str, Any]) -> dict[str, Any]:
+        return {"Type": "AWS::Events::Rule", "Properties": {"State": "ENABLED", "Targets": [target], "EventPattern": {
+            "source": ["aws.cloudwatch"], "detail-type": ["CloudWatch Alarm State Change"],
+            "detail": {"alarmName": [{"prefix": prefix}], "state": {"value": ["ALARM"]}}}}}
+
+    template = {"Resources": {**TEMPLATE["Resources"],
+                              "ChampionRule": rule("slimserve-churn-champion-", {
+                                  "Arn": {"Fn::GetAtt": ["ReleaseFunction7C47E101", "Arn"]}, "Id": "T0"}),
+                              "DriftRule": rule("slimserve-churn-drift-", {
+                                  "Arn": {"Ref": "Machine5C3CB62B"}, "Id": "T0", "InputTransformer": {
+                                      "InputPathsMap": {"id": "$.id"},
+                                      "InputTemplate": '{"model":"churn","run_id":<id>}'}}),
+                              "Nightly": {"Type": "AWS::Events::Rule", "Properties": {
+                                  "ScheduleExpression": "rate(1 day)", "Targets": []}}}}
+    stack, router = EmulatedStack(template), LocalRouter()
+    invoked: list[tuple[str, dict[str, Any]]] = []
+    started: list[tuple[str, str]] = []
+    added = install_rules(stack, router, lambda arn, event: invoked.append((arn, event)),
+                          lambda arn, payload: started.append((arn, payload)))
+    assert sorted(added) == ["ChampionRule", "DriftRule"] and stack.scheduled_rules() == ["Nightly"]
+    router.put(_alarm("slimserve-churn-champion-errors"))
+    router.put(_alarm("slimserve-churn-champion-errors", state="OK"))
+    router.put(_alarm("slimserve-churn-drift-psi"))
+    assert invoked == [("arn:aws:lambda:us-east-1:123456789012:function:ReleaseFunction7C47E101",
+                        _alarm("slimserve-churn-champion-errors"))]
+    assert [(arn, json.loads(payload)) for arn, payload in started] == [
+        ("arn:aws:states:us-east-1:123456789012:stateMachine:Machine5C3CB62B", {"model": "churn", "run_id": "e-7"})]
