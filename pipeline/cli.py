@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from functions.common.errors import ConfigurationError, SlimserveError
+from functions.common.settings import DriftSettings
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -344,6 +345,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from cdk.constructs.alarms import DRIFT_KS_MAX, DRIFT_PSI_MAX
+
+    from .monitor import drift_now, render
+
+    target = _target(args)
+    report = drift_now(target, args.model or target["model"], window_hours=args.window_hours,
+                       min_samples=args.min_samples)
+    print(render(report, {"psi": DRIFT_PSI_MAX.threshold, "ks": DRIFT_KS_MAX.threshold}))
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from .local.up import UpOptions, run_up
 
@@ -515,7 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--target", required=True, help="label column")
     rt.add_argument("--model", help="model name (default: the stack's, the only one it retrains)")
     rt.set_defaults(func=_retrain)
-    for p in (r, rb, st, rt):
+    mo = sub.add_parser("monitor", help="drift of the model's captured traffic: PSI/KS per feature with histograms")
+    mo.add_argument("--model", help="model name (default: the stack's)")
+    mo.add_argument("--window-hours", type=int, default=24, help="captured rows of the last N hours (24)")
+    mo.add_argument("--min-samples", type=int, default=DriftSettings.model_fields["min_samples"].default,
+                    help="fewer rows: nothing is compared (the drift function's default)")
+    mo.set_defaults(func=_monitor)
+    for p in (r, rb, st, rt, mo):
         p.add_argument("--state-dir", default=".slimserve", help="where `slimserve up` keeps up.json (.slimserve)")
         p.add_argument("--aws", action="store_true", help="act on the deployed stack (its outputs), not `slimserve up`")
         p.add_argument("--stack", help="with --aws: the stack's name (default: SlimserveServing)")

@@ -261,6 +261,16 @@ def run_drift(settings: DriftSettings, routing: Routing, s3: Any, now: dt.dateti
               manifest_of: Callable[[str, str], Manifest],
               on_corrupt: Callable[[str, str], None] | None = None) -> DriftReport:
     """Read the window, compare it with the champion's profile and publish (or say why not)."""
+    report = measure_drift(settings, routing, s3, now, manifest_of, on_corrupt)
+    for record in metric_records(report, int(now.timestamp() * 1000)):
+        emit_metric_record(record)
+    return report
+
+
+def measure_drift(settings: DriftSettings, routing: Routing, s3: Any, now: dt.datetime,
+                  manifest_of: Callable[[str, str], Manifest],
+                  on_corrupt: Callable[[str, str], None] | None = None) -> DriftReport:
+    """Read the window and compare it with the champion's profile; publishes nothing."""
     if routing.champion_version is None:
         return DriftReport(model=routing.model, version="", rows=0, objects=0, corrupt=0, published=False,
                            reason="no champion serves this model yet", features={}, skipped={})
@@ -271,7 +281,4 @@ def run_drift(settings: DriftSettings, routing: Routing, s3: Any, now: dt.dateti
                                              routing.canary_version else [])
     captured = read_window(s3, settings.model_bucket, routing.model, versions, now, settings.window_hours,
                            settings.max_rows, on_corrupt)
-    report = drift_report(routing, champion, canary, captured, settings.min_samples)
-    for record in metric_records(report, int(now.timestamp() * 1000)):
-        emit_metric_record(record)
-    return report
+    return drift_report(routing, champion, canary, captured, settings.min_samples)

@@ -167,13 +167,18 @@ def test_a_bundle_without_a_typed_profile_is_reported_not_compared(account: dict
     assert not report.published and "no feature profile" in report.reason and published == []
 
 
-def test_the_handler_follows_the_registry_champion(account: dict[str, Any], published: list[dict[str, Any]]) -> None:
+def with_registry(account: dict[str, Any]) -> None:
+    """The registry table with the model's routing item naming the champion."""
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")
     create_registry_table(dynamodb, TABLE)
     routing = account["routing"]
     dynamodb.put_item(TableName=TABLE, Item={
         "model": {"S": MODEL}, "version": {"S": ROUTING_ITEM}, "champion_version": {"S": VERSION},
         "champion_uri": {"S": routing.champion_uri}, "champion_sha256": {"S": routing.champion_sha256}})
+
+
+def test_the_handler_follows_the_registry_champion(account: dict[str, Any], published: list[dict[str, Any]]) -> None:
+    with_registry(account)
     put_capture(account["s3"], records_of(account["model"], mixed_frame(400)),
                 when=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
     handler = load_function("functions.drift.handler", "", **{k: v for k, v in SETTINGS.to_env().items()})
@@ -188,3 +193,25 @@ def test_a_capture_line_without_a_row_is_corrupt() -> None:
     with pytest.raises(CorruptCapture):
         parse_capture(gzip.compress(b'{"prediction": 1}\n'))
     assert parse_capture(gzip.compress(b'\n{"row": {}, "prediction": 1}\n\n')) == [{"row": {}, "prediction": 1}]
+
+
+def test_monitor_prints_each_feature_with_its_histogram_and_publishes_nothing(
+        account: dict[str, Any], published: list[dict[str, Any]]) -> None:
+    from pipeline.monitor import drift_now, render
+
+    with_registry(account)
+    frame = mixed_frame(400)
+    frame["age"] = frame["age"] + 25
+    put_capture(account["s3"], records_of(account["model"], frame))
+    report = drift_now({"table": TABLE, "model_bucket": MODEL_BUCKET}, MODEL, window_hours=24, min_samples=200,
+                       now=NOW)
+    text = render(report, {"psi": DRIFT_PSI_MAX.threshold, "ks": DRIFT_KS_MAX.threshold})
+    rows: dict[str, str] = {}
+    for line in text.splitlines():  # the table's row comes before the feature's histogram
+        if line and line.split()[0] in FEATURES:
+            rows.setdefault(line.split()[0], line)
+    assert rows["age"].endswith("DRIFT") and not rows["plan"].endswith("DRIFT")
+    assert "age  (# profile, = live)" in text and "(prediction)" in text and "(null)" in text
+    assert published == []
+    thin = drift_now({"table": TABLE, "model_bucket": MODEL_BUCKET}, MODEL, window_hours=24, min_samples=1000, now=NOW)
+    assert "nothing compared: 400 captured rows" in render(thin, {"psi": 0.2, "ks": 0.1})
