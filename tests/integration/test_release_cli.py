@@ -1,4 +1,5 @@
-"""`slimserve release`, `status` and `rollback` against the emulated account, as a new user would run them."""
+"""`slimserve release`, `status` and `rollback` with --table: a registry table named directly, the release driven
+step by step from the command line (no state machine), as a new user would run them."""
 
 from __future__ import annotations
 
