@@ -4,8 +4,8 @@ Reads `capture/<model>/<version>/<hour>/` objects of the champion and canary (in
 whatever role answered them); a corrupt object is skipped and counted, never fatal. Below the minimum
 sample size nothing is published: a thin window is noise, and a missing datapoint leaves the alarms
 where they are. Otherwise one EMF record per feature (DriftPsi, DriftKs, NullRateDelta; dimensions
-model_name, feature), one per model (DriftPsiMax, DriftKsMax, PredictionPsi, DriftRows; model_name) and
-the canary's own PredictionPsi (model_name, model_role).
+model_name, feature), one per model (DriftPsiMax, DriftKsMax, PredictionPsi, DriftRows, CaptureObjectsCorrupt;
+model_name) and the canary's own PredictionPsi (model_name, model_role).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ MAX_OBJECT_BYTES = 64 * 1024 * 1024  # decompressed: a larger capture object is 
 HASHED_PREFIX = "sha256:"  # a column hashed at capture: its values cannot be compared with the profile
 MODEL_DIMENSIONS, FEATURE_DIMENSIONS, ROLE_DIMENSIONS = ["model_name"], ["model_name", "feature"], [
     "model_name", "model_role"]
+
+
+COUNTS = frozenset({"DriftRows", "CaptureObjectsCorrupt"})
 
 
 class CorruptCapture(ValueError):
@@ -233,7 +236,7 @@ def _record(dimensions: list[str], values: dict[str, Any], metrics: dict[str, fl
             unit: str = "None") -> dict[str, Any]:
     return {"_aws": {"Timestamp": timestamp_ms, "CloudWatchMetrics": [{
         "Namespace": METRICS_NAMESPACE, "Dimensions": [dimensions],
-        "Metrics": [{"Name": name, "Unit": "Count" if name == "DriftRows" else unit} for name in metrics]}]},
+        "Metrics": [{"Name": name, "Unit": "Count" if name in COUNTS else unit} for name in metrics]}]},
         **values, **metrics}
 
 
@@ -247,7 +250,8 @@ def metric_records(report: DriftReport, timestamp_ms: int | None = None) -> list
                        {"DriftPsi": c.psi, **({"DriftKs": c.ks} if c.ks is not None else {}),
                         "NullRateDelta": c.null_rate_delta}, stamp)
                for name, c in report.features.items()]
-    summary = {"DriftPsiMax": report.psi_max, "DriftKsMax": report.ks_max, "DriftRows": float(report.rows)}
+    summary = {"DriftPsiMax": report.psi_max, "DriftKsMax": report.ks_max, "DriftRows": float(report.rows),
+               "CaptureObjectsCorrupt": float(report.corrupt)}
     if report.prediction is not None:
         summary["PredictionPsi"] = report.prediction.psi
     records.append(_record(MODEL_DIMENSIONS, model, summary, stamp))

@@ -127,7 +127,7 @@ def test_corrupt_capture_objects_are_skipped_and_counted(account: dict[str, Any]
     put_capture(s3, [], suffix="e" * 12, body=gzip.compress(b'[1, 2]\n'))
     report = run(account)
     assert report.objects == 5 and report.corrupt == 4 and report.rows == 400 and report.published
-    assert by_name(published)["DriftRows"] == 400
+    assert by_name(published)["DriftRows"] == 400 and by_name(published)["CaptureObjectsCorrupt"] == 4
 
 
 def test_only_objects_flushed_within_the_window_are_read(account: dict[str, Any],
