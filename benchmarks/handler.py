@@ -86,7 +86,7 @@ def main() -> int:
         workers += [Worker(python, other, env), Worker(python, other, {**env, "POWERTOOLS_TRACE_DISABLED": "true"})]
         plan += [(workers[2], "handler", True), (workers[2], "handler", False), (workers[3], "handler", False)]
         names += tuple(f"{COMPARED}{name}" for name in HANDLER_VARIANTS)
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[str, list[list[float]]] = {name: [] for name in names}
     try:
         for worker, what, sampled in plan:  # warm-up, untimed
             worker.run(what, sampled, 300)
@@ -141,12 +141,13 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
+def percentile(samples: list[list[float]], q: float, column: int = 0) -> float:
+    """Of wall-clock time (column 0) or the thread's CPU time (column 1), in microseconds."""
+    ordered = sorted(sample[column] for sample in samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e6
 
 
-def report(samples: dict[str, list[float]], versions: dict[str, str], python: str, found: bool,
+def report(samples: dict[str, list[list[float]]], versions: dict[str, str], python: str, found: bool,
            datagrams: int) -> None:
     where = "the built runtime layer (layers/build/runtime)" if found else "the dev venv (no built layer)"
     print(f"handler, warm, one row: python {versions['python']} ({python}) with {where}; "
@@ -154,7 +155,7 @@ def report(samples: dict[str, list[float]], versions: dict[str, str], python: st
           f"{os.cpu_count()} cores; request capture off")
     n = len(samples[HANDLER_VARIANTS[0]])
     print(f"{n} requests per variant, interleaved in blocks; X-Ray datagrams received by the UDP sink: {datagrams}\n")
-    print(f"{'one row, microseconds':<28}{'p50':>8}{'p99':>8}")
+    print(f"{'one row, microseconds':<28}{'p50':>8}{'p99':>8}{'CPU p50':>9}{'CPU p99':>9}")
     for name, values in samples.items():
         if name == FLOORS[0]:
             print("floors:")
@@ -162,15 +163,20 @@ def report(samples: dict[str, list[float]], versions: dict[str, str], python: st
             print("the --compare version:")
             name = name.removeprefix(COMPARED)
         name = name.removeprefix(COMPARED)
-        print(f"{name:<28}{percentile(values, 0.5):>8.0f}{percentile(values, 0.99):>8.0f}")
-    on = [(percentile(samples[v], 0.5), percentile(samples[v], 0.99)) for v in HANDLER_VARIANTS[:2]]
-    p50, p99 = max(p for p, _ in on), max(p for _, p in on)
+        print(f"{name:<28}{percentile(values, 0.5):>8.0f}{percentile(values, 0.99):>8.0f}"
+              f"{percentile(values, 0.5, 1):>9.0f}{percentile(values, 0.99, 1):>9.0f}")
+    print("(p50, p99: wall clock, from the call to its answer; CPU: the thread's own CPU time, which other "
+          "processes on a shared machine do not inflate)")
+    on = HANDLER_VARIANTS[:2]
+    p50 = max(percentile(samples[v], 0.5) for v in on)
+    p99, cpu99 = max(percentile(samples[v], 0.99) for v in on), max(percentile(samples[v], 0.99, 1) for v in on)
     run = percentile(samples["session.run"], 0.5)
     predict = percentile(samples["Model.predict"], 0.5)
     goals = [(f"Tracer on p50 <= {GOALS['p50']:.0f} us", p50 <= GOALS["p50"]),
-             (f"Tracer on p99 <= {GOALS['p99']:.0f} us", p99 <= GOALS["p99"]),
+             (f"Tracer on p99 <= {GOALS['p99']:.0f} us (wall)", p99 <= GOALS["p99"]),
+             (f"(CPU) {cpu99:.0f} us", cpu99 <= GOALS["p99"]),
              ("Model.predict <= 2x session.run", predict <= 2 * run)]
-    print(f"\nTracer on (worse of sampled and unsampled): p50 {p50:.0f} us, p99 {p99:.0f} us; "
+    print(f"\nTracer on (worse of sampled and unsampled): p50 {p50:.0f} us, p99 {p99:.0f} us (CPU {cpu99:.0f}); "
           f"Model.predict / session.run p50: {predict / run:.1f}x")
     print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
 
@@ -221,12 +227,12 @@ def worker(cfg: dict[str, Any]) -> None:
             event = proxy_event(body, request_id, trace_id)
             requests.append((event, Context(str(uuid.uuid4())), trace_id))
         timings = []
-        clock = time.perf_counter
+        clock, cpu = time.perf_counter, time.thread_time
         for event, context, trace_id in requests:
             os.environ["_X_AMZN_TRACE_ID"] = trace_id  # the runtime's work between invocations
-            started = clock()
+            started, started_cpu = clock(), cpu()
             response = call(event, context)
-            timings.append(clock() - started)
+            timings.append((clock() - started, cpu() - started_cpu))
             if command["what"] in ("handler", "minimal"):
                 assert response["statusCode"] == 200, response
         protocol.write(json.dumps(timings) + "\n")

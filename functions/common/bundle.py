@@ -149,17 +149,19 @@ class Model:
             raise BundleError("model.onnx input width does not match the number of features")
 
     def predict(self, instances: Any) -> Prediction:
-        return self.predict_feeds(self.schema.to_feeds(instances))
+        return self.predict_feeds(self.schema.to_feeds(instances), rows=len(instances))
 
-    def predict_feeds(self, feeds: dict[str, np.ndarray]) -> Prediction:
+    def predict_feeds(self, feeds: dict[str, np.ndarray], rows: int | None = None) -> Prediction:
         """Labels and probabilities as lists (a float32 output's values are exact as Python floats)."""
-        if self._classes is not None and len(next(iter(feeds.values()))) <= SMALL_REQUEST_ROWS:
-            (out,) = self.session.run(self._outputs, feeds)
-            probabilities = np.asarray(out).tolist()
-            classes = self._class_list
-            return Prediction([classes[first_max_row(row)] for row in probabilities], probabilities)
-        predictions, proba = self.score(feeds)
-        return Prediction(predictions=predictions.tolist(), probabilities=None if proba is None else proba.tolist())
+        if (len(next(iter(feeds.values()))) if rows is None else rows) > SMALL_REQUEST_ROWS:
+            predictions, proba = self.score(feeds)
+            return Prediction(predictions.tolist(), None if proba is None else proba.tolist())
+        (out,) = self.session.run(self._outputs, feeds)
+        if self._classes is None:
+            return Prediction(np.asarray(out, dtype=np.float64).reshape(-1).tolist(), None)
+        probabilities = np.asarray(out).tolist()
+        classes = self._class_list
+        return Prediction([classes[first_max_row(row)] for row in probabilities], probabilities)
 
     def score(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (class labels or values) and class probabilities (classifiers) as arrays."""

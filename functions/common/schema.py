@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ class RowSchema:
         self.features = list(features)
         self.names = [f.name for f in self.features]
         self._name_set = frozenset(self.names)
+        # A keyed row's values in feature order, picked in C (a tuple even for one feature).
+        self._pick = operator.itemgetter(*self.names) if len(self.names) > 1 else lambda row: (row[self.names[0]],)
         self.ignored = tuple(ignored)
         self._ignored_set = frozenset(self.ignored)
         self._categories = [frozenset(f.categories) if f.categories and f.unknown_categories == "refuse" else None
@@ -109,7 +112,7 @@ class RowSchema:
             if type(row) is dict:
                 if (len(row) != width or row.keys() != self._name_set) and not self._extra_keys_ignored(row):
                     self._raise_key_error(i, row)
-                rows.append([row[n] for n in names])
+                rows.append(self._pick(row))
             elif type(row) is list:
                 if len(row) != width:
                     raise InvalidInput(f"row has {len(row)} values; the model takes {width} features in the "

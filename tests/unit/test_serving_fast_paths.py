@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,12 +62,16 @@ def test_few_rows_are_checked_as_many_rows_are(dtype: str, cell: Any) -> None:
         assert np.array_equal(few[0], many[0])
 
 
-def test_small_and_large_requests_answer_alike(rf_bundle: Path) -> None:
-    model = load_model(directory_reader(rf_bundle))
+@pytest.mark.parametrize("bundle", ["rf_bundle", "regression_bundle"])
+def test_small_and_large_requests_answer_alike(bundle: str, request: pytest.FixtureRequest) -> None:
+    model = load_model(directory_reader(request.getfixturevalue(bundle)))
+    if model.schema.signature.input_mode != "tensor":
+        pytest.skip("rows of numbers only")
     rng = np.random.default_rng(7)
-    rows = (rng.normal(size=(SMALL_REQUEST_ROWS + 4, len(model.manifest.features))) * 3).tolist()
-    large = model.predict(rows)
-    small = [model.predict([row]) for row in rows]
-    assert [p.predictions[0] for p in small] == large.predictions
-    assert [p.probabilities[0] for p in small if p.probabilities] == large.probabilities
-    assert all(type(p.predictions[0]) is type(large.predictions[0]) for p in small)
+    rows = (rng.normal(size=(SMALL_REQUEST_ROWS, len(model.manifest.features))) * 3).tolist()
+    for n in (1, 3, SMALL_REQUEST_ROWS):  # the list path, against the array path on the same feeds
+        answer = model.predict(rows[:n])
+        labels, proba = model.score(model.schema.to_feeds(rows[:n]))
+        assert answer.predictions == labels.tolist()
+        assert [type(p) for p in answer.predictions] == [type(p) for p in labels.tolist()]
+        assert answer.probabilities == (None if proba is None else proba.tolist())
