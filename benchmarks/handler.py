@@ -49,7 +49,8 @@ GOALS = {"p50": 120.0, "p99": 400.0}  # us, one row, Tracer on
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000, help="timed requests per variant")
-    parser.add_argument("--block", type=int, default=100, help="requests per turn")
+    parser.add_argument("--block", type=int, default=500,
+                        help="requests per turn (the first after a switch runs on cold caches: keep them under 1%%)")
     parser.add_argument("--python", help="the python3.12 to run (default: search, as the layer build does)")
     parser.add_argument("--compare", type=Path, help="a folder with another version's functions/, timed beside")
     args = parser.parse_args()

@@ -181,10 +181,10 @@ def first_max(proba: np.ndarray) -> np.ndarray:
 
 def first_max_row(row: list[float]) -> int:
     """:func:`first_max` of one row of Python floats, with the same answer (NaN anywhere: the first class)."""
-    top = max(row)
-    if sum(row) != sum(row):  # NaN: numpy's argmax over no candidates
+    total = sum(row)
+    if total != total:  # NaN: numpy's argmax over no candidates
         return 0
-    floor = top - TIE_TOLERANCE
+    floor = max(row) - TIE_TOLERANCE
     return next(i for i, p in enumerate(row) if p >= floor)
 
 
