@@ -178,7 +178,7 @@ def report(samples: dict[str, list[list[float]]], versions: dict[str, str], pyth
              (f"(CPU) {cpu99:.0f} us", cpu99 <= GOALS["p99"]),
              ("Model.predict <= 2x session.run", predict <= 2 * run)]
     print(f"\nTracer on (worse of sampled and unsampled): p50 {p50:.0f} us, p99 {p99:.0f} us (CPU {cpu99:.0f}); "
-          f"Model.predict / session.run p50: {predict / run:.1f}x")
+          f"Model.predict / session.run p50: {predict / run:.2f}x")
     print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
 
 
