@@ -366,8 +366,7 @@ def _up(args: argparse.Namespace) -> int:
     options = UpOptions(port=args.port, moto_port=args.moto_port, host=args.host, model=args.model,
                         state_dir=Path(args.state_dir), context=dict(pairs), routing_ttl_seconds=args.routing_ttl,
                         alarm_interval_seconds=args.alarm_interval)
-    _stop_on_signals()
-    return run_up(options, say=lambda line: print(line, flush=True))
+    return run_up(options, say=lambda line: print(line, flush=True), serving=_stop_on_signals)
 
 
 def _retrain(args: argparse.Namespace) -> int:

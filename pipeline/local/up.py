@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from functions.common.errors import ConfigurationError, SlimserveError
+from functions.common.errors import ConfigurationError, SlimserveError, UnknownModel
 
 from .emulation import FAKE_CREDENTIALS, REGION, STATE_MACHINES
 from .stack import LOCAL_CONTEXT, EmulatedStack, FunctionRuntime, install_rules, stack_endpoints, synthesized_template
@@ -59,13 +59,18 @@ def up_context(options: UpOptions) -> dict[str, str]:
     return {**LOCAL_CONTEXT, **model, **options.context}
 
 
-def run_up(options: UpOptions, say: Say = print) -> int:
-    """Start everything, write up.json, serve until interrupted (KeyboardInterrupt), then clean up."""
+def run_up(options: UpOptions, say: Say = print, serving: Callable[[], None] | None = None) -> int:
+    """Start everything, write up.json, call ``serving`` (e.g. to turn signals into KeyboardInterrupt), serve
+    until interrupted (KeyboardInterrupt), then clean up."""
     import logging
 
     from moto.server import ThreadedMotoServer
 
     state_dir = Path(options.state_dir)
+    with contextlib.suppress(EmulationNotRunning):
+        other = running_up(state_dir)
+        raise ConfigurationError(f"slimserve up already runs for {state_dir} (pid {other['pid']}, "
+                                 f"{other['endpoint_url']}): stop it first, or give another --state-dir")
     state_dir.mkdir(parents=True, exist_ok=True)
     stack = EmulatedStack(synthesized_template(up_context(options), state_dir, say))
     endpoints = stack.endpoints()
@@ -92,6 +97,8 @@ def run_up(options: UpOptions, say: Say = print) -> int:
             running.callback(up_file.unlink, missing_ok=True)
             _say_running(say, endpoints, api_url, endpoint, up_file)
             try:
+                if serving is not None:
+                    serving()
                 api.serve_forever()
             except KeyboardInterrupt:
                 say("stopping")
@@ -300,6 +307,9 @@ def release_bundle(target: Target, bundle: Path, holdout: Path, say: Say = print
     from .emulation import upload_bundle
 
     manifest = Manifest.model_validate_json((Path(bundle) / MANIFEST_FILE).read_bytes())
+    if manifest.name != target["model"]:
+        hint = f"start `slimserve up --model {manifest.name}`" if target.local else "deploy a stack for it"
+        raise UnknownModel(f"{target.where} serves model {target['model']!r}, the bundle is {manifest.name!r}: {hint}")
     if not Path(holdout).is_file():
         raise ConfigurationError(f"the holdout {holdout} is not a file")
     s3 = boto3.client("s3")
@@ -386,7 +396,7 @@ def start_retraining(target: Target, data: Path, column: str, model: str | None,
 
     name = model or target["model"]
     if name != target["model"]:
-        raise ConfigurationError(f"{target.where} retrains model {target['model']}, not {name}")
+        raise UnknownModel(f"{target.where} retrains model {target['model']!r}, not {name!r}")
     frame = read_table(Path(data))
     report = validate_data(frame, column, None)
     if report["fatal"]:

@@ -5,6 +5,7 @@ synthesized release machine; and `--aws` reading a stack's outputs."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,15 @@ def test_up_serves_what_release_promotes_and_rollback_restores(up: Up, client_en
     assert shown["champion_version"] == "v2" and shown["canary_version"] is None and shown["lock"] is None
     assert shown["last_release"]["outcome"] == "promoted"
     assert shown["alarms"][f"slimserve-{MODEL}-champion-errors"] == "OK"
+
+    other_model = tmp_path / "other-model"
+    shutil.copytree(v2, other_model)
+    manifest = json.loads((other_model / "manifest.json").read_text())
+    (other_model / "manifest.json").write_text(json.dumps({**manifest, "name": "churn"}))
+    assert cli(["release", "--bundle", str(other_model), "--holdout", str(holdout), *where]) == 2
+    assert "unknown_model" in capsys.readouterr().err  # this up serves cancer: refused before anything is written
+    assert cli(["up", "--state-dir", str(up.state_dir), "--port", "0", "--moto-port", "0"]) == 2
+    assert "already runs" in capsys.readouterr().err
 
     assert cli(["rollback", *where]) == 0
     assert "v2 rolled back, v1 is champion again" in capsys.readouterr().out
