@@ -26,7 +26,8 @@ from .emulation import REGION
 
 ACCOUNT = "123456789012"  # moto's default account: the ARNs a definition names must be the ones moto makes
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("cdk", "functions")  # what the template is made from (with the context)
+SOURCES = ("cdk", "functions")  # what the template is made from (with the context and the files below)
+SOURCE_FILES = ("cdk.json", "pipeline/training/sagemaker_jobs.py")  # the training jobs' requests come from it
 STACK_FILE = "template.json"
 
 # Context of the local loop: moto runs sagemaker:createTrainingJob (not .sync); releases bake for seconds.
@@ -37,9 +38,9 @@ LOCAL_CONTEXT = {"slimserve:trainingIntegration": "request", "slimserve:batchSco
 
 
 def sources_hash(context: Mapping[str, Any], root: Path = REPO_ROOT) -> str:
-    """What names one synth: every source file under cdk/ and functions/, cdk.json and the context."""
+    """What names one synth: every source file under cdk/ and functions/, SOURCE_FILES and the context."""
     digest = hashlib.sha256(json.dumps(dict(context), sort_keys=True).encode())
-    paths = [root / "cdk.json", *sorted(p for folder in SOURCES for p in (root / folder).rglob("*.py"))]
+    paths = [*(root / f for f in SOURCE_FILES), *sorted(p for folder in SOURCES for p in (root / folder).rglob("*.py"))]
     for path in paths:
         if path.is_file():
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
