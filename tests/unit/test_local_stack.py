@@ -142,3 +142,16 @@ def test_the_template_resources_are_created_under_the_names_its_values_render_to
         (arn,) = stack.state_machine_arns().values()
         definition = json.loads(clients["stepfunctions"].describe_state_machine(stateMachineArn=arn)["definition"])
         assert definition["States"]["Step"]["Resource"].endswith(":function:ReleaseFunction7C47E101")
+
+
+def test_a_synth_is_reused_until_a_source_or_the_context_changes(tmp_path: Any) -> None:
+    from pipeline.local.stack import sources_hash
+
+    (tmp_path / "cdk").mkdir()
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "cdk" / "app.py").write_text("A = 1\n")
+    first = sources_hash({"slimserve:modelName": "churn"}, tmp_path)
+    assert sources_hash({"slimserve:modelName": "churn"}, tmp_path) == first
+    assert sources_hash({"slimserve:modelName": "other"}, tmp_path) != first
+    (tmp_path / "cdk" / "app.py").write_text("A = 2\n")
+    assert sources_hash({"slimserve:modelName": "churn"}, tmp_path) != first
