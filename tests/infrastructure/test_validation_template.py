@@ -209,15 +209,14 @@ def test_registry_access_is_four_item_actions_on_the_table_only(default_synth: S
 @slow
 def test_no_other_role_touches_the_registry(default_synth: Synth) -> None:
     """Besides the gate, only the release and rollback functions (tested with them), the code release hooks'
-    lock (test_code_release.py), the retraining import (test_retraining_machine.py) and the inference
-    function's read of its routing item (tested with serving)
-    hold registry actions."""
+    lock (test_code_release.py), the retraining import (test_retraining_machine.py) and the inference and
+    drift functions' reads of their routing item (tested with serving and drift) hold registry actions."""
     allowed = [_role_id(default_synth)] + [
         _function(default_synth, handler)[1]["Role"]["Fn::GetAtt"][0]
         for handler in ("functions.release.handler.lambda_handler", "functions.rollback.handler.lambda_handler",
                         INFERENCE_HANDLER, "functions.release.hooks.before_allow_traffic_handler",
                         "functions.release.hooks.after_allow_traffic_handler",
-                        "functions.release.handler.import_handler")]
+                        "functions.release.handler.import_handler", "functions.drift.handler.lambda_handler")]
     for policy in default_synth.resources("AWS::IAM::Policy").values():
         if any({"Ref": role} in policy["Properties"]["Roles"] for role in allowed):
             continue

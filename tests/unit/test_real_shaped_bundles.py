@@ -23,6 +23,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler,
 
 from functions.common.bundle import Model, directory_reader, load_model
 from functions.common.errors import BundleBuildError, InvalidInput
+from functions.common.manifest import FORMAT_VERSION
 from pipeline.bundler import build_bundle
 from tests import realdata
 
@@ -108,7 +109,7 @@ def test_the_manifest_lists_what_the_pipeline_reads_and_why(tmp_path: Path) -> N
     assert all(by_name[n].nullable and "median" in (by_name[n].nullable_reason or "") for n in NUMBERS)
     # ONNX names are sanitized by the converter; the manifest maps each feature to its input.
     assert manifest.onnx_inputs[RENAME["plan"]] != RENAME["plan"] and "/" not in manifest.onnx_inputs[RENAME["plan"]]
-    assert manifest.format_version == 2 and "NA" in manifest.missing_markers
+    assert manifest.format_version == FORMAT_VERSION and "NA" in manifest.missing_markers
 
 
 def test_ids_and_dates_are_ignored_other_unknown_keys_refused(tmp_path: Path) -> None:
