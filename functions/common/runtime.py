@@ -80,7 +80,8 @@ class Runtime:
         correlation_id = None if correlation_id_path is None else correlation_reader(correlation_id_path)
 
         def decorate(fn: Handler) -> Handler:
-            traced: Any = self.tracer.capture_lambda_handler(fn) if trace else fn
+            # The response stays out of the trace: it can be large, and it is the caller's data.
+            traced: Any = self.tracer.capture_lambda_handler(fn, capture_response=False) if trace else fn
 
             @functools.wraps(fn)
             def invoke(event: Any, context: Any) -> Any:

@@ -84,6 +84,20 @@ def test_a_sampled_invocation_sends_the_model_subsegment_with_its_annotations(
     assert "metadata" not in first  # no response or payload recorded
 
 
+def test_a_traced_handler_keeps_its_response_out_of_the_trace(traced: tuple[Runtime, Daemon],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    rt, daemon = traced
+
+    @rt.handler(metrics=False)
+    def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return {"statusCode": 200, "body": "the caller's data"}
+
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", SAMPLED)
+    handle({}, LambdaContext())
+    (sent,) = daemon.sent
+    assert sent["name"] == "## handle" and "the caller's data" not in json.dumps(sent)
+
+
 def test_an_unsampled_invocation_sends_nothing(traced: tuple[Runtime, Daemon],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     rt, daemon = traced
