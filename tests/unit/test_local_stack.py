@@ -115,35 +115,6 @@ def test_the_stack_rules_send_a_champion_alarm_to_its_function_and_a_drift_alarm
         ("arn:aws:states:us-east-1:123456789012:stateMachine:Machine5C3CB62B", {"model": "churn", "run_id": "e-7"})]
 
 
-def test_the_template_resources_are_created_under_the_names_its_values_render_to() -> None:
-    import boto3
-
-    from pipeline.local.emulation import REGION, emulated_account
-
-    resources = {**TEMPLATE["Resources"],
-                 "TableDB777839": {"Type": "AWS::DynamoDB::Table", "Properties": {
-                     "KeySchema": [{"AttributeName": "model", "KeyType": "HASH"}], "BillingMode": "PAY_PER_REQUEST",
-                     "AttributeDefinitions": [{"AttributeName": "model", "AttributeType": "S"}]}},
-                 "DeadLetters01": {"Type": "AWS::SQS::Queue", "Properties": {}},
-                 "Machine5C3CB62B": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
-                     "RoleArn": {"Fn::GetAtt": ["MachineRole01", "Arn"]},
-                     "DefinitionString": {"Fn::Join": ["", [
-                         '{"StartAt":"Step","States":{"Step":{"Type":"Task","End":true,"Resource":"',
-                         {"Fn::GetAtt": ["ReleaseFunction7C47E101", "Arn"]}, '"}}}']]}}}}
-    stack = EmulatedStack({**TEMPLATE, "Resources": resources})
-    with emulated_account():
-        clients = {n: boto3.client(n, region_name=REGION)  # type: ignore[call-overload]
-                   for n in ("s3", "dynamodb", "sns", "stepfunctions", "sqs")}
-        stack.create(clients["s3"], clients["dynamodb"], clients["sns"], clients["stepfunctions"], clients["sqs"])
-        assert [b["Name"] for b in clients["s3"].list_buckets()["Buckets"]] == stack.bucket_names()
-        assert clients["dynamodb"].list_tables()["TableNames"] == [stack.render({"Ref": "TableDB777839"})]
-        assert clients["sns"].list_topics()["Topics"] == [{"TopicArn": stack.render({"Ref": "TopicE5CD520F"})}]
-        assert clients["sqs"].list_queues()["QueueUrls"][0].endswith("/DeadLetters01")
-        (arn,) = stack.state_machine_arns().values()
-        definition = json.loads(clients["stepfunctions"].describe_state_machine(stateMachineArn=arn)["definition"])
-        assert definition["States"]["Step"]["Resource"].endswith(":function:ReleaseFunction7C47E101")
-
-
 def test_a_synth_is_reused_until_a_source_or_the_context_changes(tmp_path: Any) -> None:
     from pipeline.local.stack import sources_hash
 
