@@ -103,3 +103,19 @@ PREDICTION_PSI = AlarmSpec(SERVING_NAMESPACE, "PredictionPsi", "model_name", "Ma
 """The champion's prediction distribution against its holdout's: PSI above 0.2."""
 DRIFT_SPECS = {"psi": DRIFT_PSI_MAX, "ks": DRIFT_KS_MAX, "prediction": PREDICTION_PSI}
 """The drift signals by the name their alarm carries; any of them in ALARM raises the model's drift alarm."""
+
+
+# Live accuracy, on the feedback function's labelled rows (dimension model_name; `functions.feedback.labels`):
+# the construct's alarm and the local evaluator read these specs. No labels in an hour is not a breach.
+LIVE_ACCURACY_THRESHOLD = 0.8
+
+
+def live_accuracy_spec(threshold: float = LIVE_ACCURACY_THRESHOLD) -> AlarmSpec:
+    """The hourly average of labelled classifier rows (1 right, 0 wrong) below ``threshold``."""
+    return AlarmSpec(SERVING_NAMESPACE, "LiveAccuracy", "model_name", "Average", period_seconds=3600,
+                     threshold=threshold, comparison="LessThanThreshold")
+
+
+def live_mae_spec(threshold: float) -> AlarmSpec:
+    """The hourly average absolute error of labelled regressor rows above ``threshold``."""
+    return AlarmSpec(SERVING_NAMESPACE, "LiveMae", "model_name", "Average", period_seconds=3600, threshold=threshold)

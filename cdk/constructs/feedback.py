@@ -25,7 +25,7 @@ from functions.common.layout import FEEDBACK_PREFIX, FEEDBACK_RESULTS_PREFIX, mo
 from functions.common.settings import FeedbackSettings as FeedbackFunctionSettings
 from functions.common.settings import InferenceSettings
 
-from .alarms import SERVING_NAMESPACE, AlarmSpec
+from .alarms import LIVE_ACCURACY_THRESHOLD, live_accuracy_spec, live_mae_spec
 from .checks import check_range
 from .function import FunctionProps, SlimserveFunction
 from .monitoring import Monitoring
@@ -41,7 +41,7 @@ KEY_CHARS = 64  # the generated key: 64 letters and digits, about 380 bits
 class FeedbackSettings:
     """What a deployment tunes: the live accuracy alarm, the review queue's threshold, labels' lifetime, limits."""
 
-    live_accuracy_threshold: float = 0.8
+    live_accuracy_threshold: float = LIVE_ACCURACY_THRESHOLD
     """LiveAccuracy (hourly average of labelled classifier rows) below this raises the alarm."""
     live_mae_threshold: float | None = None
     """LiveMae (hourly average absolute error of labelled regressor rows) above this raises an alarm; None: none."""
@@ -80,15 +80,6 @@ class FeedbackProps:
 
     def validate(self) -> None:
         self.settings.validate()
-
-
-def live_accuracy_spec(threshold: float) -> AlarmSpec:
-    return AlarmSpec(SERVING_NAMESPACE, "LiveAccuracy", "model_name", "Average", period_seconds=3600,
-                     threshold=threshold, comparison="LessThanThreshold")
-
-
-def live_mae_spec(threshold: float) -> AlarmSpec:
-    return AlarmSpec(SERVING_NAMESPACE, "LiveMae", "model_name", "Average", period_seconds=3600, threshold=threshold)
 
 
 class Feedback(Construct):
