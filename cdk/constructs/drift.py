@@ -120,7 +120,8 @@ class Drift(Construct):
         self.signal_alarms: dict[str, cloudwatch.Alarm] = {
             signal: props.monitoring.alarm(
                 self, f"{signal.title()}Alarm", spec, props.model_name,
-                f"{props.model_name}: {spec.metric_name} above {spec.threshold:g}, {spec.datapoints} hours running")
+                f"{props.model_name}: {spec.metric_name} above {spec.threshold:g}, {spec.datapoints} hours running",
+                notify=False)  # the composite below notifies: one shift, one message
             for signal, spec in DRIFT_SPECS.items()}
         self.alarm = props.monitoring.any_of(
             self, "Alarm", list(self.signal_alarms.values()), drift_alarm_name(props.model_name),

@@ -1,17 +1,29 @@
-"""Monitoring: the one place where the stack's alarms (and, later, dashboards) are made.
+"""Monitoring: the one place where the stack's alarms, its alarm topic and the model's dashboard are made.
 
 Constructs receive it in their props and ask for an alarm by spec (`alarms.py`); the alarm lives here,
-named after the construct that asked, so every alarm of the stack is under one path.
+named after the construct that asked, so every alarm of the stack is under one path. Every alarm tells
+one SNS topic (`topic`) when it goes to ALARM, except the members of a composite alarm, which the
+composite speaks for (one incident, one message). The functions and dead-letter queues the alarms watch
+are remembered, so the dashboard draws them too.
+
+The topic has a key of its own: CloudWatch publishes to an encrypted topic only where the key's policy
+lets cloudwatch.amazonaws.com use it, which the AWS-managed aws/sns key never does. The release topic
+(`release.py`) stays apart: its subscribers read the release and rollback functions' JSON notices, not
+CloudWatch's alarm messages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from aws_cdk import Duration
+from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
@@ -30,6 +42,8 @@ from .alarms import (
     role_errors,
     role_latency,
 )
+from .dashboard import DashboardProps, model_dashboard
+from .function import SlimserveFunction
 
 _COMPARISONS = {
     "GreaterThanThreshold": cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -44,11 +58,37 @@ class Monitoring(Construct):
         super().__init__(scope, construct_id)
         self.alarms: dict[str, tuple[AlarmSpec, cloudwatch.Alarm]] = {}
         """Every alarm made, by construct id, with the spec it was made from."""
+        self.dead_letter_queues: dict[str, sqs.IQueue] = {}
+        """Every dead-letter queue an alarm watches, by construct path: the dashboard draws their depth."""
+        self.topic = self._topic()
+        self._notify = actions.SnsAction(self.topic)
+        CfnOutput(self, "AlarmTopicArn", value=self.topic.topic_arn,
+                  description="Every alarm of the stack notifies this topic: subscribe to hear them")
+
+    def _topic(self) -> sns.Topic:
+        key = kms.Key(self, "AlarmTopicKey", enable_key_rotation=True,
+                      description="slimserve alarm topic: CloudWatch alarms publish through it")
+        stack = Stack.of(self)
+        # CloudWatch may use the key and the topic for this account's alarms only (no confused deputy).
+        alarms_of_this_account = {
+            "StringEquals": {"aws:SourceAccount": stack.account},
+            "ArnLike": {"aws:SourceArn": f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:*"}}
+        cloudwatch_service = iam.ServicePrincipal("cloudwatch.amazonaws.com")
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchAlarmsPublish", principals=[cloudwatch_service],
+            actions=["kms:Decrypt", "kms:GenerateDataKey*"], resources=["*"], conditions=alarms_of_this_account))
+        topic = sns.Topic(self, "AlarmTopic", display_name="slimserve alarms", master_key=key, enforce_ssl=True)
+        topic.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchAlarmsPublish", principals=[cloudwatch_service], actions=["sns:Publish"],
+            resources=[topic.topic_arn], conditions=alarms_of_this_account))
+        return topic
 
     def alarm(self, owner: Construct, name: str, spec: AlarmSpec, resource: str, description: str,
-              alarm_name: str | None = None, dimensions: Mapping[str, str] | None = None) -> cloudwatch.Alarm:
+              alarm_name: str | None = None, dimensions: Mapping[str, str] | None = None,
+              notify: bool = True) -> cloudwatch.Alarm:
         """An alarm on `spec` for one resource (`resource` is its dimension value), id `<owner id><name>`.
-        `alarm_name` only where a name is part of a contract (an EventBridge rule matches it)."""
+        `alarm_name` only where a name is part of a contract (an EventBridge rule matches it); `notify=False`
+        only for a member of a composite alarm (`any_of`), which notifies for it."""
         construct_id = f"{owner.node.id}{name}"
         metric = cloudwatch.Metric(namespace=spec.namespace, metric_name=spec.metric_name,
                                    dimensions_map={spec.dimension: resource, **dict(spec.fixed_dimensions),
@@ -60,6 +100,8 @@ class Monitoring(Construct):
             treat_missing_data=(cloudwatch.TreatMissingData.IGNORE if spec.missing_data == "ignore"
                                 else cloudwatch.TreatMissingData.NOT_BREACHING),
             alarm_description=description, alarm_name=alarm_name)
+        if notify:
+            alarm.add_alarm_action(self._notify)
         self.alarms[construct_id] = (spec, alarm)
         return alarm
 
@@ -67,15 +109,18 @@ class Monitoring(Construct):
                description: str) -> cloudwatch.CompositeAlarm:
         """One alarm in ALARM while any of `alarms` is: a rule matching its name hears one incident once."""
         construct_id = f"{owner.node.id}{name}"
-        return cloudwatch.CompositeAlarm(self, construct_id, composite_alarm_name=alarm_name,
-                                         alarm_rule=cloudwatch.AlarmRule.any_of(*alarms),
-                                         alarm_description=description)
+        composite = cloudwatch.CompositeAlarm(self, construct_id, composite_alarm_name=alarm_name,
+                                              alarm_rule=cloudwatch.AlarmRule.any_of(*alarms),
+                                              alarm_description=description)
+        composite.add_alarm_action(self._notify)
+        return composite
 
     def function_errors(self, owner: Construct, name: str, function: lambda_.IFunction,
                         description: str) -> cloudwatch.Alarm:
         return self.alarm(owner, name, FUNCTION_ERRORS, function.function_name, description)
 
     def dead_letters(self, owner: Construct, name: str, queue: sqs.IQueue, description: str) -> cloudwatch.Alarm:
+        self.dead_letter_queues.setdefault(queue.node.path, queue)
         return self.alarm(owner, name, DEAD_LETTERS, queue.queue_name, description)
 
     def runs_failed(self, owner: Construct, name: str, machine: sfn.IStateMachine,
@@ -110,6 +155,19 @@ class Monitoring(Construct):
     def api_errors(self, owner: Construct, api: apigw.RestApi) -> cloudwatch.Alarm:
         return self.alarm(owner, "Api5xxAlarm", API_5XX, api.rest_api_name, "The API answered 5xx",
                           dimensions={"Stage": api.deployment_stage.stage_name})
+
+
+    def dashboard(self, model_name: str, serving_function: lambda_.IFunction, api: apigw.RestApi, *,
+                  batch: bool = False, live_accuracy_threshold: float | None = None) -> cloudwatch.Dashboard:
+        """The model's dashboard (`dashboard.py`), made last: it draws every function of the stack and every
+        dead-letter queue an alarm watches by then."""
+        functions = {serving_function.node.path: serving_function}
+        functions.update((c.node.path, c) for c in Stack.of(self).node.find_all() if isinstance(c, SlimserveFunction))
+        return model_dashboard(self, "Dashboard", DashboardProps(
+            model_name=model_name, serving_function=serving_function, api_name=api.rest_api_name,
+            api_stage=api.deployment_stage.stage_name, functions=list(functions.values()),
+            dead_letter_queues=list(self.dead_letter_queues.values()), batch=batch,
+            live_accuracy_threshold=live_accuracy_threshold))
 
 
 def model_alarm_prefix(model_name: str, role: str) -> str:

@@ -177,3 +177,7 @@ class ServingStack(Stack):
                 architecture=props.architecture,
                 settings=props.batch,
             ))
+        # Last: the dashboard draws every function and dead-letter queue the alarms above watch.
+        self.dashboard = self.monitoring.dashboard(
+            props.model_name, self.serving.function, self.serving.api, batch=self.batch is not None,
+            live_accuracy_threshold=props.feedback.live_accuracy_threshold)
