@@ -78,6 +78,7 @@ def run_demo(workdir: Path) -> int:
         print("== 5. validation gate Lambda: a weaker candidate against the champion, verdict in the registry")
         _gate(workdir, uri, holdout_path)
         _releases(workdir, bundle_dir, holdout_path)
+        _drift(holdout_path)
     print("== done: the same handler runs on Lambda behind API Gateway (see README: Deploy)")
     return 0
 
@@ -287,3 +288,106 @@ def _releases(workdir: Path, bundle_dir: Path, holdout_path: Path) -> None:
 def _always_one(result: Any) -> Any:
     return type(result)(predictions=[1 for _ in result.predictions],
                         probabilities=[[0.0, 1.0] for _ in result.predictions])
+
+
+DRIFT_FEATURES = ("mean radius", "mean perimeter", "mean area", "worst radius", "worst area")
+"""Step 8 enlarges these by 40%: larger tumours than the model was trained on."""
+
+
+def _drift(holdout_path: Path) -> None:
+    """Step 8: the champion serves with capture at 100%; the drift function runs each hour of a clock the
+    demo moves (no waiting); the stack's drift alarms are evaluated from CloudWatch as the stack defines
+    them; the composite alarm's event reaches the retraining rule, which starts a run."""
+    import contextlib
+    import datetime as dt
+    import io
+
+    import boto3
+    import pandas as pd
+
+    from functions.common.settings import DriftSettings
+    from functions.drift.service import run_drift
+
+    from .local.alarms import AlarmEvaluator, LocalRouter, drift_rule_pattern
+    from .local.apigw import LambdaContext, proxy_event
+    from .local.emulation import MODEL_BUCKET, REGION
+    from .local.lambdas import forward_emf
+    from .local.server import load_function
+
+    model, table = "breast-cancer", "slimserve-models"
+    print("== 8. drift: shifted inputs raise the drift alarm and start retraining (the clock moves an hour per "
+          "drift run; nothing waits)")
+    clock = [dt.datetime.now(dt.UTC).replace(microsecond=0)]
+    s3, sfn = boto3.client("s3", region_name=REGION), boto3.client("stepfunctions", region_name=REGION)
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    serving = load_function("functions.inference.handler", "", MODEL_NAME=model, REGISTRY_TABLE=table,
+                            ROUTING_TTL_SECONDS="0", MODEL_BUCKET=MODEL_BUCKET, CAPTURE_SAMPLE_RATE="1")
+    serving.capture.wall = lambda: clock[0].timestamp()
+    drift = load_function("functions.drift.handler", "", **DriftSettings(
+        registry_table=table, model_name=model, model_bucket=MODEL_BUCKET, min_samples=500).to_env())
+    drift.registry.cache_clear()
+    machine = sfn.create_state_machine(  # started, never run here: its jobs train on SageMaker
+        name="slimserve-retraining", roleArn="arn:aws:iam::123456789012:role/slimserve-retraining",
+        definition=json.dumps({"StartAt": "Train", "States": {"Train": {"Type": "Pass", "End": True}}}),
+    )["stateMachineArn"]
+
+    def start_retraining(event: dict[str, Any]) -> str:
+        payload = {"model": model, "run_id": event["id"], "data_prefix": f"{model}/latest",
+                   "holdout_uri": f"s3://{MODEL_BUCKET}/holdout/{model}.csv"}
+        return str(sfn.start_execution(stateMachineArn=machine, input=json.dumps(payload))["executionArn"])
+
+    router = LocalRouter()
+    router.add_rule("DriftAlarmRule", drift_rule_pattern(model), start_retraining)
+    evaluator = AlarmEvaluator(cloudwatch, router, model)
+    holdout = pd.read_csv(holdout_path).drop(columns=["target"])
+
+    def traffic(frame: Any, times: int) -> None:
+        rows = json.loads(frame.to_json(orient="values"))
+        for i in range(0, len(rows) * times, 50):
+            event: Any = proxy_event("POST", "/predict", json.dumps({"instances": (rows * times)[i:i + 50]}),
+                                     {"Content-Type": "application/json"})
+            with contextlib.redirect_stdout(io.StringIO()):
+                serving.lambda_handler(event, LambdaContext())
+        serving.capture.flush()
+
+    def hourly_run(label: str, top: int = 0) -> None:
+        report = run_drift(drift.settings, drift.registry().routing(model), s3, clock[0], drift.manifest_of)
+        prediction = "" if report.prediction is None else f", prediction PSI {report.prediction.psi:.3f}"
+        print(f"   {clock[0]:%a %H:%M} drift run ({label}): {report.rows} captured rows, PSI max {report.psi_max:.3f}, "
+              f"KS max {report.ks_max:.3f}{prediction}")
+        ranked = sorted(report.features.items(), key=lambda item: -item[1].psi)
+        for name, c in ranked[:top]:
+            print(f"      {name:<22} PSI {c.psi:6.3f}  KS {c.ks or 0:.3f}")
+        if top:
+            print(f"      ... {len(ranked) - top} other features, PSI at most {ranked[top][1].psi:.3f}")
+        delivered = len(router.delivered)
+        for event in evaluator.evaluate(clock[0]):
+            detail = event["detail"]
+            print(f"   alarm {detail['alarmName']}: {detail['previousState']['value']} -> {detail['state']['value']} "
+                  f"({detail['state']['reason']})")
+        for rule, _, execution in router.delivered[delivered:]:
+            print(f"   EventBridge rule {rule} -> retraining run started: {str(execution).rsplit(':', 1)[1]}")
+        states = [(k.removeprefix(f"slimserve-{model}-"), v) for k, v in evaluator.states.items()
+                  if k.startswith((f"slimserve-{model}-drift", f"slimserve-{model}-signal"))]
+        print(f"   drift alarms now: {', '.join(f'{k} {v}' for k, v in states)}")
+
+    with forward_emf(cloudwatch):
+        traffic(holdout, 4)
+        clock[0] += dt.timedelta(minutes=5)
+        hourly_run("traffic like the training data")
+        clock[0] += dt.timedelta(hours=25)
+        shifted = holdout.copy()
+        shifted[list(DRIFT_FEATURES)] *= 1.4
+        print(f"   a day later: larger tumours ({', '.join(DRIFT_FEATURES)} x1.4)")
+        traffic(shifted, 4)
+        for hour in range(3):
+            clock[0] += dt.timedelta(minutes=5) if hour == 0 else dt.timedelta(hours=1)
+            hourly_run("shifted traffic", top=6 if hour == 0 else 0)
+            if hour == 0:
+                print("   one breaching hour: each drift alarm wants two in a row")
+    runs = sfn.list_executions(stateMachineArn=machine)["executions"]
+    for run in runs:
+        described = sfn.describe_execution(executionArn=run["executionArn"])
+        print(f"   retraining run {run['name']}: input {described['input']}")
+    print(f"   {len(runs)} retraining run for one shift, started and not run here: it trains on SageMaker jobs "
+          "(`slimserve up` and `slimserve retrain` run one locally)")

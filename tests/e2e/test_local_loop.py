@@ -32,6 +32,13 @@ def test_demo_trains_bundles_serves_and_refuses_bad_input(tmp_path: Path) -> Non
     for code in ("malformed_json", "unsupported_media_type", "missing_feature", "misspelled_feature", "wrong_type",
                  "non_finite", "empty_instances"):
         assert code in out
+    # Step 8: calm traffic raises nothing; shifted traffic raises the drift alarm once, which starts one retraining run.
+    drift = out.split("== 8.", 1)[1]
+    calm = float(re.search(r"training data\): \d+ captured rows, PSI max ([0-9.]+)", drift).group(1))  # type: ignore[union-attr]
+    assert calm < 0.2 and re.search(r"mean radius\s+PSI\s+[0-9.]+\s+KS 0\.[1-9]", drift)
+    assert drift.count("drift-any: OK -> ALARM") == 1 and drift.count("retraining run started") == 1
+    assert drift.index("one breaching hour") < drift.index("drift-any: OK -> ALARM")
+    assert "1 retraining run for one shift" in drift and '"model": "breast-cancer"' in drift
 
 
 def test_serve_command_answers_http(rf_bundle: Path) -> None:
