@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
 import logging
+import os
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -22,16 +26,16 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from ..common import layout
-from ..common.bundle import Model
+from ..common.bundle import Model, first_max
 from ..common.errors import AwsError, InvalidInput, clip
 from ..common.holder import Log
-from ..common.tabular import Chunk, FileFormat, Reader, WholeFileRejected, open_records
+from ..common.tabular import Chunk, FileFormat, Reader, WholeFileRejected, line_ends, open_records
 
 _log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None: ...
     def commit(self) -> dict[str, Any]: ...
     def abort(self) -> None: ...
 
@@ -159,17 +163,17 @@ def _score_records(model: Model, store: Store, source: Source, fmt: FileFormat, 
     writer = OutputWriter(model, store, source, fmt, reader)
     try:
         counts = Counts()
-        # One chunk in flight: onnxruntime (which releases the GIL) scores chunk k while this
-        # thread parses chunk k+1 and writes chunk k-1. Memory stays bounded to a few chunks.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-score") as pool:
-            pending: tuple[Chunk, Future[ChunkResult]] | None = None
-            for chunk in reader.chunks(chunk_rows):
-                job = pool.submit(score_chunk, model, chunk)
-                if pending is not None:
-                    writer.write_chunk(pending[0], pending[1].result(), counts)
-                pending = (chunk, job)
-            if pending is not None:
-                writer.write_chunk(pending[0], pending[1].result(), counts)
+
+        def scored(chunk: Chunk) -> Scored:
+            result = score_chunk(model, chunk)
+            return Scored(chunk, result, writer.scored_text(chunk, result))
+
+        chunks = reader.chunks(chunk_rows)
+        if _cpus() > 1:
+            _pipelined(chunks, scored, lambda done: writer.write_chunk(done, counts))
+        else:
+            for chunk in chunks:
+                writer.write_chunk(scored(chunk), counts)
         if counts.rows_in == 0:
             raise WholeFileRejected("file has a header but no rows", code="empty_file")
         return writer.commit(counts), counts
@@ -178,30 +182,69 @@ def _score_records(model: Model, store: Store, source: Source, fmt: FileFormat, 
         raise
 
 
+def _cpus() -> int:
+    """The CPUs this process may run on (Lambda: one per 1,769 MB of memory)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _pipelined(chunks: Iterator[Chunk], score: Callable[[Chunk], Scored], write: Callable[[Scored], None],
+               depth: int = 1) -> None:
+    """Parse, score and write overlapped on three threads (pyarrow, onnxruntime, hashing and writing
+    release the GIL); at most ``depth`` chunks wait at each step, so memory stays bounded. Chunks are
+    written in the order read."""
+    scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-score")
+    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-write")
+    being_scored: deque[Future[Scored]] = deque()
+    being_written: deque[Future[None]] = deque()
+    try:
+        for chunk in chunks:
+            being_scored.append(scoring.submit(score, chunk))
+            while len(being_scored) > depth or (being_scored and being_scored[0].done()):
+                being_written.append(writing.submit(write, being_scored.popleft().result()))
+            while len(being_written) > depth or (being_written and being_written[0].done()):
+                being_written.popleft().result()
+        while being_scored:
+            being_written.append(writing.submit(write, being_scored.popleft().result()))
+        while being_written:
+            being_written.popleft().result()
+    finally:
+        scoring.shutdown(cancel_futures=True)
+        writing.shutdown(cancel_futures=True)
+
+
 @dataclass
 class ChunkResult:
     good: np.ndarray  # indexes of scored records, in order
     predictions: np.ndarray
     probabilities: np.ndarray | None
     rejected: dict[int, str] = field(default_factory=dict)  # record index -> reason
+    classes: list[Any] | None = None  # the model's classes, in the order of the probabilities' columns
+
+
+@dataclass
+class Scored:
+    chunk: Chunk
+    result: ChunkResult
+    text: list[Any] | None  # the scored rows' CSV, formatted beside the scoring (None for other formats)
 
 
 def score_chunk(model: Model, chunk: Chunk) -> ChunkResult:
     """Validate every record against the model's schema and score the good ones in one call."""
-    rejected = {i: e for i, e in enumerate(chunk.errors) if e is not None}
-    if chunk.numbers is not None:
+    if chunk.numbers is not None:  # every record read (parsed whole or not at all)
+        rejected: dict[int, str] = {}
         rejected.update(model.schema.matrix_problems(chunk.numbers))
         keep = np.ones(len(chunk), dtype=bool)
         keep[list(rejected)] = False
         good = np.flatnonzero(keep)
-        feeds = model.schema.feeds_from_matrix(chunk.numbers[good])
+        feeds = model.schema.feeds_from_matrix(chunk.numbers if len(good) == len(chunk) else chunk.numbers[good])
     else:
+        rejected = {i: e for i, e in enumerate(chunk.errors) if e is not None}
         good, rows = _valid_rows(model, chunk, rejected)
         feeds = model.schema.to_feeds(rows) if len(good) else {}
     if len(good) == 0:
         return ChunkResult(good, np.array([]), None, rejected)
     predictions, proba = model.score(feeds)
-    return ChunkResult(good, predictions, proba, rejected)
+    return ChunkResult(good, predictions, proba, rejected, model.manifest.classes)
 
 
 def _valid_rows(model: Model, chunk: Chunk, rejected: dict[int, str]) -> tuple[np.ndarray, list[Any]]:
@@ -245,20 +288,26 @@ class OutputWriter:
                               .encode() + b"\n")
             self.rejected.write(b"line,reason,row\n")
 
-    def write_chunk(self, chunk: Chunk, result: ChunkResult, counts: Counts) -> None:
+    def scored_text(self, chunk: Chunk, result: ChunkResult) -> list[Any] | None:
+        """A CSV chunk's scored rows, ready to write; depends on nothing written before."""
+        return scored_csv(chunk, result) if self.fmt.kind == "csv" and len(result.good) else None
+
+    def write_chunk(self, done: Scored, counts: Counts) -> None:
+        chunk, result = done.chunk, done.result
         counts.rows_in += len(chunk)
         counts.scored += len(result.good)
         counts.rejected += len(result.rejected)
-        if len(result.good):
+        if done.text is not None:
+            for piece in done.text:
+                self.scored.write(piece)
+        elif len(result.good):
             self._write_scored(chunk, result)
         for i in sorted(result.rejected):
             self._write_rejected(chunk.line_numbers[i], result.rejected[i], chunk.record(i))
 
     def _write_scored(self, chunk: Chunk, result: ChunkResult) -> None:
         preds, proba = result.predictions, result.probabilities
-        if self.fmt.kind == "csv":
-            self.scored.write(scored_csv(chunk, result))
-        elif self.fmt.kind == "jsonl":
+        if self.fmt.kind == "jsonl":
             # The record's own text with the answer spliced before its closing brace: never parsed
             # or encoded again, so whatever the reader accepted is written back unchanged.
             lines = []
@@ -306,65 +355,115 @@ class OutputWriter:
             sink.abort()
 
 
-def scored_csv(chunk: Chunk, result: ChunkResult) -> bytes:
-    """The scored records of a CSV chunk, each its own text with the answer appended, in one
-    vectorised pass: no Python object per row where the chunk came as one plain block."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if chunk.block is not None and not chunk.raw:
-        lines = pc.split_pattern(pa.array([chunk.block], pa.binary()), b"\n").flatten()[: len(chunk)]
-        lines = lines.cast(pa.string())  # a plain block is ASCII
-        if b"\r" in chunk.block:
-            lines = pc.ascii_rtrim(lines, "\r")
-        if len(result.good) < len(chunk):
-            lines = lines.take(pa.array(result.good))
+def scored_csv(chunk: Chunk, result: ChunkResult) -> list[Any]:
+    """The scored records of a CSV chunk, each its own text with the answer appended, as buffers to
+    write in turn: built by Arrow kernels over the input's own bytes, no Python object per row."""
+    columns = suffix_columns(result.predictions, result.probabilities, result.classes)
+    count, block = len(result.good), chunk.block
+    if block is not None and count == len(chunk) and b"\r" not in block:
+        # Record i as the text between the newlines before and after it (the first has none before):
+        # joined to its answer, the rows come out back to back, the input never copied first.
+        offsets = np.concatenate(([0], _ends(chunk, block))).astype(np.int32)
+        return [_values(_joined(_strings(count, offsets, block), *columns, separator=",")), b"\n"]
+    if block is not None:
+        lines = _strings(len(chunk), np.concatenate(([0], _ends(chunk, block) + 1)).astype(np.int32), block)
+        lines = _arrow().pc.utf8_rtrim(_take(lines, result.good), characters="\r\n", memory_pool=_arrow().pool)
     else:
-        lines = pa.array([chunk.raw[i] for i in result.good.tolist()], pa.string())
-    row = pc.binary_join_element_wise(lines, *suffix_columns(result.predictions, result.probabilities), ",")
-    return _concatenated(pc.binary_join_element_wise(row, "", "\n"))
+        lines = _text([chunk.raw[i] for i in result.good.tolist()])
+    columns[-1] = _joined(columns[-1], _strings(count, np.arange(count + 1, dtype=np.int32), b"\n" * count),
+                          separator="")
+    return [_values(_joined(lines, *columns, separator=","))]
 
 
-def suffix_columns(preds: np.ndarray, proba: np.ndarray | None) -> list[Any]:
+def _ends(chunk: Chunk, block: bytes) -> np.ndarray:
+    return chunk.ends if chunk.ends is not None else line_ends(block)[: len(chunk)]
+
+
+def suffix_columns(preds: np.ndarray, proba: np.ndarray | None, classes: list[Any] | None = None) -> list[Any]:
     """The answer's CSV columns as text arrays: the label, then each class's probability written as
     the shortest text that reads back as the model's own (float32) value."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if preds.dtype.kind == "f":
-        labels = pa.array([repr(p) for p in preds.tolist()], pa.string())  # regression: shortest exact text
-    else:
-        labels = _arrow(preds) if preds.dtype.kind in "iu" else pa.array(preds.tolist())  # integers or text
-        if not pa.types.is_string(labels.type):
-            labels = labels.cast(pa.string())
-        elif any(_csv_escape(c) != c for c in pc.unique(labels).to_pylist()):
-            labels = pa.array([_csv_escape(c) for c in labels.to_pylist()], pa.string())
+    if classes and proba is not None and len(preds):  # the label is the class scoring chose: written by its index
+        labels = _take(_text([_csv_escape(str(c)) for c in classes]), first_max(proba))
+    elif preds.dtype.kind == "f":
+        labels = _text([repr(p) for p in preds.tolist()])  # regression: shortest exact text
+    elif preds.dtype.kind in "iu":
+        labels = _as_text(_numeric(preds))
+    else:  # the manifest's classes (text, or numbers held as objects): each distinct one written once
+        values = preds.tolist()
+        position = {v: i for i, v in enumerate(dict.fromkeys(values))}
+        index = np.fromiter(map(position.__getitem__, values), dtype=np.int64, count=len(values))
+        labels = _take(_text([_csv_escape(str(v)) for v in position]), index)
     if proba is None:
         return [labels]
     narrow = proba.astype(np.float32)
     if np.array_equal(narrow, proba):  # the model's float32 values, widened: their own shortest text
         proba = narrow
-    return [labels, *(_arrow(proba[:, j]).cast(pa.string()) for j in range(proba.shape[1]))]
+    return [labels, *(_as_text(_numeric(proba[:, j])) for j in range(proba.shape[1]))]
 
 
-def _arrow(values: np.ndarray) -> Any:
-    """A numeric numpy column as an Arrow array, built on its buffer (pa.array would import pandas)."""
+@dataclass(frozen=True)
+class _Arrow:
+    pa: Any
+    pc: Any
+    pool: Any  # the C allocator's pool: with a thread per step, mimalloc's per-thread heaps held ~10 MiB more
+
+
+@functools.cache
+def _arrow() -> _Arrow:
     import pyarrow as pa
+    import pyarrow.compute as pc
 
+    return _Arrow(pa, pc, pa.system_memory_pool())
+
+
+# Arrow arrays are built on buffers here: pa.array and pa.scalar import pandas (+70 MiB, ~0.5 s).
+def _numeric(values: np.ndarray) -> Any:
+    """A numeric numpy column as an Arrow array on its own buffer."""
+    pa = _arrow().pa
     values = np.ascontiguousarray(values)
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _strings(count: int, offsets: np.ndarray, data: bytes) -> Any:
+    """An Arrow string array whose item i is ``data[offsets[i]:offsets[i + 1]]`` (UTF-8 already)."""
+    pa = _arrow().pa
+    return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _text(texts: list[str]) -> Any:
+    """Python strings as an Arrow string array."""
+    data = [t.encode("utf-8") for t in texts]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    return _strings(len(data), offsets, b"".join(data))
+
+
+def _as_text(values: Any) -> Any:
+    arrow = _arrow()
+    return values.cast(arrow.pa.string(), memory_pool=arrow.pool)
+
+
+def _take(values: Any, index: np.ndarray) -> Any:
+    arrow = _arrow()
+    return arrow.pc.take(values, _numeric(index), memory_pool=arrow.pool)
+
+
+def _joined(*columns: Any, separator: str) -> Any:
+    """Each row's texts joined with ``separator``."""
+    arrow = _arrow()
+    return arrow.pc.binary_join_element_wise(*columns, _text([separator])[0], memory_pool=arrow.pool)
+
+
+def _values(text: Any) -> memoryview:
+    """A freshly computed Arrow string array's values back to back (a view of its buffer)."""
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=len(text) + 1, offset=4 * text.offset)
+    return memoryview(text.buffers()[2])[int(offsets[0]):int(offsets[-1])]
 
 
 def csv_suffixes(preds: np.ndarray, proba: np.ndarray | None) -> list[str]:
     """The text appended to each scored CSV record (the prediction, then the probabilities)."""
     columns = [c.to_pylist() for c in suffix_columns(preds, proba)]
     return [",".join(parts) for parts in zip(*columns, strict=True)]
-
-
-def _concatenated(text: Any) -> bytes:
-    """A freshly computed Arrow string array's values back to back, as bytes."""
-    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=len(text) + 1, offset=4 * text.offset)
-    return memoryview(text.buffers()[2])[int(offsets[0]):int(offsets[-1])].tobytes()
 
 
 def _csv_escape(text: str) -> str:
@@ -378,7 +477,7 @@ class _GzipSink:
         self._inner = inner
         self._zip = zlib.compressobj(6, zlib.DEFLATED, 31)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         out = self._zip.compress(data)
         if out:
             self._inner.write(out)
@@ -421,7 +520,7 @@ class HashingBuffer:
         self.sha256 = hashlib.sha256()
         self.bytes = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
         self.bytes += len(data)
 

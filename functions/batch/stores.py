@@ -27,7 +27,7 @@ class LocalSink:
         self._file = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)  # noqa: SIM115 - closed in commit/abort
         self._hash = HashingBuffer()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
         self._file.write(data)
 
@@ -70,7 +70,7 @@ class S3Sink:
         self._parts: list[dict[str, Any]] = []
         self._hash = HashingBuffer()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
         self._buffer += data
         if len(self._buffer) >= PART_BYTES:

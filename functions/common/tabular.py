@@ -75,6 +75,7 @@ class Chunk:
     errors: list[str | None] = field(default_factory=list)
     numbers: np.ndarray | None = None  # all cells already parsed as float64 (fast CSV path)
     block: bytes | None = None  # the records' own text, one a line, when ``raw`` is not filled (plain CSV)
+    ends: np.ndarray | None = None  # where each record of ``block`` ends (the index of its \n)
 
     def __len__(self) -> int:
         return len(self.line_numbers)
@@ -279,6 +280,11 @@ def _first_trouble(buf: bytes, pos: int, stop: int) -> int:
     return stop
 
 
+def line_ends(block: bytes) -> np.ndarray:
+    """Where each line of ``block`` ends: the index of its \\n."""
+    return np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+
+
 def not_utf8(text: str) -> bool:
     """Whether ``text`` holds bytes that were not UTF-8 (decoded as surrogates)."""
     if text.isascii():
@@ -365,24 +371,27 @@ class CsvReader:
         blocks: list[bytes] = []
         parts: list[np.ndarray] = []
         count = size = 0
+        ends: list[np.ndarray] = []
         while count < rows and size < CHUNK_CHARS and (block := lines.plain_block()) is not None:
-            parsed = self._parse(block)
+            block_ends = line_ends(block)
+            if len(block_ends) > rows - count:  # cut before parsing: rows past the chunk are parsed once, later
+                block_ends = block_ends[: rows - count]
+                block = block[: int(block_ends[-1]) + 1]
+            parsed = self._parse(block, len(block_ends))
             if parsed is None:
                 if parts:
                     break  # the parsed blocks first; this one is read row by row next
                 return self._checked_block(block, rows)
-            if count + len(parsed) > rows:
-                parsed = parsed[: rows - count]
-                block = block[: int(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)[len(parsed) - 1]) + 1]
             lines.consume(len(block), len(parsed))
             blocks.append(block)
+            ends.append(block_ends + size)
             parts.append(parsed)
             count += len(parsed)
             size += len(block)
         if not parts:
             return None
         return Chunk(line_numbers=list(range(first, first + count)), numbers=np.concatenate(parts),
-                     block=b"".join(blocks), cells=[None] * count, errors=[None] * count)
+                     block=b"".join(blocks), ends=np.concatenate(ends), cells=[None] * count, errors=[None] * count)
 
     def _checked_block(self, block: bytes, rows: int) -> Chunk:
         """A plain block with some row off, read row by row so that each bad one is named."""
@@ -418,8 +427,8 @@ class CsvReader:
             return None
         if self._all_numeric and not special:
             block = "".join(raw + "\n" for raw in raws).encode("utf-8", "surrogateescape")
-            parsed = self._parse(block)
-            if parsed is not None and len(parsed) == len(raws):
+            parsed = self._parse(block, len(raws))
+            if parsed is not None:
                 return Chunk(line_numbers=numbers, raw=raws, numbers=parsed, cells=[None] * len(raws),
                              errors=[None] * len(raws))
         return self._cells_chunk(numbers, raws, special)
@@ -503,14 +512,14 @@ class CsvReader:
             chunk.errors.append(error)
         return chunk
 
-    def _parse(self, block: bytes) -> np.ndarray | None:
-        """Every record of ``block`` (one per line, unquoted) as float64 in one call; None if any row is
+    def _parse(self, block: bytes, rows: int) -> np.ndarray | None:
+        """Every record of ``block`` (``rows`` lines, unquoted) as float64 in one call; None if any row is
         off (a cell that is not a plain number, a row of another width, a missing marker): the records
         are then read one by one, and each bad one named."""
         if self._numeric_markers:
             return None  # a marker such as -999 must be read as null: cell by cell
         parsed = self._parse_arrow(block) if _arrow_csv() is not None else self._parse_numpy(block)
-        if parsed is None or parsed.shape[1:] != (len(self._positions),) or not np.isfinite(parsed).all():
+        if parsed is None or parsed.shape != (rows, len(self._positions)) or not np.isfinite(parsed).all():
             return None  # NaN and infinity have many spellings: the exact reader names them
         return parsed
 
@@ -527,7 +536,8 @@ class CsvReader:
                 parse_options=pa_csv.ParseOptions(quote_char=False, ignore_empty_lines=False),
                 convert_options=pa_csv.ConvertOptions(include_columns=names,
                                                       column_types={n: pa.float64() for n in names},
-                                                      null_values=[], strings_can_be_null=False))
+                                                      null_values=[], strings_can_be_null=False),
+                memory_pool=pa.system_memory_pool())  # freed at once: no per-thread heap kept
         except pa.ArrowException:
             return None
         parsed = np.empty((table.num_rows, len(names)), dtype=np.float64)
