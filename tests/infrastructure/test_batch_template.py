@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from synth_helpers import Synth, as_list, function_by_handler, model_bucket_id, role_statements
+from synth_helpers import Synth, as_list, function_by_handler, model_bucket_id, resource_id, role_statements
 
 from cdk.constructs.batch_scoring import (
     FINALIZE_HANDLER,
@@ -46,9 +46,13 @@ def _s3_statements(synth: Synth, role_id: str) -> list[dict[str, Any]]:
     return [s for s in role_statements(synth, role_id) if any(a.startswith("s3:") for a in as_list(s["Action"]))]
 
 
+def _scoring_notifications(synth: Synth) -> dict[str, Any]:
+    """Batch scoring's bucket notification (the model bucket has its own, for feedback/ files)."""
+    return synth.template["Resources"][resource_id(synth, "Batch", "Custom::S3BucketNotifications")]["Properties"]
+
+
 def _scoring_bucket_id(synth: Synth) -> str:
-    notifications = synth.one("Custom::S3BucketNotifications")[1]["Properties"]
-    return notifications["BucketName"]["Ref"]
+    return _scoring_notifications(synth)["BucketName"]["Ref"]
 
 
 def _state_machine(synth: Synth) -> tuple[str, dict[str, Any]]:
@@ -79,9 +83,11 @@ def _s3_grants(synth: Synth, role_id: str, bucket_id: str, write: bool) -> set[s
 
 
 def _queues(synth: Synth) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]:
-    """(incoming queue, dead-letter queue), each as (logical id, properties)."""
+    """(incoming queue, dead-letter queue), each as (logical id, properties); the feedback review queue has a
+    dead-letter queue too."""
     queues = synth.resources("AWS::SQS::Queue")
-    (incoming,) = [(k, v["Properties"]) for k, v in queues.items() if "RedrivePolicy" in v["Properties"]]
+    (incoming,) = [(k, v["Properties"]) for k, v in queues.items()
+                   if k.startswith("Batch") and "RedrivePolicy" in v["Properties"]]
     dlq_id = incoming[1]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
     return incoming, (dlq_id, queues[dlq_id]["Properties"])
 
@@ -165,7 +171,7 @@ def test_every_bucket_denies_requests_without_tls(batch_synth: Synth) -> None:
 
 def test_objects_created_under_incoming_notify_the_queue(batch_synth: Synth) -> None:
     (incoming_id, _), _ = _queues(batch_synth)
-    notifications = batch_synth.one("Custom::S3BucketNotifications")[1]["Properties"]
+    notifications = _scoring_notifications(batch_synth)
     assert notifications["NotificationConfiguration"] == {"QueueConfigurations": [{
         "Events": ["s3:ObjectCreated:*"],
         "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "incoming/"}]}},

@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
-from synth_helpers import Synth
+from synth_helpers import Synth, resource_id
 
 from cdk.constructs.batch_scoring import BatchScoringSettings
 from cdk.constructs.topology import BatchTopology
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # reads the batch variant's full synth
 
 def _queues(synth: Synth) -> tuple[dict[str, Any], dict[str, Any]]:
     queues = synth.resources("AWS::SQS::Queue")
-    incoming = next(q["Properties"] for q in queues.values() if "RedrivePolicy" in q["Properties"])
+    incoming = queues[resource_id(synth, "BatchIncomingQueue", "AWS::SQS::Queue")]["Properties"]
     dlq_id = incoming["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
     return incoming, queues[dlq_id]["Properties"]
 
@@ -30,9 +30,9 @@ def test_the_stack_synthesizes_the_topology(batch_synth: Synth) -> None:
     assert incoming["VisibilityTimeout"] == topology.visibility_timeout_seconds
     assert incoming["RedrivePolicy"]["maxReceiveCount"] == topology.max_receive_count
     assert dlq["MessageRetentionPeriod"] == topology.dlq_retention_days * 86_400
-    notifications = [r["Properties"]["NotificationConfiguration"]
-                     for r in batch_synth.resources("Custom::S3BucketNotifications").values()]
-    [config] = [c["QueueConfigurations"][0] for c in notifications if "QueueConfigurations" in c]
+    notifications = batch_synth.template["Resources"][resource_id(batch_synth, "Batch",
+                                                                  "Custom::S3BucketNotifications")]
+    [config] = notifications["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
     assert config["Events"] == list(topology.events) and config["Filter"] == topology.key_filter()
 
 
