@@ -12,7 +12,7 @@ from aws_cdk import App, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
 from cfnlint.api import lint_all
-from synth_helpers import STACK_ID, Synth, as_list, function_by_handler, role_statements
+from synth_helpers import STACK_ID, Synth, as_list, function_by_handler, resource_id, role_statements
 from test_cfn_lint import ALLOWED as ALLOWED_LINT_WARNINGS
 
 from cdk.app import load_cdk_json_context
@@ -44,7 +44,9 @@ def _role_id(synth: Synth) -> str:
 
 
 def _table(synth: Synth) -> tuple[str, dict[str, Any]]:
-    return synth.one("AWS::DynamoDB::Table")
+    """The registry table (the feedback construct's labels table sits beside it)."""
+    table_id = resource_id(synth, "RegistryTable", "AWS::DynamoDB::Table")
+    return table_id, synth.template["Resources"][table_id]
 
 
 def _model_bucket_id(synth: Synth) -> str:
@@ -210,7 +212,9 @@ def test_registry_access_is_four_item_actions_on_the_table_only(default_synth: S
 def test_no_other_role_touches_the_registry(default_synth: Synth) -> None:
     """Besides the gate, only the release and rollback functions (tested with them), the code release hooks'
     lock (test_code_release.py), the retraining import (test_retraining_machine.py) and the inference and
-    drift functions' reads of their routing item (tested with serving and drift) hold registry actions."""
+    drift functions' reads of their routing item (tested with serving and drift) hold registry actions. Any
+    other DynamoDB grant (the feedback functions' puts) names the labels table alone."""
+    labels_arn = {"Fn::GetAtt": [resource_id(default_synth, "FeedbackTable", "AWS::DynamoDB::Table"), "Arn"]}
     allowed = [_role_id(default_synth)] + [
         _function(default_synth, handler)[1]["Role"]["Fn::GetAtt"][0]
         for handler in ("functions.release.handler.lambda_handler", "functions.rollback.handler.lambda_handler",
@@ -220,8 +224,9 @@ def test_no_other_role_touches_the_registry(default_synth: Synth) -> None:
     for policy in default_synth.resources("AWS::IAM::Policy").values():
         if any({"Ref": role} in policy["Properties"]["Roles"] for role in allowed):
             continue
-        actions = {a for s in policy["Properties"]["PolicyDocument"]["Statement"] for a in as_list(s["Action"])}
-        assert not {a for a in actions if a.startswith("dynamodb:")}, policy["Properties"]["PolicyName"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if any(a.startswith("dynamodb:") for a in as_list(statement["Action"])):
+                assert as_list(statement["Resource"]) == [labels_arn], policy["Properties"]["PolicyName"]
 
 
 # --- alarm and outputs ---------------------------------------------------------------------------
