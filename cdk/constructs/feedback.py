@@ -112,6 +112,7 @@ class Feedback(Construct):
         props.model_bucket.add_event_notification(s3.EventType.OBJECT_CREATED,
                                                   s3n.LambdaDestination(self.files_function),
                                                   s3.NotificationKeyFilter(prefix=FEEDBACK_PREFIX))
+        # The function, not an alias: alias `live` is there for inference's CodeDeploy canary, which feedback lacks.
         self.method = props.serving.add_iam_route("feedback", "POST", self.function,
                                                   rate_limit=props.settings.throttle_rate_limit,
                                                   burst_limit=props.settings.throttle_burst_limit)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
-from synth_helpers import MODEL_PREFIX, Synth, as_list, model_bucket_id, role_statements
+from synth_helpers import (
+    MODEL_PREFIX,
+    Synth,
+    as_list,
+    function_by_handler,
+    model_bucket_id,
+    resource_id,
+    role_statements,
+)
 
 pytestmark = pytest.mark.slow  # the first test in a session pays for a full synth (~5-10 s)
 
 READ_ONLY_S3_ACTIONS = {"s3:GetObject"}  # no s3:List*: the function never lists the model bucket
 INFERENCE_HANDLER = "functions.inference.handler.lambda_handler"
+FEEDBACK_HANDLER = "functions.feedback.handler.lambda_handler"
 # Logical-id prefix of the training construct: its two buckets are versioned and access-logged too, and its
 # SageMaker role writes job outputs (test_training_template checks them); helpers here skip them.
 
@@ -26,6 +36,23 @@ def _inference_function(synth: Synth) -> dict[str, Any]:
     (fn,) = [f for f in synth.resources("AWS::Lambda::Function").values() if f["Properties"]["Handler"] ==
              INFERENCE_HANDLER]
     return fn
+
+
+def _registry_table_id(synth: Synth) -> str:
+    """The registry table (the feedback construct's labels table sits beside it)."""
+    return resource_id(synth, "RegistryTable", "AWS::DynamoDB::Table")
+
+
+def _paths(synth: Synth) -> dict[str, str]:
+    """Each API resource's path part mapped to its logical id."""
+    return {v["Properties"]["PathPart"]: k for k, v in synth.resources("AWS::ApiGateway::Resource").items()}
+
+
+def _methods_on(synth: Synth, path: str) -> dict[str, dict[str, Any]]:
+    """The methods of one API resource, by logical id."""
+    resource = {"Ref": _paths(synth)[path]}
+    return {k: v["Properties"] for k, v in synth.resources("AWS::ApiGateway::Method").items()
+            if v["Properties"]["ResourceId"] == resource}
 
 
 # --- model store ---------------------------------------------------------------------------------
@@ -88,7 +115,7 @@ def test_function_runtime_handler_tracing_and_limits(template: Template) -> None
 
 
 def test_function_environment_routes_by_the_registry(default_synth: Synth, template: Template) -> None:
-    (table_id,) = default_synth.resources("AWS::DynamoDB::Table")
+    table_id = _registry_table_id(default_synth)
     env = _inference_function(default_synth)["Properties"]["Environment"]["Variables"]
     assert "MODEL_URI" not in env and "MODEL_MANIFEST_SHA256" not in env  # no model is fixed at synth time
     template.has_resource_properties("AWS::Lambda::Function", {"Environment": {"Variables": {
@@ -120,7 +147,7 @@ def test_function_reads_only_its_models_bundles_and_routing_item(default_synth: 
     assert statement["Effect"] == "Allow"
     assert set(as_list(statement["Action"])) == READ_ONLY_S3_ACTIONS
     assert statement["Resource"] == {"Fn::Join": ["", [model_arn, f"/{MODEL_PREFIX.rsplit('/', 2)[0]}/*"]]}
-    (table_id,) = default_synth.resources("AWS::DynamoDB::Table")
+    table_id = _registry_table_id(default_synth)
     (registry,) = [s for s in role_statements(default_synth, role_id)
                    if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
     assert (registry["Action"], registry["Resource"]) == ("dynamodb:GetItem", {"Fn::GetAtt": [table_id, "Arn"]})
@@ -135,13 +162,19 @@ def test_no_statement_grants_s3_writes_but_validation_reports_or_s3_on_every_res
     runs_objects = {"Fn::Join": ["", [{"Fn::GetAtt": [artifacts, "Arn"]}, "/runs/*"]]}
     # The retraining import writes the trained bundles of the stack's model.
     imported = {"Fn::Join": ["", [{"Fn::GetAtt": [model_bucket_id(default_synth), "Arn"]}, "/models/churn/*"]]}
+    # The feedback files function writes one outcome per label file, outside feedback/.
+    feedback_results = {"Fn::Join": ["", [{"Fn::GetAtt": [model_bucket_id(default_synth), "Arn"]},
+                                          "/feedback-results/*"]]}
     for policy in default_synth.resources("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = as_list(statement["Action"])
             s3_actions = [a for a in actions if a.startswith("s3:")]
             assert not [a for a in s3_actions if a.startswith("s3:Delete") or a == "s3:*"], statement
-            if any(a.startswith("s3:Put") for a in s3_actions):  # the gate's report per bundle; training jobs' runs/
-                assert statement["Resource"] in (report_objects, runs_objects, imported), statement
+            if s3_actions == ["s3:PutBucketNotification"]:  # CDK's handler sets the model bucket's feedback/ one
+                assert all(r["Ref"].startswith("BucketNotificationsHandler") for r in policy["Properties"]["Roles"])
+                assert statement["Resource"] == {"Fn::GetAtt": [model_bucket_id(default_synth), "Arn"]}, statement
+            elif any(a.startswith("s3:Put") for a in s3_actions):  # the gate's report per bundle; training jobs' runs/
+                assert statement["Resource"] in (report_objects, runs_objects, imported, feedback_results), statement
             if s3_actions:
                 assert "*" not in as_list(statement["Resource"]), statement
 
@@ -156,30 +189,50 @@ def test_live_alias_points_at_a_published_version(default_synth: Synth) -> None:
 
 
 def test_routes_and_methods(default_synth: Synth) -> None:
-    paths = {v["Properties"]["PathPart"]: k for k, v in default_synth.resources("AWS::ApiGateway::Resource").items()}
-    assert set(paths) == {"predict", "health", "openapi.json"}
+    paths = _paths(default_synth)
+    assert set(paths) == {"predict", "health", "openapi.json", "feedback"}
     routes = {(m["Properties"]["HttpMethod"], m["Properties"]["ResourceId"]["Ref"])
               for m in default_synth.resources("AWS::ApiGateway::Method").values()}
-    assert routes == {("POST", paths["predict"]), ("GET", paths["health"]), ("GET", paths["openapi.json"])}
+    assert routes == {("POST", paths["predict"]), ("GET", paths["health"]), ("GET", paths["openapi.json"]),
+                      ("POST", paths["feedback"])}
 
 
-def test_every_method_requires_iam_and_invokes_the_alias(default_synth: Synth) -> None:
+def _integration_target(method: dict[str, Any]) -> Any:
+    """What a Lambda proxy method invokes: the function or alias token of its invocation URI."""
+    assert method["Integration"]["Type"] == "AWS_PROXY" and method["Integration"]["IntegrationHttpMethod"] == "POST"
+    separator, parts = method["Integration"]["Uri"]["Fn::Join"]
+    assert separator == "" and parts[-1] == "/invocations" and parts[-3].endswith(":lambda:path/2015-03-31/functions/")
+    return parts[-2]
+
+
+def test_every_method_requires_iam_and_invokes_its_function(default_synth: Synth) -> None:
+    """/predict, /health and /openapi.json invoke the inference alias `live` (never $LATEST: code reaches it by
+    canary); POST /feedback invokes the feedback function, which has no canary release and so no alias."""
     alias_id, _ = default_synth.one("AWS::Lambda::Alias")
-    for logical_id, method in default_synth.resources("AWS::ApiGateway::Method").items():
-        props = method["Properties"]
-        assert props["AuthorizationType"] == "AWS_IAM", logical_id
-        assert props["ApiKeyRequired"] is False, logical_id
-        assert props["Integration"]["Type"] == "AWS_PROXY", logical_id
-        uri_parts = props["Integration"]["Uri"]["Fn::Join"][1]
-        assert {"Ref": alias_id} in uri_parts, f"{logical_id} must invoke alias `live`, not $LATEST"
+    feedback_id, _ = function_by_handler(default_synth, FEEDBACK_HANDLER)
+    expected = {"predict": {"Ref": alias_id}, "health": {"Ref": alias_id}, "openapi.json": {"Ref": alias_id},
+                "feedback": {"Fn::GetAtt": [feedback_id, "Arn"]}}
+    for path, target in expected.items():
+        (method,) = _methods_on(default_synth, path).values()
+        assert method["AuthorizationType"] == "AWS_IAM", path
+        assert method["ApiKeyRequired"] is False, path
+        assert _integration_target(method) == target, f"/{path} must invoke {target}"
 
 
-def test_lambda_permissions_are_on_the_alias(default_synth: Synth) -> None:
+def test_lambda_permissions_are_on_the_alias_or_the_feedback_function(default_synth: Synth) -> None:
+    """API Gateway may invoke alias `live` for the inference routes and the feedback function for /feedback,
+    nothing else (not the inference function's $LATEST)."""
     alias_id, _ = default_synth.one("AWS::Lambda::Alias")
-    permissions = [p for p in default_synth.resources("AWS::Lambda::Permission").values()
+    feedback_id, _ = function_by_handler(default_synth, FEEDBACK_HANDLER)
+    permissions = [p["Properties"] for p in default_synth.resources("AWS::Lambda::Permission").values()
                    if p["Properties"]["Principal"] == "apigateway.amazonaws.com"]
-    assert permissions
-    assert all(p["Properties"]["FunctionName"] == {"Ref": alias_id} for p in permissions)
+    routes = {"/POST/predict", "/GET/health", "/GET/openapi.json", "/POST/feedback"}
+    granted = {(p["SourceArn"]["Fn::Join"][1][-1].removeprefix("/test-invoke-stage"), json.dumps(p["FunctionName"]))
+               for p in permissions}
+    alias, feedback = json.dumps({"Ref": alias_id}), json.dumps({"Fn::GetAtt": [feedback_id, "Arn"]})
+    # Each route for the stage and for the console's test invocations, on the target it is integrated with.
+    assert {route for route, _ in granted} == routes
+    assert granted == {(route, feedback if route == "/POST/feedback" else alias) for route in routes}
 
 
 def test_api_is_regional(template: Template) -> None:
@@ -198,6 +251,10 @@ def test_stage_logs_traces_and_throttles(template: Template) -> None:
             "HttpMethod": "*", "ResourcePath": "/*",
             "LoggingLevel": "INFO", "MetricsEnabled": True, "DataTraceEnabled": False,
             "ThrottlingRateLimit": 50, "ThrottlingBurstLimit": 100,
+        }, {  # POST /feedback below the stage's limits (FeedbackSettings' defaults)
+            "HttpMethod": "POST", "ResourcePath": "/~1feedback",
+            "LoggingLevel": "INFO", "MetricsEnabled": True, "DataTraceEnabled": False,
+            "ThrottlingRateLimit": 10, "ThrottlingBurstLimit": 20,
         }],
     })
 
@@ -207,8 +264,8 @@ def test_predict_body_is_validated_against_a_schema(default_synth: Synth) -> Non
     assert validator["Properties"]["ValidateRequestBody"] is True
     assert validator["Properties"]["ValidateRequestParameters"] is True
     model_id, model = default_synth.one("AWS::ApiGateway::Model")
-    (post,) = [m["Properties"] for m in default_synth.resources("AWS::ApiGateway::Method").values()
-               if m["Properties"]["HttpMethod"] == "POST"]
+    (post,) = _methods_on(default_synth, "predict").values()
+    assert post["HttpMethod"] == "POST"
     assert post["RequestValidatorId"] == {"Ref": validator_id}
     assert post["RequestModels"] == {"application/json": {"Ref": model_id}}
     schema = model["Properties"]["Schema"]
