@@ -1,131 +1,224 @@
-"""Batch scoring benchmark: streamed ONNX scoring against pandas read_csv + scikit-learn, one run.
+"""Batch scoring benchmark: a 1M x 20 CSV scored by slimserve against its earlier versions and pandas.
 
-For each file size, each side runs in a fresh process so that peak RSS is its own:
-  - slimserve: `score_file` streaming the CSV in 5,000-row chunks, writing scored/ and rejected/
-    outputs and the manifest (more work than the baseline, which writes nothing)
-  - baseline: pandas.read_csv of the whole file, then the scikit-learn Pipeline's predict_proba
-  - baseline + write: the same, then DataFrame.to_csv of the input with the predictions appended
+The file holds 20 float columns at full precision, as pandas' to_csv writes floats (~390 MB); the
+model is a logistic regression behind a StandardScaler. Every measurement runs in a fresh child
+process (peak RSS is that process's ru_maxrss, imports included), pinned with taskset to one core
+and then to two; the variants take turns, round after round, and the table gives medians:
+  - this tree: `score_file` from the working tree, writing scored/, rejected/ and the manifest
+  - each --refs commit: the same call with the batch modules (tabular, scoring, stores) of that commit
+  - pandas read + predict: read_csv of the whole file, then the scikit-learn pipeline's predict_proba
+  - pandas read + predict + to_csv: the same, writing the input with the answer appended
+  - floor: onnxruntime alone on the already parsed array, in the same 5,000-row chunks
 
-Run: .venv/bin/python benchmarks/batch.py [--rows 100000 1000000]
+Run: .venv/bin/python benchmarks/batch.py [--rows 1000000] [--runs 3] [--refs 62feb15 5d2105b]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-SLIMSERVE = """
-import json, sys, time
-def hwm():
-    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
-from pathlib import Path
-from functions.batch.scoring import Source, score_file
-from functions.batch.stores import LocalStore
-from functions.common.bundle import directory_reader, load_model
-bundle, path, out = sys.argv[1:4]
-model = load_model(directory_reader(bundle), max_rows=1_000_000, threads=int(sys.argv[4]))
-base = hwm()
-start = time.perf_counter()
-with open(path, "rb") as f:
-    m = score_file(model, LocalStore(out), Source("local", "incoming/" + Path(path).name), f).manifest
-seconds = time.perf_counter() - start
-assert m["status"] == "complete", m
-peak = hwm()
-print(json.dumps({"seconds": seconds, "rows": m["rows"]["scored"], "peak_mib": peak / 1024,
-                  "growth_mib": (peak - base) / 1024}))
-"""
-
-BASELINE = """
-import json, sys, time, warnings
-def hwm():
-    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
-warnings.filterwarnings("ignore")
-import joblib, pandas as pd
-model_path, path = sys.argv[1:3]
-model = joblib.load(model_path)
-base = hwm()
-start = time.perf_counter()
-frame = pd.read_csv(path)
-proba = model.predict_proba(frame[model.feature_names_in_])
-if len(sys.argv) > 3:  # the same baseline, also writing what slimserve writes (input + predictions)
-    frame["prediction"] = model.classes_[proba.argmax(axis=1)]
-    for j, c in enumerate(model.classes_):
-        frame[f"probability_{c}"] = proba[:, j]
-    frame.to_csv(sys.argv[3], index=False)
-seconds = time.perf_counter() - start
-peak = hwm()
-print(json.dumps({"seconds": seconds, "rows": len(proba), "peak_mib": peak / 1024,
-                  "growth_mib": (peak - base) / 1024}))
-"""
+CHUNK = 5000
+BATCH_MODULES = ("functions/common/tabular.py", "functions/batch/scoring.py", "functions/batch/stores.py")
 
 
-def make_csv(rows: int, path: Path) -> None:
+def child_slimserve(functions_root: str, bundle: str, path: str, out: str) -> dict[str, object]:
+    sys.path.insert(0, functions_root)
+    from functions.batch.scoring import Source, score_file
+    from functions.batch.stores import LocalStore
+    from functions.common.bundle import directory_reader, load_model
+
+    model = load_model(directory_reader(bundle), max_rows=1_000_000, threads=1)
+    start = time.perf_counter()
+    with open(path, "rb") as f:
+        manifest = score_file(model, LocalStore(out), Source("local", "incoming/" + Path(path).name), f).manifest
+    seconds = time.perf_counter() - start
+    assert manifest["status"] == "complete", manifest
+    return {"seconds": seconds, "rows": manifest["rows"]["scored"], "rejected": manifest["rows"]["rejected"],
+            "sha256": manifest["outputs"]["scored"]["sha256"], "pandas": "pandas" in sys.modules}
+
+
+def child_pandas(model_path: str, path: str, out: str = "") -> dict[str, object]:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import joblib
+    import pandas as pd
+
+    model = joblib.load(model_path)
+    start = time.perf_counter()
+    frame = pd.read_csv(path)
+    proba = model.predict_proba(frame[model.feature_names_in_])
+    if out:  # also write what slimserve writes: the input with the prediction and probabilities appended
+        frame["prediction"] = model.classes_[proba.argmax(axis=1)]
+        for j, c in enumerate(model.classes_):
+            frame[f"probability_{c}"] = proba[:, j]
+        frame.to_csv(out, index=False)
+    return {"seconds": time.perf_counter() - start, "rows": len(proba)}
+
+
+def child_floor(bundle: str, array: str) -> dict[str, object]:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(Path(bundle) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    matrix = np.load(array)
+    start = time.perf_counter()
+    for i in range(0, len(matrix), CHUNK):
+        session.run(None, {name: matrix[i:i + CHUNK]})
+    return {"seconds": time.perf_counter() - start, "rows": len(matrix)}
+
+
+def child(kind: str, args: list[str]) -> None:
+    import resource
+
+    result = {"slimserve": child_slimserve, "pandas": child_pandas, "floor": child_floor}[kind](*args)
+    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+# -- setup -----------------------------------------------------------------------------------------
+
+def prepare(work: Path, rows: int, decimals: int | None) -> tuple[Path, Path, Path, Path]:
+    """The model, its bundle, the CSV and the parsed array, made once per work folder."""
+    import joblib
     import numpy as np
     import pandas as pd
-    from sklearn.datasets import load_breast_cancer
 
-    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
-    rng = np.random.default_rng(0)
-    with path.open("w") as f:
-        for start in range(0, rows, 100_000):
-            n = min(100_000, rows - start)
-            sample = frame.sample(n, replace=True, random_state=int(rng.integers(1 << 31)))
-            noisy = sample * rng.normal(1.0, 0.02, size=sample.shape)
-            noisy.round(5).to_csv(f, index=False, header=start == 0)
-    del pd
+    stem = f"rows-{rows}" + ("" if decimals is None else f"-{decimals}dp")
+    model_path, bundle, csv_path, array = work / "model.joblib", work / "bundle", work / f"{stem}.csv", \
+        work / f"{stem}.npy"
+    names = [f"f{i}" for i in range(20)]
+    if not (bundle / "manifest.json").is_file():
+        from sklearn.datasets import make_classification
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from pipeline.bundler import build_bundle
+
+        x, y = make_classification(n_samples=5000, n_features=20, n_informative=10, random_state=0)
+        frame = pd.DataFrame(x, columns=names)
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(frame, y)
+        joblib.dump(model, model_path)
+        build_bundle(model, frame.assign(target=y).head(1000), bundle, name="bench", version="v1", target="target")
+    if not csv_path.is_file():
+        rng = np.random.default_rng(0)
+        with csv_path.open("w") as f:
+            for start in range(0, rows, 100_000):
+                block = rng.normal(0, 2, size=(min(100_000, rows - start), 20))
+                block = block if decimals is None else block.round(decimals)
+                pd.DataFrame(block, columns=names).to_csv(f, index=False, header=start == 0)
+    if not array.is_file():
+        np.save(array, pd.read_csv(csv_path).to_numpy(np.float32))
+    return model_path, bundle, csv_path, array
 
 
-def run(code: str, *args: str) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def checkout(ref: str, work: Path) -> Path:
+    """The working tree's ``functions/`` with the batch path's modules as they were at ``ref`` (the
+    bundle loader and schema stay current, so that today's bundle loads)."""
+    target = work / f"ref-{ref}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(ROOT / "functions", target / "functions", ignore=shutil.ignore_patterns("__pycache__"))
+    for module in BATCH_MODULES:
+        text = subprocess.run(["git", "show", f"{ref}:{module}"], cwd=ROOT, capture_output=True, check=True).stdout
+        (target / module).write_bytes(text)
+    return target
+
+
+def measure(cores: str, kind: str, *args: str) -> dict[str, float]:
+    pin = ["taskset", "-c", cores] if shutil.which("taskset") else []
+    done = subprocess.run([*pin, sys.executable, str(Path(__file__).resolve()), "--child", kind, *args],
+                          capture_output=True, text=True, cwd=ROOT, check=False,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)})
+    if done.returncode:
+        raise SystemExit(f"{kind} {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").is_file() else "?"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--decimals", type=int, default=None, help="round the values (default: full precision)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds; the table gives medians (default 3)")
+    parser.add_argument("--refs", nargs="*", default=["62feb15", "5d2105b"],
+                        help="earlier commits to run beside the working tree (default: before pyarrow, first pass)")
+    parser.add_argument("--cores", nargs="+", default=["0", "0,1"], help="taskset CPU lists (default: one, two)")
+    parser.add_argument("--work", type=Path, default=None, help="folder to keep the file and bundle in between runs")
+    parser.add_argument("--no-write-baseline", action="store_true", help="skip pandas + to_csv (the slowest)")
+    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1:])
+        return
+    sys.path.insert(0, str(ROOT))
+    work = args.work or Path(tempfile.mkdtemp(prefix="slimserve-batch-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_path, bundle, csv_path, array = prepare(work, args.rows, args.decimals)
+    variants: dict[str, tuple[str, ...]] = {"this tree": ("slimserve", str(ROOT), str(bundle), str(csv_path))}
+    for ref in args.refs:
+        variants[ref] = ("slimserve", str(checkout(ref, work)), str(bundle), str(csv_path))
+    variants["pandas read+predict"] = ("pandas", str(model_path), str(csv_path))
+    if not args.no_write_baseline:
+        variants["pandas read+predict+to_csv"] = ("pandas", str(model_path), str(csv_path), str(work / "pd-out.csv"))
+    variants["floor: onnxruntime alone"] = ("floor", str(bundle), str(array))
 
-    import joblib
+    precision = "full precision" if args.decimals is None else f"{args.decimals} decimals"
+    print(f"file: {args.rows:,} rows x 20 floats, {precision}, {csv_path.stat().st_size / 2**20:.0f} MiB; "
+          "model: StandardScaler + LogisticRegression")
+    print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; load average at start: {load()}")
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for round_ in range(args.runs):
+        for cores in args.cores:
+            for name, (kind, *rest) in variants.items():
+                out = work / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                extra = [str(out)] if kind == "slimserve" else []
+                results.setdefault((cores, name), []).append(measure(cores, kind, *rest, *extra))
+        print(f"round {round_ + 1}/{args.runs} done; load average {load()}", flush=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    (work / "pd-out.csv").unlink(missing_ok=True)
+    report(results, args.cores, list(variants), args.rows)
+    print(f"load average at end: {load()}")
 
-    from pipeline.bundler import build_bundle
-    from pipeline.demo import train_demo_model
 
-    work = Path(tempfile.mkdtemp(prefix="slimserve-batch-bench-"))
-    model_path, holdout = train_demo_model(work)
-    import pandas as pd
-
-    build_bundle(joblib.load(model_path), pd.read_csv(holdout), work / "bundle", name="bench", version="v1",
-                 target="target")
-    print("model: 100-tree random forest behind a StandardScaler (breast cancer, 30 numeric features)")
-    print(f"python {sys.version.split()[0]}; each side in a fresh process; RSS growth = peak minus after-imports\n")
-    head = f"{'rows':>10} {'MiB':>6} | {'slimserve rows/s':>16} {'peak/growth MiB':>16} | " \
-           f"{'pandas+sklearn rows/s':>21} {'peak/growth MiB':>16} | {'speed':>6} {'growth':>7} | " \
-           f"{'baseline+write rows/s':>21} {'speed':>6}"
-    print(head)
-    print("-" * len(head))
-    for rows in args.rows:
-        path = work / f"rows-{rows}.csv"
-        make_csv(rows, path)
-        ours = run(SLIMSERVE, str(work / "bundle"), str(path), str(work / f"out-{rows}"), str(args.threads))
-        base = run(BASELINE, str(model_path), str(path))
-        written = run(BASELINE, str(model_path), str(path), str(work / f"baseline-{rows}.csv"))
-        assert ours["rows"] == base["rows"] == written["rows"] == rows
-        ours_rate, base_rate, write_rate = rows / ours["seconds"], rows / base["seconds"], rows / written["seconds"]
-        print(f"{rows:>10,} {path.stat().st_size / 2**20:>6.0f} | {ours_rate:>16,.0f} "
-              f"{ours['peak_mib']:>7.0f}/{ours['growth_mib']:<8.0f} | {base_rate:>21,.0f} "
-              f"{base['peak_mib']:>7.0f}/{base['growth_mib']:<8.0f} | {ours_rate / base_rate:>5.2f}x "
-              f"{ours['growth_mib'] / max(base['growth_mib'], 1):>6.2f}x | {write_rate:>21,.0f} "
-              f"{ours_rate / write_rate:>5.2f}x")
-        path.unlink()
+def report(results: dict[tuple[str, str], list[dict[str, float]]], cores_list: list[str], names: list[str],
+           rows: int) -> None:
+    for cores in cores_list:
+        ours = statistics.median(r["seconds"] for r in results[(cores, "this tree")])
+        print(f"\ntaskset -c {cores} ({len(cores.split(','))} core(s)); median (min-max) of "
+              f"{len(results[(cores, names[0])])} runs")
+        head = f"{'':30} {'seconds':>18} {'rows/s':>10} {'peak MiB':>9} {'time vs ours':>13}"
+        print(head)
+        print("-" * len(head))
+        for name in names:
+            runs = results[(cores, name)]
+            seconds = [r["seconds"] for r in runs]
+            median = statistics.median(seconds)
+            peak = statistics.median(r["peak_mib"] for r in runs)
+            speed = "" if name == "this tree" else f"{median / ours:.2f}x"
+            print(f"{name:30} {median:7.2f} ({min(seconds):.2f}-{max(seconds):.2f}) {rows / median:>10,.0f} "
+                  f"{peak:>9.0f} {speed:>13}")
+        same = {name: results[(cores, name)][0].get("sha256") == results[(cores, "this tree")][0]["sha256"]
+                for name in names if "sha256" in results[(cores, name)][0] and name != "this tree"}
+        pandas = [name for name in names if results[(cores, name)][0].get("pandas")]
+        print(f"scored output byte-identical to this tree's: {same or '-'}; pandas imported by: {pandas or 'none'}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ CHUNK_CHARS = 16 << 20  # a chunk ends here whatever its row count: wide rows ke
 ECHO_CHARS = 1024  # of an oversized or unreadable record, echoed into the rejected rows
 READ_BYTES = 1 << 20  # read from the (decompressed) stream at a time
 PLAIN_BYTES = MAX_RECORD_CHARS  # a plain block (no line in it oversized) is at most this long
+CHECKED_LINES = 64  # around a row the block parser refuses, this many lines at most are read row by row
 NO_MARKERS: tuple[str, ...] = ("",)  # an empty text cell is missing; a bundle's missing_markers add to it
 
 
@@ -372,16 +373,20 @@ class CsvReader:
         parts: list[np.ndarray] = []
         count = size = 0
         ends: list[np.ndarray] = []
+        cap = rows  # lines parsed at once; halved around a row the block parser refuses
         while count < rows and size < CHUNK_CHARS and (block := lines.plain_block()) is not None:
             block_ends = line_ends(block)
-            if len(block_ends) > rows - count:  # cut before parsing: rows past the chunk are parsed once, later
-                block_ends = block_ends[: rows - count]
+            if len(block_ends) > min(cap, rows - count):  # cut before parsing: rows past it are parsed later
+                block_ends = block_ends[: min(cap, rows - count)]
                 block = block[: int(block_ends[-1]) + 1]
             parsed = self._parse(block, len(block_ends))
             if parsed is None:
                 if parts:
-                    break  # the parsed blocks first; this one is read row by row next
-                return self._checked_block(block, rows)
+                    break  # the parsed blocks first; the rest is looked at next
+                if len(block_ends) > CHECKED_LINES:
+                    cap = len(block_ends) // 2  # the refused row is in one half: the first is tried alone
+                    continue
+                return self._checked_block(block, rows)  # a few lines, one of them off: read row by row
             lines.consume(len(block), len(parsed))
             blocks.append(block)
             ends.append(block_ends + size)
