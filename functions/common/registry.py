@@ -5,8 +5,8 @@ never both win; the champion is a pointer item moved in one transaction with the
 it affects, so there is never more than one champion.
 
 Serving reads one item per model, the routing item (champion, canary and the canary's weight,
-with the bundles they name), moved in the same transactions as the statuses. A release lock
-item per model keeps releases, rollbacks and code deployments from overlapping.
+perhaps a shadow and its share, with the bundles they name), moved in the same transactions as the
+statuses. A release lock item per model keeps releases, rollbacks and code deployments from overlapping.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from .errors import (
 )
 
 CHAMPION_POINTER = "~champion"  # sort key of the pointer item; versions cannot start with '~'
-ROUTING_ITEM = "~routing"  # what serving reads: champion, canary, weight and their bundles
+ROUTING_ITEM = "~routing"  # what serving reads: champion, canary, weight, shadow, share and their bundles
 LOCK_ITEM = "~lock"  # the model's release lock: owner, expires_at (epoch seconds), taken_at
 STATUSES = ("candidate", "rejected", "canary", "champion", "retired", "rolled-back")
 # Which statuses a version may move to from each status.
@@ -90,7 +90,8 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class Routing:
-    """Which versions serve a model and how much traffic the canary takes (0..100 percent)."""
+    """Which versions serve a model, how much traffic the canary takes (0..100 percent), and which
+    version shadows them on what share of requests (its answers are measured, never returned)."""
 
     model: str
     champion_version: str | None = None
@@ -100,6 +101,10 @@ class Routing:
     canary_uri: str = ""
     canary_sha256: str = ""
     canary_weight: int = 0
+    shadow_version: str | None = None
+    shadow_uri: str = ""
+    shadow_sha256: str = ""
+    shadow_share: int = 0
     updated_at: str = ""
     revision: int = 0
 
@@ -113,11 +118,15 @@ class Routing:
                    canary_version=text.get("canary_version"), canary_uri=text.get("canary_uri", ""),
                    canary_sha256=text.get("canary_sha256", ""),
                    canary_weight=int(item.get("canary_weight", {"N": "0"})["N"]),
+                   shadow_version=text.get("shadow_version"), shadow_uri=text.get("shadow_uri", ""),
+                   shadow_sha256=text.get("shadow_sha256", ""),
+                   shadow_share=int(item.get("shadow_share", {"N": "0"})["N"]),
                    updated_at=text.get("updated_at", ""), revision=int(item.get("revision", {"N": "0"})["N"]))
 
     def as_dict(self) -> dict[str, Any]:
         return {"champion_version": self.champion_version, "canary_version": self.canary_version,
-                "canary_weight": self.canary_weight, "updated_at": self.updated_at, "revision": self.revision}
+                "canary_weight": self.canary_weight, "shadow_version": self.shadow_version,
+                "shadow_share": self.shadow_share, "updated_at": self.updated_at, "revision": self.revision}
 
 
 @dataclass(frozen=True)
@@ -252,6 +261,29 @@ class Registry:
                     f"{entry.model}: routing changed while setting the canary; read again and retry")
         return self.routing(entry.model)
 
+    def set_shadow(self, entry: ModelEntry, share: int) -> Routing:
+        """Run ``entry`` beside the served model on ``share`` percent of requests (or change its share).
+        Its status does not change: a shadow never answers. Refused for the champion itself."""
+        if not 0 <= share <= 100:
+            raise RegistryConflict(f"shadow share must be 0..100 percent, got {share}")
+        routing = self.routing(entry.model)
+        if routing.champion_version is None:
+            raise NoChampion(f"{entry.model} has no champion: a shadow runs beside one")
+        if routing.champion_version == entry.version:
+            raise RegistryConflict(f"{entry.model} {entry.version} is the champion: it cannot shadow itself")
+        values = {":sv": {"S": entry.version}, ":su": {"S": entry.bundle_uri}, ":ss": {"S": entry.manifest_sha256},
+                  ":sw": {"N": str(share)}}
+        sets = ["shadow_version = :sv", "shadow_uri = :su", "shadow_sha256 = :ss", "shadow_share = :sw"]
+        return self._write_routing(routing, sets, [], values, f"setting the shadow {entry.version}")
+
+    def clear_shadow(self, model: str) -> Routing:
+        """No shadow any more; a model without one is left as it is."""
+        routing = self.routing(model)
+        if routing.shadow_version is None:
+            return routing
+        removes = ["shadow_version", "shadow_uri", "shadow_sha256", "shadow_share"]
+        return self._write_routing(routing, [], removes, {}, "clearing the shadow")
+
     def roll_back_canary(self, entry: ModelEntry, reason: str, release: dict[str, Any]) -> ModelEntry:
         """Take the canary out of service: weight 0, status rolled-back with the reason and figures.
         A version already rolled back is left as it is (a late or repeated call changes nothing)."""
@@ -339,13 +371,20 @@ class Registry:
 
     # -- internals ------------------------------------------------------------------------------------
 
+    def _write_routing(self, expected: Routing, sets: Sequence[str], removes: Sequence[str], values: dict[str, Any],
+                       what: str) -> Routing:
+        """One conditional write of the routing item alone: nobody moved it since ``expected`` was read."""
+        update = self._routing_item_update(expected.model, _now(), sets, removes, values, expected)
+        self._write(lambda: self.client.update_item(**update),
+                    f"{expected.model}: routing changed while {what}; read again and retry")
+        return self.routing(expected.model)
+
     def _routing_update(self, model: str, now: str, *, champion: ModelEntry | None = None,
                         canary: ModelEntry | None = None, weight: int = 0,
                         expected: Routing | None = None) -> dict[str, Any]:
         """One routing write: the champion when given, the canary set (or cleared when None)."""
-        names = {"#rev": "revision"}
-        values: dict[str, Any] = {":now": {"S": now}, ":one": {"N": "1"}, ":zero": {"N": "0"}}
-        sets = ["updated_at = :now", "#rev = if_not_exists(#rev, :zero) + :one"]
+        values: dict[str, Any] = {}
+        sets: list[str] = []
         removes: list[str] = []
         if champion is not None:
             values.update({":cv": {"S": champion.version}, ":cu": {"S": champion.bundle_uri},
@@ -357,17 +396,25 @@ class Registry:
             values.update({":kv": {"S": canary.version}, ":ku": {"S": canary.bundle_uri},
                            ":ks": {"S": canary.manifest_sha256}, ":kw": {"N": str(weight)}})
             sets += ["canary_version = :kv", "canary_uri = :ku", "canary_sha256 = :ks", "canary_weight = :kw"]
+        return {"Update": self._routing_item_update(model, now, sets, removes, values, expected)}
+
+    def _routing_item_update(self, model: str, now: str, sets: Sequence[str], removes: Sequence[str],
+                             values: dict[str, Any], expected: Routing | None) -> dict[str, Any]:
+        """The update of the routing item: ``sets`` and ``removes``, a new revision, and when ``expected``
+        is given, the condition that nobody moved the routing since it was read."""
+        values = {**values, ":now": {"S": now}, ":one": {"N": "1"}, ":zero": {"N": "0"}}
+        sets = [*sets, "updated_at = :now", "#rev = if_not_exists(#rev, :zero) + :one"]
         update: dict[str, Any] = {
             "TableName": self.table, "Key": _key(model, ROUTING_ITEM),
             "UpdateExpression": "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else ""),
-            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
-        if expected is not None:  # nobody moved the routing since it was read
+            "ExpressionAttributeNames": {"#rev": "revision"}, "ExpressionAttributeValues": values}
+        if expected is not None:
             if expected.revision:
                 values[":expected"] = {"N": str(expected.revision)}
                 update["ConditionExpression"] = "#rev = :expected"
             else:
                 update["ConditionExpression"] = "attribute_not_exists(#rev)"
-        return {"Update": update}
+        return update
 
 
     def _status_update(self, entry: ModelEntry, to_status: str, reason: str, now: str,

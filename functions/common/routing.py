@@ -2,6 +2,8 @@
 names a champion and perhaps a canary with its weight; every execution environment reads it (a
 read is trusted for ROUTING_TTL_SECONDS), keeps the bundles it names loaded, and sends each
 request to one of them by a hash of its request id. Per-role metrics leave as EMF records.
+A shadow named there is drawn for its share of requests by another hash of the request id, so
+which requests it sees does not depend on which ones the canary answers (functions/common/shadow.py).
 
 Alias `live` belongs to code deployments; models never move it.
 """
@@ -54,6 +56,19 @@ def role_for(request_id: str, canary_weight: int) -> str:
     return "canary" if traffic_slot(request_id) < canary_weight else "champion"
 
 
+def shadow_slot(request_id: str) -> int:
+    """A request's shadow slot in 0..99: a hash of its own, independent of the canary's draw."""
+    return traffic_slot("shadow:" + request_id)
+
+
+@dataclass(frozen=True)
+class ShadowDraw:
+    """The shadow one request runs: its version, and its model (None: the bundle would not load)."""
+
+    version: str
+    model: Model | None
+
+
 class RoutingSource:
     """The models of one execution environment, as the registry's routing item names them.
 
@@ -104,6 +119,16 @@ class RoutingSource:
                     return Routed(canary, "canary")
         return Routed(self.load(), "champion")
 
+    def shadow_for(self, request_id: str | None, served_version: str) -> ShadowDraw | None:
+        """The shadow this request also runs, when the routing names one and the request falls in its
+        share; never the version that answered it."""
+        routing = self.routing()
+        if not routing.shadow_version or routing.shadow_share <= 0 or routing.shadow_version == served_version:
+            return None
+        if shadow_slot(request_id or uuid.uuid4().hex) >= routing.shadow_share:
+            return None
+        return ShadowDraw(routing.shadow_version, self._model(routing.shadow_uri, routing.shadow_sha256, "shadow"))
+
     def load(self) -> Model:
         """The champion (health checks and documents describe it); ModelUnavailable when none serves."""
         routing = self.routing()
@@ -122,6 +147,8 @@ class RoutingSource:
             return
         if routing.canary_version:
             self._model(routing.canary_uri, routing.canary_sha256, "canary")
+        if routing.shadow_version and routing.shadow_share > 0:
+            self._model(routing.shadow_uri, routing.shadow_sha256, "shadow")
         if routing.champion_version:
             self._model(routing.champion_uri, routing.champion_sha256, "champion")
 
@@ -186,8 +213,9 @@ class RoutingSource:
             return model
 
     def _forget_unnamed(self, routing: Routing) -> None:
-        """Bundles the routing no longer names are dropped, so memory holds two models at most."""
-        named = {(routing.champion_uri, routing.champion_sha256), (routing.canary_uri, routing.canary_sha256)}
+        """Bundles the routing no longer names are dropped, so memory holds three models at most."""
+        named = {(routing.champion_uri, routing.champion_sha256), (routing.canary_uri, routing.canary_sha256),
+                 (routing.shadow_uri, routing.shadow_sha256)}
         for key in [k for k in self._models if k not in named]:
             del self._models[key]
         for key in [k for k in self._failures if k not in named]:

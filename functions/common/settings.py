@@ -171,6 +171,8 @@ class ReleaseSettings(Settings):
                                         description="a smaller latency regression is noise, whatever the ratio")
     max_prediction_psi: float = Field(default=0.25, gt=0,
                                       description="PSI of the canary's prediction distribution against the champion's")
+    max_shadow_share: int = Field(default=25, ge=0, le=100, description="the largest share of requests (percent) "
+                                  "a shadow may run on: its cost is paid inside each request it runs on")
 
 
 class CodeDeployHookSettings(Settings):

@@ -37,6 +37,7 @@ from ..common.errors import (
 from ..common.routing import Routed, RoutingSource, emit_request_metrics, prediction_counts
 from ..common.runtime import Runtime
 from ..common.settings import InferenceSettings
+from ..common.shadow import run_shadow
 from .review import FeedbackLoop
 
 rt = Runtime.for_settings(InferenceSettings)
@@ -157,7 +158,12 @@ def answer_predict(event: APIGatewayProxyEvent) -> Response[Any]:
     if ids is not None:
         body["prediction_ids"] = ids
     capture.record(body["request_id"], routed, request.instances, result, ids)
-    return Response(status_code=200, content_type="application/json", body=json.dumps(body))
+    response = Response(status_code=200, content_type="application/json", body=json.dumps(body))
+    # The routing item's shadow, on its share of requests: measured against the answer above, never returned.
+    draw = holder.shadow_for(body["request_id"], model.version) if isinstance(holder, RoutingSource) else None
+    if draw is not None:
+        run_shadow(draw, request.instances, model, result, clock=clock, log=logger)
+    return response
 
 
 clock = time.perf_counter  # what model latency is measured with (tests advance a clock of their own)

@@ -1,8 +1,9 @@
 """Release Lambda: one step of a model release per call, named by ``action``.
 
-Event: {"action": "lock"|"unlock"|"admit"|"set_weight"|"compare"|"promote"|"rollback"|"first_release",
-        "model": ..., "version": ..., and the action's own fields}. A refusal raises the project's error;
-its class name (LockHeld, NotAdmitted, UnknownModel, UnknownVersion, ...) is the error the state machine catches.
+Event: {"action": "lock"|"unlock"|"admit"|"set_weight"|"compare"|"promote"|"rollback"|"first_release"|
+        "set_shadow"|"clear_shadow", "model": ..., "version": ..., and the action's own fields}.
+A refusal raises the project's error; its class name (LockHeld, NotAdmitted, UnknownModel, UnknownVersion, ...)
+is the error the state machine catches.
 
 A model the registry has never seen is refused with UnknownModel before anything is written, except where a
 step may meet a model before its first version: `unlock` (refused only when there is no lock to let go of),
@@ -30,6 +31,7 @@ settings = ReleaseSettings.from_env()
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a model or version name, as the manifest allows
 LOCK_TTL_LIMIT_SECONDS = 60 * 24 * 3600  # above any run: Step Functions and SageMaker stop well before
+DEFAULT_SHADOW_SHARE = 5  # percent of requests: a shadow's cost is paid inside each request it runs on
 
 
 class _Step(BaseModel):
@@ -96,6 +98,20 @@ class FirstRelease(_VersionStep):
     action: Literal["first_release"]
 
 
+class SetShadow(_VersionStep):
+    """Run an admitted version beside the served model on ``share`` percent of requests, never answering."""
+
+    action: Literal["set_shadow"]
+    share: int = Field(default=DEFAULT_SHADOW_SHARE, ge=0, le=100)
+    owner: str = Field(default="set_shadow", min_length=1, max_length=1024)
+    """Whose release lock the change is made under: a run that holds the lock passes its own name."""
+
+
+class ClearShadow(_Step):
+    action: Literal["clear_shadow"]
+    owner: str = Field(default="clear_shadow", min_length=1, max_length=1024)
+
+
 class ImportBundle(_Step):
     """The retraining machine's export job output: unpacked into the model bucket, registered as a candidate."""
 
@@ -105,8 +121,8 @@ class ImportBundle(_Step):
     model_bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-Step = Annotated[Lock | Unlock | Admit | SetWeight | Compare | Promote | Rollback | FirstRelease | ImportBundle,
-                 Field(discriminator="action")]
+Step = Annotated[Lock | Unlock | Admit | SetWeight | Compare | Promote | Rollback | FirstRelease | SetShadow
+                 | ClearShadow | ImportBundle, Field(discriminator="action")]
 STEP = TypeAdapter(Step)
 
 
@@ -147,6 +163,11 @@ def run(step: Any) -> dict[str, Any]:
             return service.rollback(reg, settings, step.model, step.version, step.reason, step.figures)
         case FirstRelease():
             return service.first_release(reg, step.model, step.version)
+        case SetShadow():
+            return service.set_shadow(reg, step.model, step.version, step.share, owner=step.owner,
+                                      max_share=settings.max_shadow_share, lock_ttl_seconds=settings.lock_ttl_seconds)
+        case ClearShadow():
+            return service.clear_shadow(reg, step.model, owner=step.owner, lock_ttl_seconds=settings.lock_ttl_seconds)
         case ImportBundle():
             return importer.import_bundle(reg, aws.client("s3"), step.model, step.artifact_uri, step.model_bucket)
     raise SlimserveError(f"unknown release step {type(step).__name__}")

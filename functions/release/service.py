@@ -7,14 +7,15 @@ runs twice (a retried task) changes nothing the second time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..common import aws
-from ..common.errors import NotAdmitted, RegistryConflict
+from ..common.errors import LockHeld, NotAdmitted, RegistryConflict, SlimserveError
 from ..common.notify import notify
 from ..common.registry import Registry
 from ..common.routing import VERSION_DIMENSIONS
@@ -97,6 +98,56 @@ def rollback(registry: Registry, settings: ReleaseSettings, model: str, version:
                {"model": model, "version": version, "reason": reason, "figures": figures,
                 "champion_version": registry.routing(model).champion_version})
     return {"rolled_back": True, "status": entry.status, "reason": entry.reason}
+
+
+# -- shadow ---------------------------------------------------------------------------------------------
+
+SHADOW_STATUSES = ("candidate", "canary", "retired", "champion")  # the registry refuses the champion itself
+
+
+def set_shadow(registry: Registry, model: str, version: str, share: int, *, owner: str, max_share: int,
+               lock_ttl_seconds: int) -> dict[str, Any]:
+    """Run ``version`` beside the served model on ``share`` percent of requests; only a version the gate
+    admitted may shadow, and the change is made under the model's release lock."""
+    if share > max_share:
+        raise SlimserveError(f"a shadow runs on at most {max_share}% of requests (max_shadow_share), not {share}%: "
+                             "its cost is paid inside each request it runs on", code="shadow_share_over_limit",
+                             field="share")
+    entry = registry.get(model, version)
+    if not entry.verdict.get("admitted"):
+        why = entry.verdict.get("summary") or entry.reason or "no verdict: run the validation gate on it first"
+        raise NotAdmitted(f"{model} {version} was not admitted by the gate ({why}): only an admitted version "
+                          "may shadow")
+    if entry.status not in SHADOW_STATUSES:
+        raise NotAdmitted(f"{model} {version} is {entry.status}: only an admitted candidate, canary or retired "
+                          "version may shadow")
+    with release_lock(registry, model, owner, lock_ttl_seconds):
+        routing = registry.set_shadow(entry, share)
+    return {"shadow_version": routing.shadow_version, "shadow_share": routing.shadow_share}
+
+
+def clear_shadow(registry: Registry, model: str, *, owner: str, lock_ttl_seconds: int) -> dict[str, Any]:
+    with release_lock(registry, model, owner, lock_ttl_seconds):
+        previous = registry.routing(model).shadow_version
+        registry.clear_shadow(model)
+    return {"shadow_version": None, "cleared": previous}
+
+
+@contextlib.contextmanager
+def release_lock(registry: Registry, model: str, owner: str, ttl_seconds: int) -> Iterator[None]:
+    """Hold the model's release lock for a short change: taken and let go here, unless ``owner`` already
+    holds it (a run that passes its own name keeps its lock, and its expiry, as they were)."""
+    held = registry.lock(model)
+    if held is not None and held.held(registry.clock()):
+        if held.owner != owner:
+            raise LockHeld(f"{model} is being released or rolled back: the lock is held by {held.owner}")
+        yield
+        return
+    registry.take_lock(model, owner, ttl_seconds)
+    try:
+        yield
+    finally:
+        registry.release_lock(model, owner)
 
 
 # -- comparing canary with champion --------------------------------------------------------------------
