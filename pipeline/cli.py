@@ -329,6 +329,28 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shadow(args: argparse.Namespace) -> int:
+    """Name (or clear) the model's shadow in its routing item, under the release lock, as set_shadow does."""
+    from functions.common.settings import ReleaseSettings
+    from functions.release import service
+
+    registry, model = _registry_and_model(args)
+    registry.require_model(model)
+    if args.clear:
+        cleared = service.clear_shadow(registry, model, owner="cli", lock_ttl_seconds=900)["cleared"]
+        print(f"{model}: no shadow" + (f" ({cleared} no longer runs)" if cleared else " (there was none)"))
+        return 0
+    if not args.version:
+        raise ConfigurationError("name the shadow with --version VERSION, or remove it with --clear")
+    share = service.DEFAULT_SHADOW_SHARE if args.share is None else args.share
+    result = service.set_shadow(registry, model, args.version, share, owner="cli", lock_ttl_seconds=900,
+                                max_share=ReleaseSettings.model_fields["max_shadow_share"].default)
+    champion = registry.routing(model).champion_version
+    print(f"{model}: {result['shadow_version']} shadows {champion} on {result['shadow_share']}% of requests "
+          "(measured as Shadow* metrics, never returned)")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     import time
 
@@ -522,6 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "release ended")
     st.add_argument("--model", help="model name (default: the stack's)")
     st.set_defaults(func=_status)
+    sh = sub.add_parser("shadow", help="run an admitted version beside the champion on a share of requests, "
+                                       "measured and never returned (or --clear it)")
+    sh.add_argument("--model", help="model name (default: the stack's)")
+    sh.add_argument("--version", help="the admitted version that shadows the champion")
+    sh.add_argument("--share", type=int, help="percent of requests it runs on (default 5; each one pays its "
+                                              "latency)")
+    sh.add_argument("--clear", action="store_true", help="no shadow any more")
+    sh.set_defaults(func=_shadow)
     rt = sub.add_parser("retrain", help="upload a table and run the stack's retraining machine (train, gate, release)")
     rt.add_argument("--data", required=True, help="CSV or Parquet table with the target column")
     rt.add_argument("--target", required=True, help="label column")
@@ -533,11 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--min-samples", type=int, default=DriftSettings.model_fields["min_samples"].default,
                     help="fewer rows: nothing is compared (the drift function's default)")
     mo.set_defaults(func=_monitor)
-    for p in (r, rb, st, rt, mo):
+    for p in (r, rb, st, sh, rt, mo):
         p.add_argument("--state-dir", default=".slimserve", help="where `slimserve up` keeps up.json (.slimserve)")
         p.add_argument("--aws", action="store_true", help="act on the deployed stack (its outputs), not `slimserve up`")
         p.add_argument("--stack", help="with --aws: the stack's name (default: SlimserveServing)")
-    for p in (r, rb, st):
+    for p in (r, rb, st, sh):
         p.add_argument("--table", help="act on this registry table directly, without the stack's state machines")
         p.add_argument("--endpoint-url", help="with --table: AWS endpoint for every client (e.g. a moto server)")
 

@@ -31,7 +31,6 @@ settings = ReleaseSettings.from_env()
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a model or version name, as the manifest allows
 LOCK_TTL_LIMIT_SECONDS = 60 * 24 * 3600  # above any run: Step Functions and SageMaker stop well before
-DEFAULT_SHADOW_SHARE = 5  # percent of requests: a shadow's cost is paid inside each request it runs on
 
 
 class _Step(BaseModel):
@@ -102,7 +101,7 @@ class SetShadow(_VersionStep):
     """Run an admitted version beside the served model on ``share`` percent of requests, never answering."""
 
     action: Literal["set_shadow"]
-    share: int = Field(default=DEFAULT_SHADOW_SHARE, ge=0, le=100)
+    share: int = Field(default=service.DEFAULT_SHADOW_SHARE, ge=0, le=100)
     owner: str = Field(default="set_shadow", min_length=1, max_length=1024)
     """Whose release lock the change is made under: a run that holds the lock passes its own name."""
 

@@ -102,6 +102,7 @@ def rollback(registry: Registry, settings: ReleaseSettings, model: str, version:
 
 # -- shadow ---------------------------------------------------------------------------------------------
 
+DEFAULT_SHADOW_SHARE = 5  # percent of requests: a shadow's cost is paid inside each request it runs on
 SHADOW_STATUSES = ("candidate", "canary", "retired", "champion")  # the registry refuses the champion itself
 
 
