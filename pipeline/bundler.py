@@ -43,6 +43,7 @@ from .bundling.columns import (
     string_imputers_reading_numbers,
     without_string_imputers,
 )
+from .bundling.explain import CHECK_ROWS, explanation_files
 from .bundling.messages import conversion_refusal, label_disagreement, sample_refusal, step_fix
 from .bundling.profile import feature_profile
 
@@ -56,6 +57,7 @@ UNSEEN_CATEGORY = "\x00unseen category"
 class BundleResult:
     manifest: Manifest
     path: Path
+    explanations: str = ""  # what explain.json holds, or why the bundle has none
 
 
 def build_bundle(estimator: Any, sample: pd.DataFrame, out_dir: str | Path, *, name: str = "model",
@@ -107,12 +109,29 @@ def build_bundle(estimator: Any, sample: pd.DataFrame, out_dir: str | Path, *, n
     profile = feature_profile(estimator, features, X_all if profile_data is None else profile_data, holdout,
                               task=task)
     manifest = draft.model_copy(update={"parity": parity, "metrics": metrics, "target": target, "profile": profile})
+    extra, explained = _explanations(estimator, manifest, onnx_bytes, X_all, profile_data, tolerance)
+    manifest = manifest.model_copy(update={"files": {**manifest.files, **{n: sha256_hex(b) for n, b in extra.items()}},
+                                           "sizes": {**manifest.sizes, **{n: len(b) for n, b in extra.items()}}})
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_FILE).write_bytes(onnx_bytes)
+    for file_name, data in extra.items():
+        (out / file_name).write_bytes(data)
     (out / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-    return BundleResult(manifest=manifest, path=out)
+    return BundleResult(manifest=manifest, path=out, explanations=explained)
+
+
+def _explanations(estimator: Any, manifest: Manifest, onnx_bytes: bytes, X_all: pd.DataFrame,
+                  profile_data: pd.DataFrame | None, tolerance: float) -> tuple[dict[str, bytes], str]:
+    """explain.json (and explain.onnx) when the model can be explained exactly; never a reason to refuse."""
+    background = X_all if profile_data is None or not set(X_all.columns) <= set(profile_data.columns) \
+        else profile_data[list(X_all.columns)]
+    rows = sample_instances(X_all[manifest.feature_names].head(CHECK_ROWS))
+    try:
+        return explanation_files(estimator, manifest, onnx_bytes, X_all, background, rows, tolerance)
+    except Exception as exc:  # an explanation is extra: whatever fails here leaves the bundle without one
+        return {}, f"no explanations: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 # -- estimator inspection --------------------------------------------------------------------
