@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from . import aws
-from .errors import AwsError, BundleError, ObjectMissing
+from .errors import AwsError, BundleError, ExplainUnsupported, ObjectMissing
+from .explain import EXPLAIN_FILE, EXPLAIN_GRAPH_FILE, Explainer
 from .manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, Manifest, sha256_hex
 from .schema import RowSchema
 
@@ -111,8 +113,13 @@ class Prediction:
 class Model:
     """A verified bundle ready to predict. Build it once per process with :func:`load_model`."""
 
-    def __init__(self, manifest: Manifest, onnx_bytes: bytes, *, max_rows: int = 10_000, threads: int = 1) -> None:
+    def __init__(self, manifest: Manifest, onnx_bytes: bytes, *, max_rows: int = 10_000, threads: int = 1,
+                 explain_files: dict[str, bytes] | None = None) -> None:
         self.manifest = manifest
+        wanted = (EXPLAIN_FILE, EXPLAIN_GRAPH_FILE)
+        self._explain_files = {n: b for n, b in (explain_files or {}).items() if n in wanted}
+        self._explainer: Explainer | None = None
+        self._explainer_lock = threading.Lock()
         self.session = self.check_loadable(onnx_bytes, threads)
         self._check_signature()
         self.schema = RowSchema(manifest.features, manifest.onnx, max_rows, manifest.ignored_columns)
@@ -163,6 +170,28 @@ class Model:
         classes = self._class_list
         return Prediction([classes[first_max_row(row)] for row in probabilities], probabilities)
 
+    @property
+    def explainable(self) -> bool:
+        return EXPLAIN_FILE in self._explain_files
+
+    def explain(self, instances: Any, predictions: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Per row: base value and per-feature contributions (functions/common/explain.py says of what)."""
+        return self.explainer().explain(self.schema.to_feeds(instances), predictions).as_json(
+            self.manifest.feature_names)
+
+    def explainer(self) -> Explainer:
+        """Built on the first request that asks (most never do), once, from the verified files."""
+        if not self.explainable:
+            raise ExplainUnsupported(f"model {self.manifest.name} {self.version} ({self.manifest.estimator}) carries "
+                                     "no explanations: linear models and tree ensembles bundled by this version "
+                                     "have them", field="explain")
+        with self._explainer_lock:
+            if self._explainer is None:
+                self._explainer = Explainer.from_bytes(self._explain_files[EXPLAIN_FILE],
+                                                       self._explain_files.get(EXPLAIN_GRAPH_FILE),
+                                                       self.manifest.feature_names, self.manifest.classes)
+            return self._explainer
+
     def score(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (class labels or values) and class probabilities (classifiers) as arrays."""
         (out,) = self.session.run(self._outputs, feeds)
@@ -192,7 +221,7 @@ def load_model(read: Reader, *, expected_manifest_sha256: str | None = None, max
                threads: int = 1) -> Model:
     manifest, _ = read_manifest(read, expected_manifest_sha256)
     files = verified_files(read, manifest)
-    return Model(manifest, files[MODEL_FILE], max_rows=max_rows, threads=threads)
+    return Model(manifest, files[MODEL_FILE], max_rows=max_rows, threads=threads, explain_files=files)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -198,4 +198,11 @@ class DuplicateLabel(SlimserveError):
     code = "duplicate_label"
 
 
+class ExplainUnsupported(SlimserveError):
+    """Explanations asked of a bundle that carries none (a model with no exact explanation, or an older bundle)."""
+
+    status = 400
+    code = "explain_unsupported"
+
+
 INTERNAL_ERROR_BODY = {"code": "internal_error", "message": "internal error"}

@@ -34,6 +34,7 @@ from ..common.errors import (
     UnsupportedMediaType,
     echo,
 )
+from ..common.explain import MAX_EXPLAIN_ROWS
 from ..common.routing import Routed, RoutingSource, emit_request_metrics, prediction_counts
 from ..common.runtime import Runtime
 from ..common.settings import InferenceSettings
@@ -71,6 +72,8 @@ class PredictRequest(BaseModel):
     instances: list[dict[str, Any] | list[Any]] = Field(
         min_length=1, description="Rows to score: objects keyed by feature name, or arrays in the feature order")
     id: str | None = Field(default=None, max_length=256, description="Optional caller id, echoed back")
+    explain: bool = Field(default=False, strict=True, description=(
+        f"Per-feature contributions for each row (at most {MAX_EXPLAIN_ROWS} rows; linear and tree models)"))
 
     # A short repr keeps payloads out of any log or debug message that formats the request.
     def __repr__(self) -> str:
@@ -96,6 +99,14 @@ class ErrorResponse(BaseModel):
     request_id: str | None
 
 
+class Explanation(BaseModel):
+    base_value: float = Field(description="The model's output with no feature known (its average over training)")
+    contributions: dict[str, float] = Field(description="Per request feature: base_value plus these is the output")
+    output: str = Field(description="value, log_odds (of the second class), margin (before the softmax) or "
+                                    "probability: what base_value and the contributions add up to")
+    class_: Any = Field(default=None, alias="class", description="Classifiers: the class the output belongs to")
+
+
 class PredictResponse(BaseModel):
     predictions: list[Any]
     probabilities: list[list[float]] | None = Field(default=None, description="Classifiers: per class, in "
@@ -105,6 +116,7 @@ class PredictResponse(BaseModel):
     id: str | None = None
     prediction_ids: list[str | None] | None = Field(default=None, description=(
         "One per row, in row order, when prediction ids are configured: POST one with its label to /feedback"))
+    explanations: list[Explanation] | None = Field(default=None, description="One per row when 'explain' is true")
 
 
 def _error_responses() -> dict[int, Any]:
@@ -130,6 +142,8 @@ def answer_predict(event: APIGatewayProxyEvent) -> Response[Any]:
     routed = route()
     try:
         with rt.subsegment("## model", model_version=routed.version, model_role=routed.role):
+            if request.explain:
+                explainable(routed.model, request.instances)
             started = clock()
             result = routed.model.predict(request.instances)
             latency_ms = (clock() - started) * 1e3
@@ -153,6 +167,8 @@ def answer_predict(event: APIGatewayProxyEvent) -> Response[Any]:
     body["request_id"] = _request_id()
     if request.id is not None:
         body["id"] = request.id
+    if request.explain:
+        body["explanations"] = model.explain(request.instances, result.predictions)
     ids = feedback.answer(model.manifest.name, model.version, body["request_id"] or "", request.instances,
                           result.predictions, result.probabilities)
     if ids is not None:
@@ -164,6 +180,14 @@ def answer_predict(event: APIGatewayProxyEvent) -> Response[Any]:
     if draw is not None:
         run_shadow(draw, request.instances, model, result, clock=clock, log=logger)
     return response
+
+
+def explainable(model: Model, instances: list[Any]) -> None:
+    """Refuse an explanation the model cannot give, or one too large, before any row is scored."""
+    if len(instances) > MAX_EXPLAIN_ROWS:
+        raise InvalidInput(f"{len(instances)} rows sent with 'explain'; at most {MAX_EXPLAIN_ROWS} are explained per "
+                           "request", code="explain_too_many_rows", field="instances")
+    model.explainer()
 
 
 clock = time.perf_counter  # what model latency is measured with (tests advance a clock of their own)
