@@ -155,7 +155,8 @@ def test_a_bundle_without_a_typed_profile_is_reported_not_compared(account: dict
                                                                    tmp_path: Path,
                                                                    published: list[dict[str, Any]]) -> None:
     manifest = json.loads((mixed_bundle / "manifest.json").read_text())
-    manifest.update(format_version=2, profile={"age": {"type": "number", "edges": [1.0], "proportions": [1.0]}})
+    manifest.update(format_version=2, profile={"age": {"type": "number", "edges": [1.0], "proportions": [1.0]}},
+                    files={"model.onnx": manifest["files"]["model.onnx"]})  # an older bundle: the model alone
     old = tmp_path / "old"
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps(manifest))
