@@ -132,7 +132,7 @@ def use_scoring_parquet_output() -> dict[str, Any]:
     chunk_result = scoring.ChunkResult(good=np.array([0, 2]), predictions=np.array(["no", "yes"]),
                                        probabilities=np.array([[0.75, 0.25], [0.125, 0.875]]), rejected={1: "null"})
     counts = scoring.Counts()
-    writer.write_chunk(chunk, chunk_result, counts)
+    writer.write_chunk(scoring.Scored(chunk, chunk_result, writer.scored_text(chunk, chunk_result)), counts)
     writer.commit(counts)
     scored = pq.ParquetFile(io.BytesIO(bytes(store.sinks[writer.scored_key].data)))
     names = scored.schema_arrow.names
