@@ -1,12 +1,12 @@
 """The model's CloudWatch dashboard: what the monitoring construct draws for one served model.
 
 Rows, top to bottom: traffic and errors by role; model latency p50/p99 by role; canary against champion;
-input drift (the maxima, then per feature); prediction drift; live accuracy; capture health; batch rows
-rejected and every dead-letter queue's depth; Lambda throttles and the API's 4xx/5xx.
+input drift (the maxima, then per feature); prediction drift; live accuracy; shadow agreement; capture health;
+batch rows rejected and every dead-letter queue's depth; Lambda throttles and the API's 4xx/5xx.
 
 Per-feature widgets are SEARCH expressions over the drift metrics' `feature` dimension: the stack serves
-whatever bundle the registry names, so no feature name is known at synth time. No shadow agreement widget:
-no function publishes a shadow metric yet.
+whatever bundle the registry names, so no feature name is known at synth time. Shadow figures are per model
+(`functions.common.shadow`): empty until the routing item names a shadow.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def model_dashboard(scope: Construct, construct_id: str, props: DashboardProps) 
     dashboard = cloudwatch.Dashboard(scope, construct_id, dashboard_name=f"slimserve-{props.model_name}",
                                      default_interval=Duration.hours(24))
     for row in (rows.header(), rows.traffic(), rows.latency(), rows.canary_vs_champion(), rows.input_drift(),
-                rows.prediction_drift(), rows.live_accuracy(), rows.capture(), rows.batch_and_dead_letters(),
-                rows.throttles_and_api()):
+                rows.prediction_drift(), rows.live_accuracy(), rows.shadow(), rows.capture(),
+                rows.batch_and_dead_letters(), rows.throttles_and_api()):
         dashboard.add_widgets(*row)
     return dashboard
 
@@ -162,6 +162,16 @@ class _Rows:
             graph("Labels posted back", [self.model_metric("FeedbackLabels", "Sum", HOUR)], width=8),
         ]
 
+    def shadow(self) -> list[cloudwatch.IWidget]:
+        return [
+            graph("Shadow agreement with the served answer", [self.model_metric("ShadowAgreement", "Average")],
+                  width=8),
+            graph("Shadow score difference", [self.model_metric("ShadowScoreDiff", "Average")], width=8),
+            graph("Shadow requests, errors and p99 latency (ms, right)",
+                  [self.model_metric("ShadowRequests"), self.model_metric("ShadowErrors")], width=8,
+                  right=[self.model_metric("ShadowLatency", "p99", label="ShadowLatency p99")]),
+        ]
+
     def capture(self) -> list[cloudwatch.IWidget]:
         return [
             graph("Capture: rows written and lost", [self.model_metric(n) for n in
@@ -202,9 +212,10 @@ class _Rows:
 
 
 def graph(title: str, metrics: Sequence[cloudwatch.IMetric], *, width: int, stacked: bool = False,
-          lines: Sequence[cloudwatch.HorizontalAnnotation] = ()) -> cloudwatch.GraphWidget:
-    return cloudwatch.GraphWidget(title=title, left=list(metrics), width=width, height=6, stacked=stacked,
-                                  left_annotations=list(lines) or None)
+          lines: Sequence[cloudwatch.HorizontalAnnotation] = (),
+          right: Sequence[cloudwatch.IMetric] = ()) -> cloudwatch.GraphWidget:
+    return cloudwatch.GraphWidget(title=title, left=list(metrics), right=list(right) or None, width=width, height=6,
+                                  stacked=stacked, left_annotations=list(lines) or None)
 
 
 def annotation(value: float, label: str) -> cloudwatch.HorizontalAnnotation:

@@ -15,6 +15,7 @@ from cdk.constructs.dashboard import BATCH_SERVICE
 from functions.common.capture import Capture
 from functions.common.routing import emit_request_metrics
 from functions.common.settings import BatchSettings
+from functions.common.shadow import emit_shadow_metrics
 from functions.drift.service import DriftReport, metric_records
 from functions.drift.stats import Comparison
 from functions.feedback.labels import live_record
@@ -67,7 +68,8 @@ def comparison(ks: float | None) -> Comparison:
 
 
 def handler_records() -> list[dict[str, Any]]:
-    """One request per role, one drift run (a numeric and a categorical feature, both roles' predictions), a label."""
+    """One request per role, one drift run (a numeric and a categorical feature, both roles' predictions), a label,
+    a shadowed request."""
     records = [emit_request_metrics(MODEL, role, "7", status=200, latency_ms=1.0, counts={"Predictions_1": 1})
                for role in ("champion", "canary")]
     report = DriftReport(model=MODEL, version="7", rows=1000, objects=2, corrupt=0, published=True, reason="",
@@ -75,6 +77,8 @@ def handler_records() -> list[dict[str, Any]]:
                          prediction=comparison(None), canary_prediction=comparison(None))
     records += metric_records(report, timestamp_ms=0)
     records.append(live_record(MODEL, "7", "LiveAccuracy", 1.0, 0))
+    records.append(emit_shadow_metrics(MODEL, "8", "7", latency_ms=1.0, errors=0,
+                                       comparison={"ShadowAgreement": 1.0, "ShadowScoreDiff": 0.0}))
     return records
 
 
@@ -98,6 +102,10 @@ def test_one_dashboard_named_after_the_model(default_synth: Synth) -> None:
     ("PredictionPsi", ("model_name",)),
     ("PredictionPsi", ("model_name", "model_role")),
     ("LiveAccuracy", ("model_name",)),
+    ("ShadowAgreement", ("model_name",)),
+    ("ShadowScoreDiff", ("model_name",)),
+    ("ShadowLatency", ("model_name",)),
+    ("ShadowErrors", ("model_name",)),
 ])
 def test_the_dashboard_draws_what_the_functions_publish(default_synth: Synth, metric: str,
                                                          dimensions: tuple[str, ...]) -> None:
