@@ -186,6 +186,21 @@ def test_a_release_while_the_lock_is_held_is_refused_and_touches_nothing(run_rel
     assert script.actions() == ["lock"]  # not ours: no unlock, no step
 
 
+def test_a_release_of_a_model_the_registry_has_never_seen_fails_by_name_and_touches_nothing(
+        run_release: Any) -> None:
+    script = ScriptedRelease(errors={"lock": "UnknownModel"})  # what the release function's lock raises
+    done = run_release(script, START)
+    assert (done["status"], done["error"]) == ("FAILED", "UnknownModel")
+    assert script.actions() == ["lock"]
+
+
+def test_a_version_the_registry_does_not_hold_fails_by_name_and_frees_the_lock(run_release: Any) -> None:
+    script = ScriptedRelease(errors={"admit": "UnknownVersion"})
+    done = run_release(script, START)
+    assert (done["status"], done["error"]) == ("FAILED", "UnknownVersion")
+    assert script.actions() == ["lock", "admit", "unlock"]
+
+
 def test_a_failed_step_with_a_canary_in_place_rolls_it_back_and_fails_under_its_name(run_release: Any) -> None:
     script = ScriptedRelease(decisions=("continue",), errors={"set_weight": "RoutingConflict"})
     done = run_release(script, START)
