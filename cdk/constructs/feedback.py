@@ -96,7 +96,7 @@ class Feedback(Construct):
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST, encryption=dynamodb.TableEncryption.AWS_MANAGED,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True),
-            time_to_live_attribute="expires_at", removal_policy=RemovalPolicy.RETAIN)
+            time_to_live_attribute="expires_at", deletion_protection=True, removal_policy=RemovalPolicy.RETAIN)
         self.review_dead_letters = self._queue("ReviewDeadLetters", retention_period=Duration.days(14))
         self.review_queue = self._queue(
             "ReviewQueue", retention_period=Duration.days(14),

@@ -29,14 +29,14 @@ def _actions(statement: dict[str, Any]) -> set[str]:
     return {actions} if isinstance(actions, str) else set(actions)
 
 
-def test_labels_table_has_pitr_encryption_and_ttl(default_synth: Synth) -> None:
+def test_labels_table_has_pitr_encryption_ttl_and_deletion_protection(default_synth: Synth) -> None:
     _, table = _one(default_synth, "AWS::DynamoDB::Table", "FeedbackTable")
     props = table["Properties"]
     assert props["KeySchema"] == [{"AttributeName": "prediction_id", "KeyType": "HASH"}]
     assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert props["SSESpecification"]["SSEEnabled"] is True
     assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
-    assert table["DeletionPolicy"] == "Retain"
+    assert table["DeletionPolicy"] == "Retain" and props["DeletionProtectionEnabled"] is True
 
 
 def test_feedback_is_its_own_iam_authorised_resource(default_synth: Synth) -> None:
