@@ -2,7 +2,7 @@
 
 The file holds 20 float columns at full precision, as pandas' to_csv writes floats (~390 MB); the
 model is a logistic regression behind a StandardScaler. Every measurement runs in a fresh child
-process (peak RSS is that process's ru_maxrss, imports included), pinned with taskset to one core
+process (peak RSS is that process's VmHWM, imports included), pinned with taskset to one core
 and then to two; the variants take turns, round after round, and the table gives medians:
   - this tree: `score_file` from the working tree, writing scored/, rejected/ and the manifest
   - each --refs commit: the same call with the batch modules (tabular, scoring, stores) of that commit
@@ -82,11 +82,20 @@ def child_floor(bundle: str, array: str) -> dict[str, object]:
 
 
 def child(kind: str, args: list[str]) -> None:
+    result = {"slimserve": child_slimserve, "pandas": child_pandas, "floor": child_floor}[kind](*args)
+    result["peak_mib"] = peak_mib()
+    print(json.dumps(result))
+
+
+def peak_mib() -> float:
+    """This process's peak RSS, imports included. Not ru_maxrss: Linux carries it across exec, so a
+    child would report the benchmark's own peak when that is higher."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM")) / 1024
     import resource
 
-    result = {"slimserve": child_slimserve, "pandas": child_pandas, "floor": child_floor}[kind](*args)
-    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(result))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- setup -----------------------------------------------------------------------------------------
