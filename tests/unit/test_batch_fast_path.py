@@ -190,3 +190,22 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_one_thread_or_three_write_the_same_bytes(rf: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  cpus: int) -> None:
+    """With one CPU the file is parsed, scored and written on one thread; with more, on three."""
+    from functions.batch import scoring
+
+    body = rows(3000)
+    body[1500] = replaced(body[1500], 1, "oops")
+    data = csv_bytes(body)
+    outputs = {}
+    for n in (1, cpus):
+        monkeypatch.setattr(scoring, "_cpus", lambda n=n: n)
+        source = Source("local", "incoming/f.csv", size=len(data), etag=hashlib.md5(data).hexdigest())
+        manifest = score_file(rf, LocalStore(tmp_path / str(n)), source, io.BytesIO(data), chunk_rows=400).manifest
+        outputs[n] = Outputs(tmp_path / str(n), manifest, 0)
+    assert outputs[cpus].scored == outputs[1].scored and outputs[cpus].rejected == [(1502, "wrong_type")]
+    assert outputs[cpus].counts == {"in": 3000, "scored": 2999, "rejected": 1}
