@@ -10,6 +10,8 @@ from pathlib import Path
 from functions.common.errors import ConfigurationError, SlimserveError
 from functions.common.settings import DriftSettings
 
+from .feedback_rows import DEFAULT_MIN_LABELS
+
 
 def _bundle(args: argparse.Namespace) -> int:
     import joblib
@@ -379,6 +381,24 @@ def _monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feedback_rows(args: argparse.Namespace) -> int:
+    import boto3
+
+    from .feedback_rows import labelled_rows, write_rows
+
+    target = _target(args)
+    table = args.labels_table or target.endpoints.get("feedback_table")
+    if not table:
+        raise ConfigurationError(f"{target.where} names no feedback labels table: give it with --labels-table")
+    model = args.model or target["model"]
+    rows, column = labelled_rows(boto3.client("s3"), boto3.client("dynamodb"), target["model_bucket"], table, model,
+                                 min_labels=args.min_labels, target=args.target)
+    write_rows(rows, Path(args.out))
+    print(f"{len(rows)} labelled rows of {model} (target column {column}) written to {args.out}; "
+          f"add them with `slimserve train ... --with-feedback {args.out}`")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from .local.up import UpOptions, run_up
 
@@ -415,13 +435,16 @@ def _train(args: argparse.Namespace) -> int:
         return _train_on_sagemaker(args, extra)
     try:
         result = train_locally(Path(args.data), args.target, Path(args.out), task=args.task, seed=args.seed,
-                               extra_args=extra, say=lambda line: print(line, file=sys.stderr, flush=True))
+                               extra_args=extra, say=lambda line: print(line, file=sys.stderr, flush=True),
+                               feedback=Path(args.with_feedback) if args.with_feedback else None)
     except DataRefused as exc:
         print(f"error [data_refused]: {exc}", file=sys.stderr)
         return 2
     print(f"trained a {result['task']} model on {result['rows']} rows; teacher on {result['teacher']['device']}, "
           f"student {result['student']}; "
           f"steps (s): {result['timings']}")
+    if args.with_feedback:
+        print(f"  {result['feedback_rows']} labelled rows added from {args.with_feedback}")
     metrics = result["metrics"]
     names = [k for k in metrics if k.startswith("holdout_")]
     columns = list(metrics[names[0]])
@@ -563,7 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--min-samples", type=int, default=DriftSettings.model_fields["min_samples"].default,
                     help="fewer rows: nothing is compared (the drift function's default)")
     mo.set_defaults(func=_monitor)
-    for p in (r, rb, st, sh, rt, mo):
+    fr = sub.add_parser("feedback-rows", help="captured rows joined to their stored labels, as a CSV for "
+                                              "`slimserve train --with-feedback`")
+    fr.add_argument("--model", help="model name (default: the stack's)")
+    fr.add_argument("--out", required=True, help="CSV file to write")
+    fr.add_argument("--min-labels", type=int, default=DEFAULT_MIN_LABELS,
+                    help=f"fewer labelled rows: nothing is written (default {DEFAULT_MIN_LABELS})")
+    fr.add_argument("--target", help="label column (default: the bundle's target)")
+    fr.add_argument("--labels-table", help="the feedback labels table (default: the stack's, where it names one)")
+    fr.set_defaults(func=_feedback_rows)
+    for p in (r, rb, st, sh, rt, mo, fr):
         p.add_argument("--state-dir", default=".slimserve", help="where `slimserve up` keeps up.json (.slimserve)")
         p.add_argument("--aws", action="store_true", help="act on the deployed stack (its outputs), not `slimserve up`")
         p.add_argument("--stack", help="with --aws: the stack's name (default: SlimserveServing)")
@@ -599,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic rows (MUNGE) per training row, labelled by the teacher (default 10; 0: none)")
     t.add_argument("--quantize", action="store_true", help=QUANTIZE_HELP)
     t.add_argument("--name", default="model", help="model name in the bundle")
+    t.add_argument("--with-feedback", metavar="FILE", help="append these labelled rows (`slimserve feedback-rows`) "
+                                                           "to the data; without it no label enters training")
     t.add_argument("--on", choices=["local", "sagemaker"], default="local")
     t.add_argument("--role", help="SageMaker execution role ARN (--on sagemaker)")
     t.add_argument("--region", help="AWS region (--on sagemaker; default: the session's)")

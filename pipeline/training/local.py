@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .contract import read_table
 from .data import DataRefused, split, usable, validate_data
 from .jobs import main as job
@@ -33,10 +35,15 @@ def job_environment(model_dir: Path, **channels: Path) -> Iterator[None]:
 
 
 def train_locally(data: Path, target: str, out: Path, *, task: str | None = None, seed: int = 7,
-                  extra_args: list[str] | None = None, say: Say | None = None) -> dict[str, Any]:
+                  extra_args: list[str] | None = None, say: Say | None = None,
+                  feedback: Path | None = None) -> dict[str, Any]:
     """validate -> check exportable -> split -> teacher -> distil -> export; returns the timings and
-    the export result. ``say`` hears each step start, beat while it runs, and end."""
+    the export result. ``say`` hears each step start, beat while it runs, and end. ``feedback``: labelled
+    rows (`slimserve feedback-rows`) appended to the data, only when given."""
     frame = read_table(data)
+    added = 0
+    if feedback is not None:
+        frame, added = with_feedback(frame, read_table(feedback), target)
     report = validate_data(frame, target, task)
     if report["fatal"]:
         raise DataRefused("; ".join(report["fatal"]))
@@ -79,4 +86,16 @@ def train_locally(data: Path, target: str, out: Path, *, task: str | None = None
          teacher=work / "teacher")
     export = step("export", out, train=channels["train"], holdout=channels["holdout"], student=work / "student",
                   teacher=work / "teacher")
-    return {"task": task, "rows": len(frame), "report": report, "teacher": teacher, "timings": timings, **export}
+    return {"task": task, "rows": len(frame), "feedback_rows": added, "report": report, "teacher": teacher,
+            "timings": timings, **export}
+
+
+def with_feedback(frame: pd.DataFrame, rows: pd.DataFrame, target: str) -> tuple[pd.DataFrame, int]:
+    """The data with the labelled rows appended (a column they lack is left empty); DataRefused when they
+    have no target column or bring a column the data does not have."""
+    if target not in rows.columns:
+        raise DataRefused(f"the feedback rows have no {target!r} column")
+    foreign = [c for c in rows.columns if c not in frame.columns]
+    if foreign:
+        raise DataRefused(f"the feedback rows have columns the data does not: {', '.join(map(str, foreign[:10]))}")
+    return pd.concat([frame, rows.reindex(columns=frame.columns)], ignore_index=True), len(rows)
