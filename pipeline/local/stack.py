@@ -185,7 +185,7 @@ OUTPUT_NAMES = {"model": "ModelName", "table": "RegistryTableName", "model_bucke
                 "data_bucket": "TrainingDataBucketName", "artifacts_bucket": "TrainingArtifactsBucketName",
                 "release_machine": "ReleaseStateMachineArn", "retraining_machine": "RetrainingStateMachineArn",
                 "validation_function": "ValidationFunctionName", "api_url": "ServingApiUrl",
-                "topic": "ReleaseTopicArn"}
+                "topic": "ReleaseTopicArn", "feedback_table": "FeedbackTableName"}
 _HASH = re.compile(r"[0-9A-F]{8}")
 
 

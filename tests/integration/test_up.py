@@ -170,7 +170,8 @@ def test_aws_reads_the_stack_outputs(client_env: None, capsys: pytest.CaptureFix
               "artifacts_bucket": "prod-artifacts", "validation_function": "prod-validation",
               "release_machine": f"arn:aws:states:{REGION}:123456789012:stateMachine:release",
               "retraining_machine": f"arn:aws:states:{REGION}:123456789012:stateMachine:retraining",
-              "api_url": "https://api.example/prod/", "topic": f"arn:aws:sns:{REGION}:123456789012:releases"}
+              "api_url": "https://api.example/prod/", "topic": f"arn:aws:sns:{REGION}:123456789012:releases",
+              "feedback_table": "prod-labels"}
     # Output ids as CDK writes them: a nested construct's id carries an 8-character hash.
     outputs = {OUTPUT_NAMES[k] + ("" if k == "model" else "0A1B2C3D"): v for k, v in values.items()}
     with emulated_account():
