@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aws_cdk import App, Validations
 from aws_cdk import aws_lambda as lambda_
@@ -52,6 +52,12 @@ def _architecture(value: Any) -> lambda_.Architecture:
     return choices[str(value)]
 
 
+def _api(value: Any) -> Literal["rest", "http"]:
+    if value == "rest" or value == "http":
+        return value
+    raise ValueError(f"context {CTX}api must be 'rest' or 'http', got {value!r}")
+
+
 def _integration(value: Any) -> Integration:
     if value == "sync" or value == "request":
         return value
@@ -79,6 +85,7 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None,
     return ServingStackProps(
         model_name=str(ctx("modelName", defaults.model_name)),
         api_key_required=_as_bool(ctx("apiKeyRequired", False), CTX + "apiKeyRequired"),
+        api=_api(ctx("api", defaults.api)),
         architecture=_architecture(ctx("architecture", "x86_64")),
         layer_dir=Path(layer) if layer else defaults.layer_dir,
         parquet_layer_dir=Path(parquet_layer) if parquet_layer else defaults.parquet_layer_dir,

@@ -85,6 +85,8 @@ ALIAS_DURATION = AlarmSpec("AWS/Lambda", "Duration", "Resource", "p99", period_s
                            datapoints=2)
 """p99 above 5 s (half the function's default timeout), two minutes running."""
 API_5XX = AlarmSpec("AWS/ApiGateway", "5XXError", "ApiName", "Sum", period_seconds=60, threshold=5, datapoints=2)
+HTTP_API_5XX = AlarmSpec("AWS/ApiGateway", "5xx", "ApiId", "Sum", period_seconds=60, threshold=5, datapoints=2)
+"""The same alarm on an HTTP API, whose metrics are named and keyed differently (`5xx` by `ApiId`)."""
 
 
 # Drift, on the drift function's hourly metrics (dimension model_name; `functions.drift.service`). A run with

@@ -36,6 +36,7 @@ class DashboardProps:
     model_name: str
     serving_function: lambda_.IFunction
     api_name: str
+    """The REST API's name, or the HTTP API's id (`http_api`)."""
     api_stage: str
     functions: Sequence[lambda_.IFunction]
     """Every function of the stack, whose throttles are drawn (the serving one first)."""
@@ -44,6 +45,8 @@ class DashboardProps:
     """Batch scoring is part of the stack: draw its rows scored and rejected."""
     live_accuracy_threshold: float | None = None
     """Drawn as a line on the live accuracy graph when the stack alarms on it."""
+    http_api: bool = False
+    """The front door is an HTTP API: its metrics are keyed by ApiId and named 4xx/5xx."""
 
     def validate(self) -> None:
         if not self.model_name:
@@ -196,13 +199,14 @@ class _Rows:
 
     def throttles_and_api(self) -> list[cloudwatch.IWidget]:
         props = self.props
-        api = {"ApiName": props.api_name, "Stage": props.api_stage}
+        api = {"ApiId" if props.http_api else "ApiName": props.api_name, "Stage": props.api_stage}
+        errors = ("4xx", "5xx", "Count") if props.http_api else ("4XXError", "5XXError", "Count")
         return [
             graph("Lambda throttles", [fn.metric_throttles(statistic="Sum", period=FIVE_MINUTES, label=fn.node.path)
                                        for fn in props.functions], width=8),
             graph("API 4xx / 5xx", [cloudwatch.Metric(namespace="AWS/ApiGateway", metric_name=name, statistic="Sum",
                                                       dimensions_map=api, period=FIVE_MINUTES, label=name)
-                                    for name in ("4XXError", "5XXError", "Count")], width=8),
+                                    for name in errors], width=8),
             graph("API latency p99 / inference duration p99 (ms)", [
                 cloudwatch.Metric(namespace="AWS/ApiGateway", metric_name="Latency", statistic="p99",
                                   dimensions_map=api, period=FIVE_MINUTES, label="API p99"),

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
 from aws_cdk import aws_iam as iam
@@ -35,6 +36,7 @@ from .alarms import (
     API_5XX,
     DEAD_LETTERS,
     FUNCTION_ERRORS,
+    HTTP_API_5XX,
     MODEL_ROLES,
     RUNS_FAILED,
     RUNS_TIMED_OUT,
@@ -152,22 +154,32 @@ class Monitoring(Construct):
                 for name, spec in (("Errors", ALIAS_ERRORS), ("Throttles", ALIAS_THROTTLES),
                                    ("Duration", ALIAS_DURATION))]
 
-    def api_errors(self, owner: Construct, api: apigw.RestApi) -> cloudwatch.Alarm:
-        return self.alarm(owner, "Api5xxAlarm", API_5XX, api.rest_api_name, "The API answered 5xx",
+    def api_errors(self, owner: Construct, api: apigw.RestApi | apigwv2.HttpApi) -> cloudwatch.Alarm:
+        if isinstance(api, apigwv2.HttpApi):
+            return self.alarm(owner, "Api5xxAlarm", HTTP_API_5XX, _api_name(api), "The API answered 5xx",
+                              dimensions={"Stage": "$default"})
+        return self.alarm(owner, "Api5xxAlarm", API_5XX, _api_name(api), "The API answered 5xx",
                           dimensions={"Stage": api.deployment_stage.stage_name})
 
 
-    def dashboard(self, model_name: str, serving_function: lambda_.IFunction, api: apigw.RestApi, *,
+    def dashboard(self, model_name: str, serving_function: lambda_.IFunction,
+                  api: apigw.RestApi | apigwv2.HttpApi, *,
                   batch: bool = False, live_accuracy_threshold: float | None = None) -> cloudwatch.Dashboard:
         """The model's dashboard (`dashboard.py`), made last: it draws every function of the stack and every
         dead-letter queue an alarm watches by then."""
         functions = {serving_function.node.path: serving_function}
         functions.update((c.node.path, c) for c in Stack.of(self).node.find_all() if isinstance(c, SlimserveFunction))
         return model_dashboard(self, "Dashboard", DashboardProps(
-            model_name=model_name, serving_function=serving_function, api_name=api.rest_api_name,
-            api_stage=api.deployment_stage.stage_name, functions=list(functions.values()),
+            model_name=model_name, serving_function=serving_function, api_name=_api_name(api),
+            api_stage="$default" if isinstance(api, apigwv2.HttpApi) else api.deployment_stage.stage_name,
+            http_api=isinstance(api, apigwv2.HttpApi), functions=list(functions.values()),
             dead_letter_queues=list(self.dead_letter_queues.values()), batch=batch,
             live_accuracy_threshold=live_accuracy_threshold))
+
+
+def _api_name(api: apigw.RestApi | apigwv2.HttpApi) -> str:
+    """What API Gateway's metrics are keyed by: a REST API's name, an HTTP API's id."""
+    return api.api_id if isinstance(api, apigwv2.HttpApi) else api.rest_api_name
 
 
 def model_alarm_prefix(model_name: str, role: str) -> str:

@@ -1,13 +1,14 @@
-"""ServingApi: the inference Lambda (alias `live`) behind an IAM-authenticated, throttled REST API."""
+"""ServingApi: the inference Lambda (alias `live`) behind an IAM-authenticated, throttled REST API (or HTTP API)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aws_cdk import CfnOutput, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -21,6 +22,7 @@ from .checks import check_key_prefix, check_range, check_sha256
 from .function import FunctionProps, SlimserveFunction
 from .model_store import grant_put_capture
 from .nag import ack, checkov_skip
+from .serving_http_api import ServingHttpApi, ServingHttpApiProps
 
 HANDLER = "functions.inference.handler.lambda_handler"
 
@@ -84,10 +86,17 @@ class ServingApiProps:
     stage_name: str = "v1"
     capture: CaptureProps = field(default_factory=CaptureProps)
     """Request capture (off by default): the function may then PutObject under capture/<model>/ only."""
+    api: Literal["rest", "http"] = "rest"
+    """The front door: a REST API (gateway responses in the error shape, request validation, API keys) or the
+    cheaper HTTP API (same routes, IAM auth, throttling and access logs; its own errors keep its own body)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad prop, before any resource is created."""
         self.capture.validate(_OWNER)
+        if self.api not in ("rest", "http"):
+            raise ValueError(f"ServingApiProps.api must be 'rest' or 'http', got {self.api!r}")
+        if self.api == "http" and self.api_key_required:
+            raise ValueError("ServingApiProps.api_key_required needs api='rest': HTTP APIs have no API keys")
         if self.model_prefix is not None:
             check_key_prefix(_OWNER, "model_prefix", self.model_prefix)
         elif not (self.model_name and self.registry_table is not None):
@@ -124,12 +133,21 @@ class ServingApi(Construct):
         self.function = self._function()
         self.log_group = self.function.execution_log_group
         self.alias = lambda_.Alias(self, "LiveAlias", alias_name="live", version=self.function.current_version)
-        self.api = self._rest_api()
-        self._add_routes()
-        if props.api_key_required:
-            self._add_usage_plan()
-        self._acknowledge_nag_findings()
-        CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL of the inference API stage")
+        self.http_api: ServingHttpApi | None = None
+        self.api: apigw.RestApi | apigwv2.HttpApi
+        if props.api == "http":
+            self.http_api = ServingHttpApi(self, "HttpApi", ServingHttpApiProps(
+                alias=self.alias, throttle_rate_limit=props.throttle_rate_limit,
+                throttle_burst_limit=props.throttle_burst_limit, log_retention=props.log_retention))
+            self.api, url = self.http_api.api, self.http_api.url
+        else:
+            self.rest_api: apigw.RestApi = self._rest_api()
+            self.api, url = self.rest_api, self.rest_api.url
+            self._add_routes()
+            if props.api_key_required:
+                self._add_usage_plan()
+            self._acknowledge_nag_findings()
+        CfnOutput(self, "ApiUrl", value=url, description="Base URL of the inference API stage")
         CfnOutput(self, "FunctionName", value=self.function.function_name, description="Inference function")
 
     # --- function ---------------------------------------------------------------------------------
@@ -156,7 +174,7 @@ class ServingApi(Construct):
             log_retention=props.log_retention,
             architecture=props.architecture,
             log_group_id="FunctionLogs",  # the id it was first deployed with
-            invoked_by="API Gateway (the REST API's Lambda proxy integration)",
+            invoked_by=f"API Gateway (the {props.api.upper()} API's Lambda proxy integration)",
         ))
         if props.capture.sample_rate > 0:
             grant_put_capture(fn, props.model_bucket, props.model_name)
@@ -207,24 +225,26 @@ class ServingApi(Construct):
 
     def _add_routes(self) -> None:
         integration = apigw.LambdaIntegration(self.alias, proxy=True)  # the alias, never $LATEST
-        predict = self.api.root.add_resource("predict")
+        predict = self.rest_api.root.add_resource("predict")
         predict.add_method(
             "POST", integration,
             request_validator=apigw.RequestValidator(
-                self, "PredictValidator", rest_api=self.api,
+                self, "PredictValidator", rest_api=self.rest_api,
                 validate_request_body=True, validate_request_parameters=True),
             request_models={"application/json": self._predict_model()},
         )
-        self.api.root.add_resource("health").add_method("GET", integration)
-        self.api.root.add_resource("openapi.json").add_method("GET", integration)
+        self.rest_api.root.add_resource("health").add_method("GET", integration)
+        self.rest_api.root.add_resource("openapi.json").add_method("GET", integration)
 
     def add_iam_route(self, path: str, method: str, function: lambda_.IFunction, *, rate_limit: float,
-                      burst_limit: int) -> apigw.Method:
+                      burst_limit: int) -> apigw.Method | list[apigwv2.HttpRoute]:
         """Another function's route on this API: its own resource, so IAM policies allow it apart from /predict,
         IAM-authenticated, and throttled on its own (a stage method setting) below the stage's limits."""
-        added = self.api.root.add_resource(path).add_method(
+        if self.http_api is not None:
+            return self.http_api.add_iam_route(path, method, function, rate_limit=rate_limit, burst_limit=burst_limit)
+        added = self.rest_api.root.add_resource(path).add_method(
             method, apigw.LambdaIntegration(function, proxy=True), authorization_type=apigw.AuthorizationType.IAM)
-        stage = self.api.deployment_stage.node.default_child
+        stage = self.rest_api.deployment_stage.node.default_child
         if not isinstance(stage, apigw.CfnStage):
             raise TypeError(f"{self.node.id}: no CfnStage to throttle /{path} on")
         existing = stage.method_settings if isinstance(stage.method_settings, list) else []
@@ -238,7 +258,7 @@ class ServingApi(Construct):
         # Shape only, so malformed bodies never cost a Lambda call; the handler owns the finer limits
         # (row count, id length, unknown keys) because its errors name the offending field.
         row = apigw.JsonSchema(type=[apigw.JsonSchemaType.OBJECT, apigw.JsonSchemaType.ARRAY])
-        return self.api.add_model(
+        return self.rest_api.add_model(
             "PredictRequest",
             content_type="application/json",
             model_name="PredictRequest",
@@ -255,21 +275,21 @@ class ServingApi(Construct):
         )
 
     def _add_usage_plan(self) -> None:
-        plan = self.api.add_usage_plan(
+        plan = self.rest_api.add_usage_plan(
             "UsagePlan",
             description="slimserve inference callers",
             throttle=apigw.ThrottleSettings(rate_limit=self.props.throttle_rate_limit,
                                             burst_limit=self.props.throttle_burst_limit),
         )
-        plan.add_api_stage(stage=self.api.deployment_stage)
+        plan.add_api_stage(stage=self.rest_api.deployment_stage)
         # The key's value is generated by API Gateway; read it from the console/CLI, never from code.
-        plan.add_api_key(self.api.add_api_key("ApiKey", description="slimserve inference default key"))
+        plan.add_api_key(self.rest_api.add_api_key("ApiKey", description="slimserve inference default key"))
 
     # --- cdk-nag ----------------------------------------------------------------------------------
 
     def _acknowledge_nag_findings(self) -> None:
         """Each finding acknowledged on the narrowest construct, reason on the same line."""
-        api = self.api
+        api = self.rest_api
         cw_role = api.node.find_child("CloudWatchRole")
         cw_policy = "arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
         ack(cw_role, f"AwsSolutions-IAM4[Policy::{cw_policy}]", "API Gateway's account-wide log role")

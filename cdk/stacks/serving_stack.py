@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aws_cdk import Aspects, CfnOutput, Stack
 from aws_cdk import aws_lambda as lambda_
@@ -40,6 +40,8 @@ class ServingStackProps:
     model_name: str = "demo"
     """The model served and batch-scored: both follow its champion (and canary) in the registry."""
     api_key_required: bool = False
+    api: Literal["rest", "http"] = "rest"
+    """The front door (`-c slimserve:api=http`): the REST API, or the cheaper HTTP API without API keys."""
     capture: CaptureProps = field(default_factory=CaptureProps)
     """Request capture to the model bucket's capture/ (off by default); its expiry is `model_store`'s."""
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
@@ -94,6 +96,7 @@ class ServingStack(Stack):
             api_key_required=props.api_key_required,
             architecture=props.architecture,
             capture=props.capture,
+            api=props.api,
         ))
         # Prediction ids, POST /feedback and the review queue join the serving function and its API.
         self.feedback = Feedback(self, "Feedback", FeedbackProps(
