@@ -3,6 +3,7 @@ request id, a routing read trusted for its TTL (an injected clock, never a sleep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -53,21 +54,22 @@ def routing(champion: str | None = "v1", canary: str | None = None, weight: int 
                    canary_sha256="b" * 64 if canary else "", canary_weight=weight)
 
 
-def loader(broken: set[str] | None = None) -> Any:
+def loader(broken: set[str] | None = None, model: Callable[[str], Any] = FakeModel) -> Any:
+    """Loads a ``model(version)`` per bundle URI, recording each load; URIs in ``broken`` fail their check."""
     loads: list[str] = []
 
     def load(uri: str, sha: str) -> Any:
         loads.append(uri)
         if uri in (broken or set()):
             raise BundleError(f"{uri}manifest.json does not match")
-        return FakeModel(uri.rstrip("/").rsplit("/", 1)[1])
+        return model(uri.rstrip("/").rsplit("/", 1)[1])
 
     load.calls = loads  # type: ignore[attr-defined]
     return load
 
 
-def source(table: Table, load: Any, clock: Clock, ttl: float = 15) -> RoutingSource:
-    return RoutingSource(table.read, load, ttl_seconds=ttl, retry_load_seconds=30, clock=clock)
+def source(table: Table, load: Any, clock: Clock, ttl: float = 15, **kwargs: Any) -> RoutingSource:
+    return RoutingSource(table.read, load, ttl_seconds=ttl, retry_load_seconds=30, clock=clock, **kwargs)
 
 
 def test_slots_are_stable_and_spread_over_a_hundred() -> None:

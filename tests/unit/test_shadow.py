@@ -11,18 +11,11 @@ from typing import Any
 import pytest
 
 from functions.common.bundle import Prediction
-from functions.common.errors import BundleError
 from functions.common.registry import Routing
 from functions.common.routing import RoutingSource, ShadowDraw, role_for, set_metric_sink, shadow_slot
 from functions.common.shadow import SHADOW_DIMENSIONS, ShadowMismatch, compare, run_shadow
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit import test_routing as routing_tests
+from tests.unit.test_routing import Clock, Table
 
 
 class FakeModel:
@@ -41,15 +34,6 @@ class FakeModel:
         if self.answer is None:
             raise RuntimeError("the shadow's model broke")
         return self.answer
-
-
-class Table:
-    def __init__(self, routing: Routing) -> None:
-        self.routing, self.reads = routing, 0
-
-    def read(self) -> Routing:
-        self.reads += 1
-        return self.routing
 
 
 class Logs:
@@ -71,20 +55,11 @@ def routing(shadow: str | None = None, share: int = 0, canary: str | None = None
 
 
 def loader(broken: set[str] | None = None) -> Any:
-    loads: list[str] = []
-
-    def load(uri: str, sha: str) -> Any:
-        loads.append(uri)
-        if uri in (broken or set()):
-            raise BundleError(f"{uri}manifest.json does not match")
-        return FakeModel(uri.rstrip("/").rsplit("/", 1)[1])
-
-    load.calls = loads  # type: ignore[attr-defined]
-    return load
+    return routing_tests.loader(broken, model=FakeModel)
 
 
 def source(table: Table, load: Any, clock: Clock, ttl: float = 15) -> RoutingSource:
-    return RoutingSource(table.read, load, ttl_seconds=ttl, retry_load_seconds=30, clock=clock, logger=Logs())
+    return routing_tests.source(table, load, clock, ttl, logger=Logs())
 
 
 @pytest.fixture
