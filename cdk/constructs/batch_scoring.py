@@ -43,7 +43,8 @@ from .buckets import AccessLogs, abort_incomplete_uploads, secure_bucket
 from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
 from .monitoring import Monitoring
-from .nag import ack, ack_notifications_handler, arn_token, checkov_skip
+from .nag import ack, ack_notifications_handler, arn_token
+from .queues import managed_queue
 from .state_machines import logged_state_machine
 from .topology import OBJECT_CREATED, BatchTopology
 
@@ -230,11 +231,7 @@ class BatchScoring(Construct):
                   description="Distributed Map scoring of files past the size threshold")
 
     def _queue(self, construct_id: str, **kwargs: Any) -> sqs.Queue:
-        # SQS-managed SSE: S3 can publish to it without a KMS key policy, unlike a customer managed key.
-        queue = sqs.Queue(self, construct_id, encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True, **kwargs)
-        checkov_skip(queue, "CKV_AWS_27", "encrypted with SQS-managed SSE (checkov reads only KmsMasterKeyId); "
-                                          "S3 could not publish to a queue under a KMS key without a key policy")
-        return queue
+        return managed_queue(self, construct_id, senders="S3 notifications", **kwargs)
 
     # --- functions --------------------------------------------------------------------------------
 

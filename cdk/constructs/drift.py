@@ -26,7 +26,6 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from functions.common.layout import MODELS_PREFIX
@@ -37,7 +36,8 @@ from .checks import check_range
 from .function import FunctionProps, SlimserveFunction
 from .model_store import ModelStore
 from .monitoring import Monitoring
-from .nag import ack, checkov_skip
+from .nag import ack
+from .queues import managed_queue
 from .retraining import drift_alarm_prefix
 from .topology import DLQ_RETENTION_DAYS
 
@@ -91,10 +91,8 @@ class Drift(Construct):
         props.validate()
         self.props = props
         settings = props.settings
-        self.dead_letters = sqs.Queue(self, "DeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
-                                      enforce_ssl=True, retention_period=Duration.days(DLQ_RETENTION_DAYS))
-        checkov_skip(self.dead_letters, "CKV_AWS_27",
-                     "SQS-managed SSE (checkov reads only KmsMasterKeyId): EventBridge and Lambda need no key policy")
+        self.dead_letters = managed_queue(self, "DeadLetters", senders="EventBridge and Lambda",
+                                          retention_period=Duration.days(DLQ_RETENTION_DAYS))
         ack(self.dead_letters, "AwsSolutions-SQS3", "it is the dead-letter queue of the drift schedule")
         self.function = SlimserveFunction(self, "Function", FunctionProps(
             handler=HANDLER,

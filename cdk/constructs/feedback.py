@@ -30,6 +30,7 @@ from .checks import check_range
 from .function import FunctionProps, SlimserveFunction
 from .monitoring import Monitoring
 from .nag import ack, ack_notifications_handler, checkov_skip
+from .queues import managed_queue
 from .serving_api import ServingApi
 
 API_HANDLER = "functions.feedback.handler.lambda_handler"
@@ -123,11 +124,8 @@ class Feedback(Construct):
                   description="Prediction ids (and rows where capture allows) below the review threshold")
 
     def _queue(self, construct_id: str, **kwargs: object) -> sqs.Queue:
-        queue = sqs.Queue(self, construct_id, encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
-                          **kwargs)  # type: ignore[arg-type]
-        checkov_skip(queue, "CKV_AWS_27", "SQS-managed SSE (checkov reads only KmsMasterKeyId): the senders "
-                                          "(inference, Lambda's failed invocations) need no key policy")
-        return queue
+        return managed_queue(self, construct_id, senders="the senders (inference, Lambda's failed invocations)",
+                             **kwargs)
 
     def _function(self, construct_id: str, handler: str, description: str, *, invoked_by: str | None = None,
                   dead_letter_queue: sqs.IQueue | None = None) -> SlimserveFunction:

@@ -47,7 +47,8 @@ from functions.common.settings import ReleaseSettings, RollbackSettings, Setting
 from .checks import check_range
 from .function import LAMBDA_MAX_TIMEOUT_SECONDS, FunctionProps, SlimserveFunction
 from .monitoring import Monitoring, model_alarm_prefix
-from .nag import ack, arn_token, checkov_skip
+from .nag import ack, arn_token
+from .queues import managed_queue
 from .state_machines import logged_state_machine
 from .topology import DLQ_RETENTION_DAYS
 
@@ -154,10 +155,8 @@ class Release(Construct):
             ReleaseSettings(registry_table=table, notify_topic_arn=topic, **props.function_settings),
             invoked_by="the release and retraining state machines")
         # Both the rule's undeliverable events and the function's failed asynchronous invocations land here.
-        self.rollback_dead_letters = sqs.Queue(self, "RollbackDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
-                                               enforce_ssl=True, retention_period=Duration.days(DLQ_RETENTION_DAYS))
-        checkov_skip(self.rollback_dead_letters, "CKV_AWS_27",
-                     "SQS-managed SSE (checkov reads only KmsMasterKeyId): EventBridge and Lambda need no key policy")
+        self.rollback_dead_letters = managed_queue(self, "RollbackDeadLetters", senders="EventBridge and Lambda",
+                                                   retention_period=Duration.days(DLQ_RETENTION_DAYS))
         # One at a time: two alarms of one incident must not race for the same champion.
         self.rollback_function = self._function(
             "RollbackFunction", ROLLBACK_HANDLER, 1,

@@ -39,7 +39,6 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
@@ -50,7 +49,8 @@ from functions.common.settings import ReleaseSettings
 from .function import FunctionProps, SlimserveFunction
 from .model_registry import ValidationGate
 from .monitoring import Monitoring, model_alarm_prefix
-from .nag import ack, arn_token, checkov_skip
+from .nag import ack, arn_token
+from .queues import managed_queue
 from .release import ALARM_STATE_CHANGE, LOCK_STATE, Release, ReleaseSteps
 from .state_machines import logged_state_machine
 from .topology import DLQ_RETENTION_DAYS
@@ -139,10 +139,8 @@ class Retraining(Construct):
             timeout_hours=self.timeout_hours,
             role_description="slimserve retraining state machine: training jobs, import, gate, release steps",
             comment="slimserve retraining: lock, train, import, gate, canary release, unlock")
-        self.dead_letters = sqs.Queue(self, "TriggerDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
-                                      enforce_ssl=True, retention_period=Duration.days(DLQ_RETENTION_DAYS))
-        checkov_skip(self.dead_letters, "CKV_AWS_27",
-                     "SQS-managed SSE (checkov reads only KmsMasterKeyId): EventBridge needs no key policy")
+        self.dead_letters = managed_queue(self, "TriggerDeadLetters", senders="EventBridge",
+                                          retention_period=Duration.days(DLQ_RETENTION_DAYS))
         self.drift_rule = events.Rule(
             self, "DriftAlarmRule", description=f"A drift alarm of {props.model_name} starts a retraining run",
             event_pattern=events.EventPattern(
