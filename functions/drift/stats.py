@@ -8,12 +8,10 @@ The profile holds quantiles and shares, never training rows, so every statistic 
 - KS: sup over x of |F_live(x) - F_profile(x)|, exact for that CDF (both one-sided limits are checked at
   every live value and every quantile). Against the raw training rows (`scipy.stats.ks_2samp`) it differs
   by at most 1/(m-1) + 1/n_train: the gap between the profile CDF and the training rows' own step CDF.
-- PSI = sum over bins of (a - e) * ln(a / e), live share a against profile share e. Numbers: the
-  profile's deciles make 10 bins (fewer where deciles coincide), plus a null bin. Categories: one bin per
-  profiled category, one for every category the profile never saw, plus a null bin. ε-smoothing: each
-  share s of a k-bin distribution becomes (s + ε) / (1 + k ε) with ε = 1e-4, so an empty bin on either
-  side costs a bounded amount instead of an infinite one (a bin holding 10% of the profile and none of
-  the live rows adds 0.1 * ln(0.1 / 1e-4) ≈ 0.69).
+- PSI (`functions.common.psi`, ε-smoothed with ε = 1e-4, the one definition releases use too), live
+  shares against the profile's. Numbers: the profile's deciles make 10 bins (fewer where deciles
+  coincide), plus a null bin. Categories: one bin per profiled category, one for every category the
+  profile never saw, plus a null bin.
 - Null-rate change: live null rate minus the profile's (signed).
 """
 
@@ -24,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EPSILON = 1e-4
+from ..common.psi import psi
+
 DECILE_BINS = 10
 UNSEEN, NULL = "(unseen)", "(null)"
 
@@ -42,21 +41,6 @@ class Comparison:
     labels: tuple[str, ...]
     expected: tuple[float, ...]
     actual: tuple[float, ...]
-
-
-def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray,
-        epsilon: float = EPSILON) -> float:
-    """The population stability index of two distributions over the same bins (shares, or counts:
-    each side is normalized first), with the ε-smoothing the module describes."""
-    e, a = _smoothed(expected, epsilon), _smoothed(actual, epsilon)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def _smoothed(shares: Sequence[float] | np.ndarray, epsilon: float) -> np.ndarray:
-    values = np.asarray(shares, dtype=float)
-    total = values.sum()
-    values = values / total if total > 0 else np.zeros_like(values)
-    return (values + epsilon) / (1.0 + len(values) * epsilon)
 
 
 def _knots(quantiles: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

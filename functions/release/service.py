@@ -17,11 +17,11 @@ from typing import Any
 from ..common import aws
 from ..common.errors import LockHeld, NotAdmitted, RegistryConflict, SlimserveError
 from ..common.notify import notify
+from ..common.psi import psi_by_name
 from ..common.registry import Registry
 from ..common.routing import VERSION_DIMENSIONS
 from ..common.settings import METRICS_NAMESPACE, ReleaseSettings
 
-PSI_FLOOR = 1e-4  # a bin one side never saw counts as this share, so PSI stays finite
 PREDICTION_PREFIXES = ("Predictions_", "PredictionBin_")
 Clock = Callable[[], dt.datetime]
 
@@ -218,19 +218,6 @@ class MetricsReader:
         return sorted(names)
 
 
-def psi(expected: dict[str, float], actual: dict[str, float]) -> float:
-    """Population stability index of ``actual`` against ``expected`` (counts per class or bin)."""
-    total_e, total_a = sum(expected.values()), sum(actual.values())
-    if not total_e or not total_a:
-        return 0.0
-    value = 0.0
-    for name in set(expected) | set(actual):
-        e = max(expected.get(name, 0) / total_e, PSI_FLOOR)
-        a = max(actual.get(name, 0) / total_a, PSI_FLOOR)
-        value += (a - e) * math.log(a / e)
-    return value
-
-
 def judge(canary: RoleFigures, champion: RoleFigures, settings: ReleaseSettings, min_requests: int,
           extended: bool) -> tuple[str, str, dict[str, Any]]:
     """The decision on one bake: continue, extend (once), insufficient_traffic or rollback, and why."""
@@ -253,7 +240,7 @@ def judge(canary: RoleFigures, champion: RoleFigures, settings: ReleaseSettings,
                                 f"{canary.latency_ms:.1f} ms against the champion's {champion.latency_ms:.1f} ms "
                                 f"(at most {settings.max_latency_ratio:g}x)"), figures
     if comparable:
-        shift = psi(champion.predictions, canary.predictions)
+        shift = psi_by_name(champion.predictions, canary.predictions)  # the drift function's PSI, ε-smoothed
         figures["prediction_psi"] = shift
         if shift > settings.max_prediction_psi:
             return "rollback", (f"prediction shift: PSI {shift:.3f} of the canary's predictions against the "

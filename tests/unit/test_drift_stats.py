@@ -12,18 +12,10 @@ from scipy.stats import ks_2samp
 
 from cdk.constructs.alarms import DRIFT_KS_MAX, DRIFT_PSI_MAX
 from functions.common.manifest import PROFILE_QUANTILES, Feature, FeatureProfile
+from functions.common.psi import EPSILON, psi, psi_by_name
 from functions.common.settings import DriftSettings
 from functions.drift.service import compare
-from functions.drift.stats import (
-    EPSILON,
-    NULL,
-    UNSEEN,
-    compare_categories,
-    compare_numeric,
-    ks_statistic,
-    profile_cdf,
-    psi,
-)
+from functions.drift.stats import NULL, UNSEEN, compare_categories, compare_numeric, ks_statistic, profile_cdf
 from pipeline.bundling.profile import profile_features, quantiles
 from tests import realdata
 
@@ -126,6 +118,14 @@ def test_psi_is_zero_on_itself(expected: list[float]) -> None:
 @given(shares)
 def test_psi_is_never_negative(expected: list[float]) -> None:
     assert psi(expected, expected[::-1]) >= -1e-12
+
+
+def test_named_bins_only_one_side_holds_are_empty_bins_on_the_other() -> None:
+    """The release comparison's form (counts per class) is the same PSI over the union of names."""
+    champion, canary = {"a": 60, "b": 40}, {"a": 30, "b": 50, "c": 20}
+    assert psi_by_name(champion, canary) == pytest.approx(psi([60, 40, 0], [30, 50, 20]))
+    assert psi_by_name(champion, {"b": 40, "a": 60}) == pytest.approx(0.0, abs=1e-12)
+    assert psi_by_name(champion, {}) == 0.0 and psi_by_name({}, canary) == 0.0  # nothing counted: nothing to judge
 
 
 @given(samples, samples)
