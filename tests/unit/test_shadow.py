@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from functions.common.bundle import Prediction
+from functions.common.bundle import Model, Prediction
 from functions.common.registry import Routing
 from functions.common.routing import RoutingSource, ShadowDraw, role_for, set_metric_sink, shadow_slot
 from functions.common.shadow import SHADOW_DIMENSIONS, ShadowMismatch, compare, run_shadow
@@ -34,6 +34,12 @@ class FakeModel:
         if self.answer is None:
             raise RuntimeError("the shadow's model broke")
         return self.answer
+
+
+def fake_model(version: str, classes: list[Any] | None = None, answer: Prediction | None = None,
+               clock: Clock | None = None, cost_ms: float = 0.0) -> Model:
+    """A FakeModel where the code under test expects a Model (it has what shadows read: manifest, predict)."""
+    return cast(Model, FakeModel(version, classes, answer, clock, cost_ms))
 
 
 class Logs:
@@ -127,10 +133,10 @@ def test_preload_loads_the_shadow_at_cold_start() -> None:
 
 def test_a_classifier_shadow_publishes_agreement_score_difference_and_latency(records: list[dict[str, Any]]) -> None:
     clock = Clock()
-    served = FakeModel("v1", classes=["no", "yes"])
+    served = fake_model("v1", classes=["no", "yes"])
     answer = Prediction(["yes", "no", "no", "yes"], [[0.2, 0.8], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
     # The shadow's classes in another order: scores are matched by label, not by position.
-    shadow = FakeModel("v3", classes=["yes", "no"], clock=clock, cost_ms=4.0,
+    shadow = fake_model("v3", classes=["yes", "no"], clock=clock, cost_ms=4.0,
                        answer=Prediction(["yes", "yes", "no", "no"], [[0.9, 0.1], [0.5, 0.5], [0.3, 0.7],
                                                                       [0.4, 0.6]]))
     record = run_shadow(ShadowDraw("v3", shadow), [[1], [2], [3], [4]], served, answer, clock=clock, log=Logs())
@@ -148,26 +154,26 @@ def test_a_classifier_shadow_publishes_agreement_score_difference_and_latency(re
 
 
 def test_a_regressor_shadow_publishes_the_mean_absolute_difference_and_no_agreement() -> None:
-    served, shadow = FakeModel("v1"), FakeModel("v3")
-    values = compare(served, Prediction([1.0, 2.0, 4.0], None), shadow, Prediction([1.5, 2.0, 3.0], None))  # type: ignore[arg-type]
+    served, shadow = fake_model("v1"), fake_model("v3")
+    values = compare(served, Prediction([1.0, 2.0, 4.0], None), shadow, Prediction([1.5, 2.0, 3.0], None))
     assert values == {"ShadowScoreDiff": pytest.approx(0.5)}
 
 
 def test_an_answer_that_cannot_be_compared_is_a_mismatch() -> None:
-    served, shadow = FakeModel("v1", classes=["no", "yes"]), FakeModel("v3")
+    served, shadow = fake_model("v1", classes=["no", "yes"]), fake_model("v3")
     with pytest.raises(ShadowMismatch):
-        compare(served, Prediction(["no"], [[0.6, 0.4]]), shadow, Prediction([0.3], None))  # type: ignore[arg-type]
+        compare(served, Prediction(["no"], [[0.6, 0.4]]), shadow, Prediction([0.3], None))
     with pytest.raises(ShadowMismatch):
-        compare(served, Prediction(["no"], [[0.6, 0.4]]), served, Prediction([], []))  # type: ignore[arg-type]
+        compare(served, Prediction(["no"], [[0.6, 0.4]]), served, Prediction([], []))
 
 
-@pytest.mark.parametrize("draw", [ShadowDraw("v3", FakeModel("v3", answer=None)), ShadowDraw("v3", None)],
+@pytest.mark.parametrize("draw", [ShadowDraw("v3", fake_model("v3", answer=None)), ShadowDraw("v3", None)],
                          ids=["predict raises", "bundle not loaded"])
 def test_a_failing_shadow_is_counted_and_logged_never_raised(draw: ShadowDraw,
                                                              records: list[dict[str, Any]]) -> None:
     logs = Logs()
-    served = FakeModel("v1", classes=["no", "yes"])
-    record = run_shadow(draw, [{"secret": "row"}], served, Prediction(["no"], [[0.6, 0.4]]),  # type: ignore[arg-type]
+    served = fake_model("v1", classes=["no", "yes"])
+    record = run_shadow(draw, [{"secret": "row"}], served, Prediction(["no"], [[0.6, 0.4]]),
                         clock=Clock(), log=logs)
     assert record["ShadowErrors"] == 1 and record["ShadowRequests"] == 1
     assert "ShadowAgreement" not in record and "ShadowScoreDiff" not in record
