@@ -174,7 +174,9 @@ def run_distil(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
         if gap is None or gap <= args.max_gap:
             break  # the smallest acceptable one: candidates are ordered by size and latency
     info = {"student": student_label(chosen, task), "tried": tried, "temperature": chosen_tuning["temperature"],
-            "label_weight": chosen_tuning["label_weight"], "augment": args.augment,
+            "label_weight": chosen_tuning["label_weight"], "targets": chosen_tuning["targets"],
+            "validation": chosen_tuning["validation"],
+            "hard_label_validation": chosen_tuning.get("hard_label_validation"), "augment": args.augment,
             "synthetic_rows": len(targets.X) - len(X), "labelling_seconds": labelling, "task": task, "rows": len(X)}
     paths.model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(student, paths.model_dir / "student.joblib")
@@ -192,22 +194,36 @@ def run_export(args: argparse.Namespace, paths: JobPaths) -> dict[str, Any]:
     holdout = _usable(paths, "holdout", args.target, args.task)
     student_dir, teacher_dir = _artefacts(paths, "student"), _artefacts(paths, "teacher")
     student, teacher = joblib.load(student_dir / "student.joblib"), joblib.load(teacher_dir / "teacher.joblib")
-    task = json.loads((student_dir / "student.json").read_text())["task"]
+    distilled = json.loads((student_dir / "student.json").read_text())
+    task, chosen = distilled["task"], distilled["student"]
     sample = train.sample(min(len(train), 2000), random_state=args.seed)
-    chosen = json.loads((student_dir / "student.json").read_text())["student"]
-    lineage = {"teacher": args.teacher, "student": chosen, "code_version": code_version(),
+    lineage = {"teacher": args.teacher, "student": chosen, "student_targets": distilled.get("targets", "distilled"),
+               "code_version": code_version(),
                "hyperparameters": json.dumps({k: v for k, v in vars(args).items() if k not in ("version",)},
                                              sort_keys=True, default=str)}
     result = build_bundle(student, sample, paths.model_dir / "bundle", name=args.name, version=args.version,
                           target=args.target, tolerance=args.tolerance, lineage=lineage,
                           profile_data=train.drop(columns=[args.target]), holdout=holdout)
-    metrics = holdout_metrics(task, holdout, args.target, teacher=teacher, student=student)
+    metrics = {**holdout_metrics(task, holdout, args.target, teacher=teacher, student=student),
+               **student_choice(task, distilled)}
     manifest = result.manifest.model_copy(update={
         "metrics": {**result.manifest.metrics, **metrics}, "training_data_fingerprint": fingerprint(train_path)})
     (paths.model_dir / "bundle" / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
     quantized = _quantize(args, paths.model_dir / "bundle", holdout)
     return {"bundle": str(paths.model_dir / "bundle"), "version": manifest.version, "metrics": manifest.metrics,
             "student": chosen, "warnings": teacher_warnings(task, metrics), **quantized}
+
+
+def student_choice(task: str, distilled: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The distil step's choice as manifest metrics: the distilled and the hard-label student's validation
+    scores (accuracy and log loss; RMSE for regression) and whether the distilled one was kept."""
+    if distilled.get("hard_label_validation") is None:
+        return {}
+    names = ("rmse",) if task == "regression" else ("accuracy", "log_loss")
+    scores: dict[str, float] = {}
+    for who, key in (("distilled", "validation"), ("hard_label", "hard_label_validation")):
+        scores |= {f"{who}_{name}": abs(float(v)) for name, v in zip(names, distilled[key], strict=True)}
+    return {"validation_student": {**scores, "distilled_kept": float(distilled["targets"] == "distilled")}}
 
 
 def _quantize(args: argparse.Namespace, bundle: Path, holdout: pd.DataFrame) -> dict[str, Any]:

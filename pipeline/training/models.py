@@ -280,32 +280,62 @@ def distil(teacher: Any, student: Pipeline, X: pd.DataFrame, task: str, *, y: pd
     return {"rows": len(targets.X), "seconds": time.perf_counter() - started}
 
 
-def tuned_student(make: Callable[[], Pipeline], targets: Targets, validation: tuple[pd.DataFrame, pd.Series] | None,
-                  temperatures: tuple[float, ...] = TEMPERATURES,
-                  label_weights: tuple[float, ...] = LABEL_WEIGHTS) -> tuple[Pipeline, dict[str, Any]]:
-    """The student fitted at each temperature and label weight, kept where the validation split
-    scores best (accuracy, then log loss; RMSE for regression). Without a validation split: the first."""
+def validation_score(student: Any, validation: tuple[pd.DataFrame, pd.Series], regression: bool) -> tuple[float, ...]:
+    """What tuning maximises on the validation split: accuracy, then -log loss; -RMSE for regression."""
     from functions.common import metrics as m
 
-    grid = [(1.0, 0.0)] if targets.classes is None else [(t, w) for t in temperatures for w in label_weights]
+    X_val, y_val = validation
+    if regression:
+        return (-m.rmse(y_val.to_numpy(dtype=float), student.predict(X_val)),)
+    truth = y_val.to_numpy(dtype=object)
+    proba = student.predict_proba(X_val)
+    labels = np.asarray(student.classes_, dtype=object)[proba.argmax(axis=1)]
+    return (m.accuracy(truth, labels), -m.log_loss(truth, proba, list(student.classes_)))
+
+
+def distilled_student(make: Callable[[], Pipeline], targets: Targets,
+                      validation: tuple[pd.DataFrame, pd.Series] | None,
+                      temperatures: tuple[float, ...] = TEMPERATURES,
+                      label_weights: tuple[float, ...] = LABEL_WEIGHTS) -> tuple[Pipeline, dict[str, Any]]:
+    """The student fitted on soft targets at each temperature and label weight, kept where the validation
+    split scores best (see ``validation_score``). Without a validation split: the first setting."""
+    regression = targets.classes is None
+    grid = [(1.0, 0.0)] if regression else [(t, w) for t in temperatures for w in label_weights]
     grid = grid if validation is not None else grid[:1]
     best: tuple[Any, ...] | None = None
     tried = []
     for temperature, weight in grid:
         student = fit_student(make(), targets, temperature=temperature, label_weight=weight)
-        score: tuple[float, ...] = (0.0,)
-        if validation is not None:
-            X_val, y_val = validation
-            if targets.classes is None:
-                score = (-m.rmse(y_val.to_numpy(dtype=float), student.predict(X_val)),)
-            else:
-                truth = y_val.to_numpy(dtype=object)
-                proba = student.predict_proba(X_val)
-                labels = np.asarray(student.classes_, dtype=object)[proba.argmax(axis=1)]
-                score = (m.accuracy(truth, labels), -m.log_loss(truth, proba, list(student.classes_)))
+        score = (0.0,) if validation is None else validation_score(student, validation, regression)
         tried.append({"temperature": temperature, "label_weight": weight,
                       "validation": [round(float(v), 6) for v in score]})
         if best is None or score > best[0]:
             best = (score, student, temperature, weight)
     assert best is not None
-    return best[1], {"temperature": best[2], "label_weight": best[3], "grid": tried}
+    return best[1], {"temperature": best[2], "label_weight": best[3], "grid": tried,
+                     "validation": [round(float(v), 6) for v in best[0]]}
+
+
+def hard_label_student(make: Callable[[], Pipeline], targets: Targets) -> Pipeline | None:
+    """The same student fitted on the training rows' own labels (None when the targets carry none)."""
+    if targets.labels is None:
+        return None
+    return make().fit(targets.X.iloc[:len(targets.labels)], targets.labels)
+
+
+def tuned_student(make: Callable[[], Pipeline], targets: Targets, validation: tuple[pd.DataFrame, pd.Series] | None,
+                  temperatures: tuple[float, ...] = TEMPERATURES,
+                  label_weights: tuple[float, ...] = LABEL_WEIGHTS) -> tuple[Pipeline, dict[str, Any]]:
+    """The distilled student (tuned as in ``distilled_student``) or the same student on hard labels,
+    whichever scores better on the validation split (the distilled one on a tie), so distillation never
+    ships a loss there. The info's ``targets`` says which was kept, beside both scores. Without a validation split:
+    the distilled student at the first setting."""
+    distilled, tuning = distilled_student(make, targets, validation, temperatures, label_weights)
+    hard = None if validation is None else hard_label_student(make, targets)
+    if hard is None or validation is None:
+        return distilled, {**tuning, "targets": "distilled"}
+    hard_score = validation_score(hard, validation, targets.classes is None)
+    rounded = [round(float(v), 6) for v in hard_score]
+    keep_hard = tuple(rounded) > tuple(tuning["validation"])  # as recorded
+    return (hard if keep_hard else distilled), {**tuning, "targets": "hard-label" if keep_hard else "distilled",
+                                                "hard_label_validation": rounded}

@@ -1,5 +1,6 @@
-"""Distillation on synthetic rows: the MUNGE sampler, tuning on the validation split, and the chain
-still exporting a bundle with parity."""
+"""Distillation on synthetic rows: the MUNGE sampler, the linear student's soft-label fit, tuning on the
+validation split, the hard-label student kept when it does better there, and the chain still exporting a
+bundle with parity."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import pytest
 
 from functions.common.bundle import directory_reader, load_model
 from pipeline.training.local import train_locally
-from pipeline.training.models import make_student, make_teacher, munge, teacher_targets, tuned_student
+from pipeline.training.models import (
+    Targets,
+    fit_student,
+    make_student,
+    make_teacher,
+    munge,
+    teacher_targets,
+    tuned_student,
+)
 from tests import realdata
 from tests.conftest import mixed_frame
 
@@ -70,6 +79,78 @@ def test_tuning_keeps_the_best_setting_on_validation() -> None:
     fixed = tuned_student(lambda: make_student("logreg", "classification", X, 0, {}), targets, held,
                           temperatures=(2.0,), label_weights=(0.0,))[1]
     assert [(g["temperature"], g["label_weight"]) for g in fixed["grid"]] == [(2.0, 0.0)]
+
+
+def _numeric(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(rng.normal(size=(n, 3)), columns=["a", "b", "c"])
+
+
+def _unregularised_logreg(X: pd.DataFrame):  # type: ignore[no-untyped-def]
+    student = make_student("logreg", "classification", X, 0, {})
+    student.steps[-1][1].set_params(C=1e6, tol=1e-10, max_iter=20_000)
+    return student
+
+
+def test_linear_student_recovers_a_linear_teacher_from_its_soft_targets() -> None:
+    """Cross-entropy against soft targets is minimised by the teacher itself when it is linear: a student
+    that learns from the probabilities (not only their argmax) finds it, three classes included."""
+    X = _numeric(600, 1)
+    y = pd.Series(np.select([X["a"] + X["b"] > 0.5, X["a"] - X["c"] > 0], ["x", "y"], "z"))
+    teacher = _unregularised_logreg(X).set_params(logisticregression__C=0.3).fit(X, y)
+    targets = teacher_targets(teacher, X, "classification", y=y, synthetic=2, seed=0)
+    student = fit_student(_unregularised_logreg(X), targets)
+    unseen = _numeric(200, 2)
+    assert list(student.classes_) == ["x", "y", "z"]
+    np.testing.assert_allclose(student.predict_proba(unseen), teacher.predict_proba(unseen), atol=2e-3)
+    hard = _unregularised_logreg(X).fit(X, y)  # the labels alone lead elsewhere
+    assert np.abs(hard.predict_proba(unseen) - teacher.predict_proba(unseen)).max() > 0.1
+
+
+def _noisy_labels_and_clean_teacher(teacher_is_right: bool) -> tuple[Targets, tuple[pd.DataFrame, pd.Series]]:
+    """Training labels flipped to 1 on half the plane; the teacher's probabilities the clean rule (or
+    its opposite); validation rows clean."""
+    X, held = _numeric(400, 3), _numeric(300, 4)
+    clean = (X["a"] > 0).astype(int)
+    labels = clean.where(~((X["b"] > 0) & (np.arange(len(X)) % 2 == 0)), 1)
+    p = 1 / (1 + np.exp(-6 * X["a"].to_numpy() * (1 if teacher_is_right else -1)))
+    targets = Targets(X, np.column_stack([1 - p, p]), labels, np.array([0, 1]))
+    return targets, (held, (held["a"] > 0).astype(int))
+
+
+@pytest.mark.parametrize("teacher_is_right, kept", [(True, "distilled"), (False, "hard-label")])
+def test_the_student_that_scores_better_on_validation_is_kept_and_both_scores_recorded(
+        teacher_is_right: bool, kept: str) -> None:
+    targets, validation = _noisy_labels_and_clean_teacher(teacher_is_right)
+    make = lambda: make_student("logreg", "classification", targets.X, 0, {})  # noqa: E731
+    student, info = tuned_student(make, targets, validation)
+    assert info["targets"] == kept
+    distilled, hard = tuple(info["validation"]), tuple(info["hard_label_validation"])
+    assert (distilled >= hard) == (kept == "distilled")
+    assert max(distilled, hard)[0] == pytest.approx((student.predict(validation[0]) == validation[1]).mean())
+    assert tuple(max(g["validation"] for g in info["grid"])) == distilled
+
+
+def test_without_a_validation_split_the_distilled_student_ships_untested() -> None:
+    targets, _ = _noisy_labels_and_clean_teacher(False)
+    _, info = tuned_student(lambda: make_student("logreg", "classification", targets.X, 0, {}), targets, None)
+    assert info["targets"] == "distilled" and "hard_label_validation" not in info and len(info["grid"]) == 1
+
+
+def test_the_manifest_records_which_student_was_kept_and_both_validation_scores(tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    mixed_frame(400).to_csv(data, index=False)
+    result = train_locally(data, "churn", tmp_path / "out", seed=3,
+                           extra_args=["--max-iter", "30", "--student", "logreg", "--augment", "1"])
+    info = json.loads((tmp_path / "out" / "work" / "student" / "student.json").read_text())
+    manifest = load_model(directory_reader(result["bundle"])).manifest
+    choice = manifest.metrics["validation_student"]
+    assert choice["distilled_kept"] == float(info["targets"] == "distilled")
+    assert choice["distilled_accuracy"] == pytest.approx(info["validation"][0])
+    assert choice["hard_label_accuracy"] == pytest.approx(info["hard_label_validation"][0])
+    assert (choice["distilled_accuracy"], -choice["distilled_log_loss"]) >= \
+        (choice["hard_label_accuracy"], -choice["hard_label_log_loss"]) or not choice["distilled_kept"]
+    assert manifest.lineage["student_targets"] == info["targets"]
 
 
 @pytest.mark.slow  # trains a teacher and tunes an MLP student on synthetic rows: tens of seconds when loaded
