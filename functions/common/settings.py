@@ -198,6 +198,8 @@ class DriftSettings(Settings):
     min_samples: int = Field(default=1000, ge=50,
                              description="fewer live rows than this: nothing is published (noise, not drift)")
     max_rows: int = Field(default=200_000, gt=0, description="rows read per run at most (memory stays bounded)")
+    per_feature_metrics: bool = Field(default=True, description="DriftPsi/DriftKs/NullRateDelta per feature as "
+                                      "metrics; false: only the maxima the alarms read (the log line keeps them)")
 
 
 class RollbackSettings(Settings):

@@ -4,8 +4,10 @@ Reads `capture/<model>/<version>/<hour>/` objects of the champion and canary (in
 whatever role answered them); a corrupt object is skipped and counted, never fatal. Below the minimum
 sample size nothing is published: a thin window is noise, and a missing datapoint leaves the alarms
 where they are. Otherwise one EMF record per feature (DriftPsi, DriftKs, NullRateDelta; dimensions
-model_name, feature), one per model (DriftPsiMax, DriftKsMax, PredictionPsi, DriftRows, CaptureObjectsCorrupt;
-model_name) and the canary's own PredictionPsi (model_name, model_role).
+model_name, feature) unless PER_FEATURE_METRICS is false, one per model (DriftPsiMax, DriftKsMax,
+PredictionPsi, DriftRows, CaptureObjectsCorrupt; model_name: what the alarms read) and the canary's own
+PredictionPsi (model_name, model_role). Per-feature metrics are most of the monitoring bill (one custom metric
+each); with them off the per-feature figures stay in the run's log line (`DriftReport.summary`).
 """
 
 from __future__ import annotations
@@ -81,7 +83,13 @@ class DriftReport:
                 "corrupt_objects": self.corrupt, "published": self.published, "reason": self.reason,
                 "psi_max": round(self.psi_max, 6), "ks_max": round(self.ks_max, 6),
                 "prediction_psi": None if self.prediction is None else round(self.prediction.psi, 6),
-                "skipped": self.skipped}
+                "features": {name: _figures(c) for name, c in self.features.items()}, "skipped": self.skipped}
+
+
+def _figures(comparison: Comparison) -> dict[str, float | None]:
+    """One feature's figures as the log line carries them (the per-feature metrics' values)."""
+    return {"psi": round(comparison.psi, 6), "ks": None if comparison.ks is None else round(comparison.ks, 6),
+            "null_rate_delta": round(comparison.null_rate_delta, 6)}
 
 
 # -- reading captures -------------------------------------------------------------------------------
@@ -240,8 +248,10 @@ def _record(dimensions: list[str], values: dict[str, Any], metrics: dict[str, fl
         **values, **metrics}
 
 
-def metric_records(report: DriftReport, timestamp_ms: int | None = None) -> list[dict[str, Any]]:
-    """The EMF records of a published report (none when it was not published)."""
+def metric_records(report: DriftReport, timestamp_ms: int | None = None, *,
+                   per_feature: bool = True) -> list[dict[str, Any]]:
+    """The EMF records of a published report (none when it was not published); without ``per_feature``,
+    only the model's and the canary's (the maxima and prediction PSI the alarms read)."""
     if not report.published:
         return []
     stamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
@@ -249,7 +259,7 @@ def metric_records(report: DriftReport, timestamp_ms: int | None = None) -> list
     records = [_record(FEATURE_DIMENSIONS, {**model, "feature": name},
                        {"DriftPsi": c.psi, **({"DriftKs": c.ks} if c.ks is not None else {}),
                         "NullRateDelta": c.null_rate_delta}, stamp)
-               for name, c in report.features.items()]
+               for name, c in report.features.items()] if per_feature else []
     summary = {"DriftPsiMax": report.psi_max, "DriftKsMax": report.ks_max, "DriftRows": float(report.rows),
                "CaptureObjectsCorrupt": float(report.corrupt)}
     if report.prediction is not None:
@@ -266,7 +276,7 @@ def run_drift(settings: DriftSettings, routing: Routing, s3: Any, now: dt.dateti
               on_corrupt: Callable[[str, str], None] | None = None) -> DriftReport:
     """Read the window, compare it with the champion's profile and publish (or say why not)."""
     report = measure_drift(settings, routing, s3, now, manifest_of, on_corrupt)
-    for record in metric_records(report, int(now.timestamp() * 1000)):
+    for record in metric_records(report, int(now.timestamp() * 1000), per_feature=settings.per_feature_metrics):
         emit_metric_record(record)
     return report
 

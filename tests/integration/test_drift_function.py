@@ -8,6 +8,7 @@ import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -186,6 +187,27 @@ def test_the_handler_follows_the_registry_champion(account: dict[str, Any], publ
     answer = handler.lambda_handler({"source": "aws.events"}, LambdaContext(function_name="slimserve-drift"))
     assert answer["published"] and answer["rows"] == 400 and answer["version"] == VERSION
     assert by_name(published)["DriftRows"] == 400
+
+
+def test_per_feature_metrics_off_publishes_only_what_the_alarms_read_and_logs_every_feature(
+        account: dict[str, Any], published: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    with_registry(account)
+    frame = mixed_frame(400)
+    frame["age"] = frame["age"] + 25
+    put_capture(account["s3"], records_of(account["model"], frame),
+                when=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+    handler = load_function("functions.drift.handler", "", **{**SETTINGS.to_env(), "PER_FEATURE_METRICS": "false"})
+    lines: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(handler, "logger", SimpleNamespace(info=lambda msg, extra: lines.append((msg, extra))))
+    answer = handler.lambda_handler({"source": "aws.events"}, LambdaContext(function_name="slimserve-drift"))
+    figures = by_name(published)
+    assert not [r for r in published if "feature" in r]  # no per-feature metric at all
+    assert figures["DriftPsiMax"] > DRIFT_PSI_MAX.threshold and figures["DriftKsMax"] > DRIFT_KS_MAX.threshold
+    assert figures["PredictionPsi"] > PREDICTION_PSI.threshold  # every alarm still has its signal
+    logged = json.loads(json.dumps(dict(lines)["drift run"]))  # the log line, as JSON carries it
+    assert set(logged["features"]) == set(FEATURES) == set(answer["features"])
+    assert logged["features"]["age"]["psi"] == pytest.approx(figures["DriftPsiMax"], abs=1e-6)
+    assert logged["features"]["plan"]["ks"] is None and logged["features"]["age"]["ks"] > DRIFT_KS_MAX.threshold
 
 
 def test_a_capture_line_without_a_row_is_corrupt() -> None:
