@@ -19,6 +19,7 @@ from cdk_nag import AwsSolutionsChecks
 from .constructs.batch_scoring import BatchScoringSettings
 from .constructs.release import ReleaseMachineSettings
 from .constructs.retraining import RetrainingSettings
+from .constructs.serving_http_api import JwtAuth
 from .constructs.training import Integration, TrainingSettings
 from .stacks.serving_stack import ServingStack, ServingStackProps
 
@@ -58,6 +59,39 @@ def _api(value: Any) -> Literal["rest", "http"]:
     raise ValueError(f"context {CTX}api must be 'rest' or 'http', got {value!r}")
 
 
+# JwtAuth's fields as context keys, so a refusal names the key the user set.
+JWT_CONTEXT = {"issuer": "jwtIssuer", "audience": "jwtAudience", "scopes": "jwtScopes",
+               "feedback_scopes": "jwtFeedbackScopes"}
+
+
+def _jwt_auth(ctx: Any, api: str) -> JwtAuth | None:
+    """`apiAuth=jwt` with its issuer, audience and optional scopes; `iam` (the default) reads none of them."""
+    auth = ctx("apiAuth", "iam")
+    if auth not in ("iam", "jwt"):
+        raise ValueError(f"context {CTX}apiAuth must be 'iam' or 'jwt', got {auth!r}")
+    if auth == "iam":
+        for key in JWT_CONTEXT.values():
+            if ctx(key) is not None:
+                raise ValueError(f"context {CTX}{key} is read only with {CTX}apiAuth=jwt (and {CTX}api=http)")
+        return None
+    if api != "http":
+        raise ValueError(f"context {CTX}apiAuth=jwt needs {CTX}api=http: the REST API authenticates with IAM")
+    for key, what in (("jwtIssuer", "the https:// URL of the token issuer"),
+                      ("jwtAudience", "the audiences (aud or client_id) a token may carry, comma-separated")):
+        if not _words(ctx(key)):
+            raise ValueError(f"context {CTX}apiAuth=jwt needs {CTX}{key}: {what}")
+    jwt = JwtAuth(issuer=str(ctx("jwtIssuer")).strip(), audience=_words(ctx("jwtAudience")),
+                  scopes=_words(ctx("jwtScopes")), feedback_scopes=_words(ctx("jwtFeedbackScopes")))
+    jwt.validate(lambda field: f"context {CTX}{JWT_CONTEXT[field]}")
+    return jwt
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    """A comma-separated context string (or a list, from cdk.json) as its non-empty, stripped items."""
+    items = value if isinstance(value, list) else str(value or "").split(",")
+    return tuple(s for s in (str(i).strip() for i in items) if s)
+
+
 def _integration(value: Any) -> Integration:
     if value == "sync" or value == "request":
         return value
@@ -82,10 +116,12 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None,
                              "champion; make one with `slimserve release`")
     layer = layer_dir or ctx("layerDir")
     parquet_layer = parquet_layer_dir or ctx("parquetLayerDir")
+    api = _api(ctx("api", defaults.api))
     return ServingStackProps(
         model_name=str(ctx("modelName", defaults.model_name)),
         api_key_required=_as_bool(ctx("apiKeyRequired", False), CTX + "apiKeyRequired"),
-        api=_api(ctx("api", defaults.api)),
+        api=api,
+        jwt_auth=_jwt_auth(ctx, api),
         architecture=_architecture(ctx("architecture", "x86_64")),
         layer_dir=Path(layer) if layer else defaults.layer_dir,
         parquet_layer_dir=Path(parquet_layer) if parquet_layer else defaults.parquet_layer_dir,

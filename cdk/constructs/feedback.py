@@ -114,9 +114,9 @@ class Feedback(Construct):
                                                   s3n.LambdaDestination(self.files_function),
                                                   s3.NotificationKeyFilter(prefix=FEEDBACK_PREFIX))
         # The function, not an alias: alias `live` is there for inference's CodeDeploy canary, which feedback lacks.
-        self.method = props.serving.add_iam_route("feedback", "POST", self.function,
-                                                  rate_limit=props.settings.throttle_rate_limit,
-                                                  burst_limit=props.settings.throttle_burst_limit)
+        self.method = props.serving.add_route("feedback", "POST", self.function,
+                                              rate_limit=props.settings.throttle_rate_limit,
+                                              burst_limit=props.settings.throttle_burst_limit)
         self.alarms = self._alarms()
         self._acknowledge_nag_findings()
         CfnOutput(self, "TableName", value=self.table.table_name, description="Labels posted back, one per id")

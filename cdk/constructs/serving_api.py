@@ -1,4 +1,4 @@
-"""ServingApi: the inference Lambda (alias `live`) behind an IAM-authenticated, throttled REST API (or HTTP API)."""
+"""ServingApi: the inference Lambda (alias `live`) behind an authenticated, throttled REST API (or HTTP API)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .checks import check_key_prefix, check_range, check_sha256
 from .function import FunctionProps, SlimserveFunction
 from .model_store import grant_put_capture
 from .nag import ack, checkov_skip
-from .serving_http_api import ServingHttpApi, ServingHttpApiProps
+from .serving_http_api import JwtAuth, ServingHttpApi, ServingHttpApiProps
 
 HANDLER = "functions.inference.handler.lambda_handler"
 
@@ -88,7 +88,9 @@ class ServingApiProps:
     """Request capture (off by default): the function may then PutObject under capture/<model>/ only."""
     api: Literal["rest", "http"] = "rest"
     """The front door: a REST API (gateway responses in the error shape, request validation, API keys) or the
-    cheaper HTTP API (same routes, IAM auth, throttling and access logs; its own errors keep its own body)."""
+    cheaper HTTP API (same routes, IAM or JWT auth, throttling and access logs; its own errors keep its own body)."""
+    jwt_auth: JwtAuth | None = None
+    """Bearer tokens (JWT) instead of IAM on every route of the HTTP API; None: IAM (SigV4)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad prop, before any resource is created."""
@@ -97,6 +99,10 @@ class ServingApiProps:
             raise ValueError(f"ServingApiProps.api must be 'rest' or 'http', got {self.api!r}")
         if self.api == "http" and self.api_key_required:
             raise ValueError("ServingApiProps.api_key_required needs api='rest': HTTP APIs have no API keys")
+        if self.jwt_auth is not None:
+            if self.api != "http":
+                raise ValueError("ServingApiProps.jwt_auth needs api='http': the REST API authenticates with IAM")
+            self.jwt_auth.validate(lambda field: f"{_OWNER}.jwt_auth.{field}")
         if self.model_prefix is not None:
             check_key_prefix(_OWNER, "model_prefix", self.model_prefix)
         elif not (self.model_name and self.registry_table is not None):
@@ -138,7 +144,8 @@ class ServingApi(Construct):
         if props.api == "http":
             self.http_api = ServingHttpApi(self, "HttpApi", ServingHttpApiProps(
                 alias=self.alias, throttle_rate_limit=props.throttle_rate_limit,
-                throttle_burst_limit=props.throttle_burst_limit, log_retention=props.log_retention))
+                throttle_burst_limit=props.throttle_burst_limit, log_retention=props.log_retention,
+                jwt=props.jwt_auth))
             self.api, url = self.http_api.api, self.http_api.url
         else:
             self.rest_api: apigw.RestApi = self._rest_api()
@@ -236,12 +243,12 @@ class ServingApi(Construct):
         self.rest_api.root.add_resource("health").add_method("GET", integration)
         self.rest_api.root.add_resource("openapi.json").add_method("GET", integration)
 
-    def add_iam_route(self, path: str, method: str, function: lambda_.IFunction, *, rate_limit: float,
-                      burst_limit: int) -> apigw.Method | list[apigwv2.HttpRoute]:
-        """Another function's route on this API: its own resource, so IAM policies allow it apart from /predict,
-        IAM-authenticated, and throttled on its own (a stage method setting) below the stage's limits."""
+    def add_route(self, path: str, method: str, function: lambda_.IFunction, *, rate_limit: float,
+                  burst_limit: int) -> apigw.Method | list[apigwv2.HttpRoute]:
+        """Another function's route on this API: its own resource, so IAM policies (or JWT scopes) allow it apart
+        from /predict, authenticated as every route is, and throttled on its own below the stage's limits."""
         if self.http_api is not None:
-            return self.http_api.add_iam_route(path, method, function, rate_limit=rate_limit, burst_limit=burst_limit)
+            return self.http_api.add_route(path, method, function, rate_limit=rate_limit, burst_limit=burst_limit)
         added = self.rest_api.root.add_resource(path).add_method(
             method, apigw.LambdaIntegration(function, proxy=True), authorization_type=apigw.AuthorizationType.IAM)
         stage = self.rest_api.deployment_stage.node.default_child

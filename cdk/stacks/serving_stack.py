@@ -30,6 +30,7 @@ from ..constructs.monitoring import Monitoring
 from ..constructs.release import Release, ReleaseMachineSettings, ReleaseProps
 from ..constructs.retraining import Retraining, RetrainingProps, RetrainingSettings
 from ..constructs.serving_api import CaptureProps, ServingApi, ServingApiProps
+from ..constructs.serving_http_api import JwtAuth
 from ..constructs.training import Training, TrainingProps, TrainingSettings
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -42,6 +43,8 @@ class ServingStackProps:
     api_key_required: bool = False
     api: Literal["rest", "http"] = "rest"
     """The front door (`-c slimserve:api=http`): the REST API, or the cheaper HTTP API without API keys."""
+    jwt_auth: JwtAuth | None = None
+    """JWT instead of IAM on the HTTP API's routes (`-c slimserve:apiAuth=jwt`); None: IAM."""
     capture: CaptureProps = field(default_factory=CaptureProps)
     """Request capture to the model bucket's capture/ (off by default); its expiry is `model_store`'s."""
     architecture: lambda_.Architecture = field(default_factory=lambda: lambda_.Architecture.X86_64)
@@ -97,6 +100,7 @@ class ServingStack(Stack):
             architecture=props.architecture,
             capture=props.capture,
             api=props.api,
+            jwt_auth=props.jwt_auth,
         ))
         # Prediction ids, POST /feedback and the review queue join the serving function and its API.
         self.feedback = Feedback(self, "Feedback", FeedbackProps(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synth_helpers import BATCH_CONTEXT, MODEL_CONTEXT, Synth, synthesize
+from synth_helpers import BATCH_CONTEXT, HTTP_CONTEXT, JWT_CONTEXT, MODEL_CONTEXT, Synth, synthesize
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +59,15 @@ def api_key_synth(synth_once: Callable[..., Synth]) -> Synth:
 def batch_synth(synth_once: Callable[..., Synth]) -> Synth:
     """The default app with batch scoring switched on (the one extra CDK context key)."""
     return synth_once(**BATCH_CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def http_synth(synth_once: Callable[..., Synth]) -> Synth:
+    """The app behind the HTTP API (`-c slimserve:api=http`), IAM on every route."""
+    return synth_once(**HTTP_CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def jwt_synth(synth_once: Callable[..., Synth]) -> Synth:
+    """The app behind the HTTP API with JWT auth (`-c slimserve:apiAuth=jwt`, issuer, audiences, a labels scope)."""
+    return synth_once(**JWT_CONTEXT)

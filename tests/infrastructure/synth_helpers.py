@@ -28,6 +28,12 @@ from pipeline.local.stack import machine_definition as stack_machine_definition 
 MODEL_CONTEXT = {"slimserve:modelName": "churn", "slimserve:batchScoring": "false"}
 MODEL_PREFIX = "models/churn/7/"  # one version's bundle prefix, as the registry names it
 BATCH_CONTEXT = {**MODEL_CONTEXT, "slimserve:batchScoring": "true"}
+# The HTTP API front door, with IAM (its default) and with JWT auth (scoped labels on POST /feedback).
+HTTP_CONTEXT = {**MODEL_CONTEXT, "slimserve:api": "http"}
+JWT_ISSUER = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Example"
+JWT_CONTEXT = {**HTTP_CONTEXT, "slimserve:apiAuth": "jwt", "slimserve:jwtIssuer": JWT_ISSUER,
+               "slimserve:jwtAudience": "slimserve-client,slimserve-batch",
+               "slimserve:jwtFeedbackScopes": "labels/write"}
 
 
 @dataclass(frozen=True)

@@ -114,20 +114,34 @@ EXPECTED_ACKNOWLEDGEMENTS = {
 }
 
 
-@pytest.mark.parametrize("variant", ["default_synth", "api_key_synth"])
+@pytest.mark.parametrize("variant", ["default_synth", "api_key_synth", "http_synth", "jwt_synth"])
 def test_no_unacknowledged_findings(variant: str, request: pytest.FixtureRequest) -> None:
     synth: Synth = request.getfixturevalue(variant)
     assert synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(violations(synth))
     assert violations(synth) == []
 
 
-def test_acknowledgements_are_the_reviewed_set_each_with_a_one_line_reason(default_synth: Synth) -> None:
+def acknowledged(synth: Synth) -> dict[str, set[str]]:
+    """The acknowledged rule ids per construct path (below the stack), each checked for its one-line reason."""
     found: dict[str, set[str]] = {}
-    for key, reason in default_synth.acknowledgements().items():
+    for key, reason in synth.acknowledgements().items():
         path, rule = key.split(" ", 1)
         assert reason.strip() and "\n" not in reason, f"{key} needs a one-line reason"
         found.setdefault(path.removeprefix(f"/{STACK_ID}"), set()).add(rule.removeprefix("Annotation::"))
-    assert found == EXPECTED_ACKNOWLEDGEMENTS
+    return found
+
+
+def test_acknowledgements_are_the_reviewed_set_each_with_a_one_line_reason(default_synth: Synth) -> None:
+    assert acknowledged(default_synth) == EXPECTED_ACKNOWLEDGEMENTS
+
+
+@pytest.mark.parametrize("variant", ["http_synth", "jwt_synth"])
+def test_the_http_api_acknowledges_nothing_of_its_own(variant: str, request: pytest.FixtureRequest) -> None:
+    """The HTTP API (IAM or JWT) needs no acknowledgement: the REST API's go with it, nothing new comes."""
+    rest_api_only = {path: rules for path, rules in EXPECTED_ACKNOWLEDGEMENTS.items()
+                     if path.startswith("/Serving/RestApi/")}
+    expected = {path: rules for path, rules in EXPECTED_ACKNOWLEDGEMENTS.items() if path not in rest_api_only}
+    assert acknowledged(request.getfixturevalue(variant)) == expected
 
 
 def test_a_new_finding_fails_synth(tmp_path: Path, layer_dir: Path) -> None:

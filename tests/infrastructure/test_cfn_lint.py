@@ -15,7 +15,7 @@ ALLOWED = {"W3005"}
 # I4010 asks for optional architecture-context metadata.
 
 
-@pytest.mark.parametrize("variant", ["default_synth", "api_key_synth"])
+@pytest.mark.parametrize("variant", ["default_synth", "api_key_synth", "http_synth", "jwt_synth"])
 def test_template_has_no_errors_or_warnings(variant: str, request: pytest.FixtureRequest) -> None:
     synth: Synth = request.getfixturevalue(variant)
     templates = sorted(synth.outdir.glob("*.template.json"))

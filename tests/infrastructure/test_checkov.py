@@ -27,7 +27,8 @@ from functions.common.settings import ValidationSettings
 
 pytestmark = pytest.mark.slow  # full synths, then checkov (~3 s a template)
 
-VARIANTS = {"default": "default_synth", "api_key": "api_key_synth", "batch": "batch_synth"}
+VARIANTS = {"default": "default_synth", "api_key": "api_key_synth", "batch": "batch_synth", "http": "http_synth",
+            "jwt": "jwt_synth"}
 NO_COMMENT = "No comment provided"  # what checkov reports for a Metadata skip without a comment
 
 # The kinds of finding the stack accepts, each justified beside the resource that carries it. A new kind

@@ -1,35 +1,27 @@
-"""`-c slimserve:api=http`: the same routes behind the cheaper HTTP API, IAM-authenticated, throttled, logged,
-invoking alias `live` with payload format 1.0; no REST API is left in the stack."""
+"""`-c slimserve:api=http`: the same routes behind the cheaper HTTP API, authenticated (IAM, or JWT with
+`-c slimserve:apiAuth=jwt`), throttled, logged, invoking alias `live` with payload format 1.0; no REST API is left
+in the stack. cdk-nag, cfn-lint, checkov and the logical ids check both variants with the others."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_s3 as s3
-from cfnlint.api import lint_all
-from synth_helpers import MODEL_CONTEXT, Synth, build_app, violations
-from test_cfn_lint import ALLOWED as CFN_LINT_ALLOWED
-from test_checkov import ACCEPTED, checkov, scan, skips_without_reason  # noqa: F401  (checkov: a fixture)
+from synth_helpers import HTTP_CONTEXT, JWT_CONTEXT, JWT_ISSUER, Synth, build_app
 
 from cdk.app import stack_props_from_context
 from cdk.constructs.layers import Layers, LayersProps
 from cdk.constructs.serving_api import ServingApi, ServingApiProps
+from cdk.constructs.serving_http_api import JwtAuth
 
-pytestmark = pytest.mark.slow  # a full synth with the rule pack
+pytestmark = pytest.mark.slow  # full synths with the rule pack
 
-HTTP_CONTEXT = {**MODEL_CONTEXT, "slimserve:api": "http"}
 INFERENCE_ROUTES = {"POST /predict", "GET /health", "GET /openapi.json"}
-
-
-@pytest.fixture(scope="module")
-def http_synth(synth_once: Callable[..., Synth]) -> Synth:
-    return synth_once(**HTTP_CONTEXT)
 
 
 def routes(synth: Synth) -> dict[str, dict[str, Any]]:
@@ -107,29 +99,102 @@ def test_the_dashboard_draws_the_http_api_metrics(http_synth: Synth) -> None:
     assert '\\"ApiId\\"' in body and '\\"5xx\\"' in body and "5XXError" not in body
 
 
-def test_cdk_nag_reports_nothing(http_synth: Synth) -> None:
-    assert http_synth.nag_error is None, "cdk-nag findings:\n" + "\n".join(violations(http_synth))
-    assert violations(http_synth) == []
+# --- JWT auth (`-c slimserve:apiAuth=jwt`) ------------------------------------------------------------------------
+
+def test_with_jwt_every_route_checks_the_token_of_the_configured_issuer_and_audiences(jwt_synth: Synth) -> None:
+    authorizer_id, authorizer = jwt_synth.one("AWS::ApiGatewayV2::Authorizer")
+    assert authorizer["Properties"]["AuthorizerType"] == "JWT"
+    assert authorizer["Properties"]["IdentitySource"] == ["$request.header.Authorization"]
+    assert authorizer["Properties"]["JwtConfiguration"] == {"Issuer": JWT_ISSUER,
+                                                            "Audience": ["slimserve-client", "slimserve-batch"]}
+    found = routes(jwt_synth)
+    assert set(found) == INFERENCE_ROUTES | {"POST /feedback"}
+    assert {key: (r["AuthorizationType"], r["AuthorizerId"]) for key, r in found.items()} == dict.fromkeys(
+        found, ("JWT", {"Ref": authorizer_id}))
 
 
-def test_cfn_lint_and_checkov_find_nothing_unaccepted(http_synth: Synth, checkov: Path) -> None:  # noqa: F811
-    template = next(http_synth.outdir.glob("*.template.json"))
-    assert [m.rule.id for m in lint_all(template.read_text())
-            if m.rule.id[0] in "EW" and m.rule.id not in CFN_LINT_ALLOWED] == []
-    results = scan(checkov, template)
-    assert [f"{f['check_id']} {f['resource']}" for f in results["failed_checks"]] == []
-    assert skips_without_reason(results) == []
-    assert {s["check_id"] for s in results.get("skipped_checks", [])} <= set(ACCEPTED)
+def test_with_jwt_only_a_token_with_the_labels_scope_may_post_feedback(jwt_synth: Synth) -> None:
+    found = routes(jwt_synth)
+    assert found["POST /feedback"]["AuthorizationScopes"] == ["labels/write"]
+    assert [key for key in INFERENCE_ROUTES if "AuthorizationScopes" in found[key]] == []  # any valid token
 
 
-def test_props_refuse_an_api_key_on_the_http_api(layer_dir: Path) -> None:
+def test_switching_to_jwt_keeps_every_resource_and_so_the_url(http_synth: Synth, jwt_synth: Synth) -> None:
+    """IAM -> JWT adds the authorizer and replaces nothing: the API, its routes and stage keep their ids."""
+    iam, jwt = set(http_synth.template["Resources"]), set(jwt_synth.template["Resources"])
+    authorizer_id, _ = jwt_synth.one("AWS::ApiGatewayV2::Authorizer")
+    assert {k for k in iam ^ jwt if "CurrentVersion" not in k} == {authorizer_id}  # versions follow the code
+
+
+def test_access_logs_name_the_token_subject_and_the_authorizer_error(jwt_synth: Synth) -> None:
+    _, stage = jwt_synth.one("AWS::ApiGatewayV2::Stage")
+    log_format = json.loads(stage["Properties"]["AccessLogSettings"]["Format"])
+    assert log_format["subject"] == "$context.authorizer.claims.sub"
+    assert log_format["authorizerError"] == "$context.authorizer.error"
+
+
+@pytest.fixture
+def api_props(layer_dir: Path) -> tuple[Stack, ServingApiProps]:
     stack = Stack(App(), "PropsTest")
     layer = Layers(stack, "Layers", LayersProps(runtime_dir=layer_dir)).runtime
-    props = ServingApiProps(model_bucket=s3.Bucket(stack, "Models"), layer=layer, model_prefix="models/m/1/")
+    return stack, ServingApiProps(model_bucket=s3.Bucket(stack, "Models"), layer=layer, model_prefix="models/m/1/")
+
+
+def test_props_refuse_an_api_key_on_the_http_api(api_props: tuple[Stack, ServingApiProps]) -> None:
+    stack, props = api_props
     with pytest.raises(ValueError, match=r"api_key_required needs api='rest': HTTP APIs have no API keys"):
         ServingApi(stack, "Serving", dataclasses.replace(props, api="http", api_key_required=True))
     with pytest.raises(ValueError, match=r"ServingApiProps.api must be 'rest' or 'http', got 'grpc'"):
         ServingApi(stack, "Other", dataclasses.replace(props, api="grpc"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("jwt", "api", "message"), [
+    (JwtAuth(JWT_ISSUER, ("client",)), "rest", r"ServingApiProps.jwt_auth needs api='http'"),
+    (JwtAuth("http://issuer.example.com", ("client",)), "http",
+     r"ServingApiProps.jwt_auth.issuer must be an https:// URL \(the token issuer\), got 'http://issuer"),
+    (JwtAuth("https://", ("client",)), "http", r"jwt_auth.issuer must be an https:// URL"),
+    (JwtAuth(JWT_ISSUER, ()), "http", r"ServingApiProps.jwt_auth.audience needs one or more audiences"),
+    (JwtAuth(JWT_ISSUER, ("a b",)), "http", r"jwt_auth.audience needs one or more audiences"),
+    (JwtAuth(JWT_ISSUER, ("client",), feedback_scopes=("labels write",)), "http",
+     r"ServingApiProps.jwt_auth.feedback_scopes: a scope is one word of printable characters, got 'labels write'"),
+])
+def test_props_refuse_jwt_auth_that_cannot_work(api_props: tuple[Stack, ServingApiProps], jwt: JwtAuth,
+                                                api: Any, message: str) -> None:
+    stack, props = api_props
+    with pytest.raises(ValueError, match=message):
+        ServingApi(stack, "Serving", dataclasses.replace(props, api=api, jwt_auth=jwt))
+
+
+def test_jwt_context_is_read(layer_dir: Path) -> None:
+    props = stack_props_from_context(App(context={**JWT_CONTEXT, "slimserve:jwtScopes": " slimserve/predict ,"}),
+                                     layer_dir)
+    assert props.jwt_auth == JwtAuth(JWT_ISSUER, ("slimserve-client", "slimserve-batch"),
+                                     scopes=("slimserve/predict",), feedback_scopes=("labels/write",))
+    assert stack_props_from_context(App(context=HTTP_CONTEXT), layer_dir).jwt_auth is None  # IAM by default
+    listed = {**JWT_CONTEXT, "slimserve:jwtAudience": ["a", "b"]}  # cdk.json may hold a list
+    assert stack_props_from_context(App(context=listed), layer_dir).jwt_auth.audience == ("a", "b")  # type: ignore
+
+
+@pytest.mark.parametrize(("context", "message"), [
+    ({**JWT_CONTEXT, "slimserve:api": "rest"}, r"context slimserve:apiAuth=jwt needs slimserve:api=http: the "
+                                               r"REST API authenticates with IAM"),
+    ({k: v for k, v in JWT_CONTEXT.items() if k != "slimserve:jwtIssuer"},
+     r"context slimserve:apiAuth=jwt needs slimserve:jwtIssuer: the https:// URL of the token issuer"),
+    ({**JWT_CONTEXT, "slimserve:jwtAudience": " , "}, r"context slimserve:apiAuth=jwt needs slimserve:jwtAudience"),
+    ({**JWT_CONTEXT, "slimserve:jwtIssuer": "http://issuer.example.com"},
+     r"context slimserve:jwtIssuer must be an https:// URL \(the token issuer\), got 'http://issuer.example.com'"),
+    ({**JWT_CONTEXT, "slimserve:jwtScopes": "read write,x"}, r"context slimserve:jwtScopes: a scope is one word"),
+    ({**JWT_CONTEXT, "slimserve:apiAuth": "cognito"}, r"context slimserve:apiAuth must be 'iam' or 'jwt', "
+                                                      r"got 'cognito'"),
+    ({**HTTP_CONTEXT, "slimserve:jwtIssuer": JWT_ISSUER},
+     r"context slimserve:jwtIssuer is read only with slimserve:apiAuth=jwt"),
+    ({**HTTP_CONTEXT, "slimserve:apiAuth": "iam", "slimserve:jwtAudience": "a"},
+     r"context slimserve:jwtAudience is read only with slimserve:apiAuth=jwt"),
+])
+def test_jwt_context_that_cannot_work_is_refused_by_name(layer_dir: Path, context: dict[str, str],
+                                                         message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        stack_props_from_context(App(context=context), layer_dir)
 
 
 def test_context_api_is_read_and_checked(tmp_path: Path, layer_dir: Path) -> None:

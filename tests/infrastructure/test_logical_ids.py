@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from synth_helpers import Synth
 
-pytestmark = pytest.mark.slow  # full synths of three variants
+pytestmark = pytest.mark.slow  # full synths of five variants
 
 COMMITTED = Path(__file__).with_name("logical_ids.json")
 STATEFUL_TYPES = ("AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::Logs::LogGroup",
                   "AWS::StepFunctions::StateMachine")
-VARIANTS = {"default": "default_synth", "api_key": "api_key_synth", "batch": "batch_synth"}
+VARIANTS = {"default": "default_synth", "api_key": "api_key_synth", "batch": "batch_synth", "http": "http_synth",
+            "jwt": "jwt_synth"}
 
 
 def test_committed_list_covers_every_stateful_type_and_variant() -> None:
