@@ -17,6 +17,7 @@ from aws_cdk import aws_lambda as lambda_
 from cdk_nag import AwsSolutionsChecks
 
 from .constructs.batch_scoring import BatchScoringSettings
+from .constructs.drift import DriftMonitorSettings
 from .constructs.release import ReleaseMachineSettings
 from .constructs.retraining import RetrainingSettings
 from .constructs.serving_http_api import JwtAuth
@@ -130,6 +131,9 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None,
         training=TrainingSettings(integration=_integration(ctx("trainingIntegration", "sync"))),
         release=_release(ctx),
         retraining=_retraining(ctx),
+        # Off: the drift function publishes only the maxima its alarms read (per-feature figures stay in its log).
+        drift=DriftMonitorSettings(per_feature_metrics=_as_bool(ctx("driftPerFeatureMetrics", True),
+                                                                CTX + "driftPerFeatureMetrics")),
     )
 
 

@@ -121,3 +121,19 @@ def live_accuracy_spec(threshold: float = LIVE_ACCURACY_THRESHOLD) -> AlarmSpec:
 def live_mae_spec(threshold: float) -> AlarmSpec:
     """The hourly average absolute error of labelled regressor rows above ``threshold``."""
     return AlarmSpec(SERVING_NAMESPACE, "LiveMae", "model_name", "Average", period_seconds=3600, threshold=threshold)
+
+
+# Shadow, on the serving function's per-request shadow records (dimension model_name; `functions.common.shadow`):
+# they notify and act on nothing (a shadow is never served, so there is nothing to roll back). No shadow
+# configured: no data, not a breach.
+SHADOW_ERRORS = AlarmSpec(SERVING_NAMESPACE, "ShadowErrors", "model_name", "Sum", period_seconds=300)
+"""Any shadow failure in five minutes: its bundle would not load, a row its schema refused, its model raised."""
+SHADOW_AGREEMENT_THRESHOLD = 0.8
+
+
+def shadow_agreement_spec(threshold: float = SHADOW_AGREEMENT_THRESHOLD) -> AlarmSpec:
+    """The hourly average agreement of a classifier shadow with the served answer below ``threshold``."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"the shadow agreement threshold is a share in (0, 1], got {threshold}")
+    return AlarmSpec(SERVING_NAMESPACE, "ShadowAgreement", "model_name", "Average", period_seconds=3600,
+                     threshold=threshold, comparison="LessThanThreshold")

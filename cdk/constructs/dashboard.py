@@ -5,8 +5,10 @@ input drift (the maxima, then per feature); prediction drift; live accuracy; sha
 batch rows rejected and every dead-letter queue's depth; Lambda throttles and the API's 4xx/5xx.
 
 Per-feature widgets are SEARCH expressions over the drift metrics' `feature` dimension: the stack serves
-whatever bundle the registry names, so no feature name is known at synth time. Shadow figures are per model
-(`functions.common.shadow`): empty until the routing item names a shadow.
+whatever bundle the registry names, so no feature name is known at synth time. With per-feature metrics off
+(`slimserve:driftPerFeatureMetrics=false`) a text widget says where those figures are instead. Shadow figures
+are per model (`functions.common.shadow`): empty until the routing item names a shadow; the row ends with
+the state of its alarms. Batch figures are selected by model (`model_name`), like every other row.
 """
 
 from __future__ import annotations
@@ -20,11 +22,20 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from .alarms import DRIFT_PERIOD_SECONDS, DRIFT_SPECS, MODEL_ROLES, SERVING_NAMESPACE, role_errors, role_latency
+from .alarms import (
+    DRIFT_PERIOD_SECONDS,
+    DRIFT_SPECS,
+    MODEL_ROLES,
+    SERVING_NAMESPACE,
+    AlarmSpec,
+    role_errors,
+    role_latency,
+)
 
 WIDTH = 24  # the dashboard grid's width
 MINUTE, FIVE_MINUTES, HOUR = Duration.minutes(1), Duration.minutes(5), Duration.seconds(DRIFT_PERIOD_SECONDS)
 BATCH_SERVICE = "slimserve-batch"  # the batch functions' Powertools service: their metrics' `service` dimension
+BATCH_DIMENSIONS = "model_name,model_version,service"  # one dimension set (`functions.batch.handler.bind`)
 # Metric names the dashboard draws (the test reads the body for each).
 ROLE_METRICS = ("Requests", "Errors4xx", "Errors5xx", "ModelLatency")
 DRIFT_FEATURE_METRICS = ("DriftPsi", "DriftKs", "NullRateDelta")
@@ -47,6 +58,10 @@ class DashboardProps:
     """Drawn as a line on the live accuracy graph when the stack alarms on it."""
     http_api: bool = False
     """The front door is an HTTP API: its metrics are keyed by ApiId and named 4xx/5xx."""
+    drift_per_feature: bool = True
+    """The drift function publishes per-feature metrics; False: the row says where those figures are instead."""
+    shadow_alarms: Sequence[tuple[AlarmSpec, cloudwatch.IAlarm]] = ()
+    """The model's shadow alarms with their specs: their thresholds and states are drawn in the shadow row."""
 
     def validate(self) -> None:
         if not self.model_name:
@@ -136,13 +151,19 @@ class _Rows:
 
     def input_drift(self) -> list[cloudwatch.IWidget]:
         psi, ks = DRIFT_SPECS["psi"], DRIFT_SPECS["ks"]
-        return [
-            graph("Input drift: largest PSI and KS", [self.model_metric(s.metric_name, "Maximum", HOUR)
-                                                      for s in (psi, ks)], width=6,
-                  lines=[annotation(psi.threshold, "PSI alarm"), annotation(ks.threshold, "KS alarm")]),
-            *[graph(f"{name} per feature", [self.feature_search(name)], width=6)
-              for name in DRIFT_FEATURE_METRICS],
-        ]
+        maxima = graph("Input drift: largest PSI and KS", [self.model_metric(s.metric_name, "Maximum", HOUR)
+                                                           for s in (psi, ks)], width=6,
+                       lines=[annotation(psi.threshold, "PSI alarm"), annotation(ks.threshold, "KS alarm")])
+        if not self.props.drift_per_feature:
+            return [maxima, cloudwatch.TextWidget(width=WIDTH - 6, height=6, markdown=(
+                "### Input drift per feature: not published as metrics\n"
+                "This stack publishes only the maxima the drift alarms read (`slimserve:driftPerFeatureMetrics="
+                "false`, one custom metric less per feature and statistic). Each hourly run still logs every "
+                "feature's PSI, KS and null-rate change in its `drift run` log line (field `features`), and "
+                f"`slimserve monitor --model {self.model} --aws` prints them with a histogram of profile against "
+                "live values."))]
+        return [maxima, *[graph(f"{name} per feature", [self.feature_search(name)], width=6)
+                          for name in DRIFT_FEATURE_METRICS]]
 
     def prediction_drift(self) -> list[cloudwatch.IWidget]:
         spec = DRIFT_SPECS["prediction"]
@@ -166,14 +187,23 @@ class _Rows:
         ]
 
     def shadow(self) -> list[cloudwatch.IWidget]:
-        return [
-            graph("Shadow agreement with the served answer", [self.model_metric("ShadowAgreement", "Average")],
-                  width=8),
-            graph("Shadow score difference", [self.model_metric("ShadowScoreDiff", "Average")], width=8),
+        alarms = self.props.shadow_alarms
+        width = WIDTH // (4 if alarms else 3)
+        below = [annotation(spec.threshold, "alarm below") for spec, _ in alarms
+                 if spec.metric_name == "ShadowAgreement"]
+        widgets: list[cloudwatch.IWidget] = [
+            graph("Shadow agreement with the served answer",
+                  [self.model_metric("ShadowAgreement", "Average", HOUR if below else FIVE_MINUTES)],
+                  width=width, lines=below),
+            graph("Shadow score difference", [self.model_metric("ShadowScoreDiff", "Average")], width=width),
             graph("Shadow requests, errors and p99 latency (ms, right)",
-                  [self.model_metric("ShadowRequests"), self.model_metric("ShadowErrors")], width=8,
+                  [self.model_metric("ShadowRequests"), self.model_metric("ShadowErrors")], width=width,
                   right=[self.model_metric("ShadowLatency", "p99", label="ShadowLatency p99")]),
         ]
+        if alarms:  # they notify the alarm topic only: a shadow is never served, nothing is rolled back
+            widgets.append(cloudwatch.AlarmStatusWidget(title="Shadow alarms (notify only)", width=width, height=6,
+                                                        alarms=[alarm for _, alarm in alarms]))
+        return widgets
 
     def capture(self) -> list[cloudwatch.IWidget]:
         return [
@@ -189,7 +219,7 @@ class _Rows:
         widgets: list[cloudwatch.IWidget] = []
         if self.props.batch:
             widgets.append(graph("Batch: rows scored and rejected", [
-                self.search("model_version,service", f'MetricName="{name}" service="{BATCH_SERVICE}"', "Sum",
+                self.search(BATCH_DIMENSIONS, f'MetricName="{name}" model_name="{self.model}"', "Sum",
                             FIVE_MINUTES, name) for name in ("RowsScored", "RowsRejected")], width=12))
         widgets.append(graph("Dead-letter queues: messages waiting", [
             queue.metric_approximate_number_of_messages_visible(statistic="Maximum", period=FIVE_MINUTES,

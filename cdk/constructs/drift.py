@@ -57,6 +57,10 @@ class DriftMonitorSettings:
     min_samples: int = 1000
     """Fewer captured rows in the window: nothing published (at 1000, unshifted traffic never alarmed in 200 seeds)."""
     max_rows: int = 200_000
+    per_feature_metrics: bool = True
+    """DriftPsi, DriftKs and NullRateDelta per feature as custom metrics (`slimserve:driftPerFeatureMetrics`):
+    one metric each, most of the monitoring bill. False: only the maxima and prediction PSI the alarms read
+    are published; the per-feature figures stay in the run's log line and `slimserve monitor`."""
     memory_size: int = 1024
     timeout_seconds: int = 300
     log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH
@@ -100,7 +104,7 @@ class Drift(Construct):
             settings=DriftSettings(registry_table=props.table.table_name, model_name=props.model_name,
                                    model_bucket=props.model_store.bucket.bucket_name,
                                    window_hours=settings.window_hours, min_samples=settings.min_samples,
-                                   max_rows=settings.max_rows),
+                                   max_rows=settings.max_rows, per_feature_metrics=settings.per_feature_metrics),
             layers=[props.layer],
             memory_size=settings.memory_size,
             timeout_seconds=settings.timeout_seconds,
@@ -110,6 +114,7 @@ class Drift(Construct):
             dead_letter_queue=self.dead_letters,  # EventBridge invokes it asynchronously
         ))
         self._grant()
+        props.monitoring.drift_per_feature = settings.per_feature_metrics  # the dashboard draws them, or says where
         self.schedule_rule = events.Rule(
             self, "ScheduleRule", description=f"Drift of {props.model_name} every {settings.every_minutes} min",
             schedule=events.Schedule.rate(Duration.minutes(settings.every_minutes)),

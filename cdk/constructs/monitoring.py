@@ -40,9 +40,12 @@ from .alarms import (
     MODEL_ROLES,
     RUNS_FAILED,
     RUNS_TIMED_OUT,
+    SHADOW_AGREEMENT_THRESHOLD,
+    SHADOW_ERRORS,
     AlarmSpec,
     role_errors,
     role_latency,
+    shadow_agreement_spec,
 )
 from .dashboard import DashboardProps, model_dashboard
 from .function import SlimserveFunction
@@ -62,6 +65,10 @@ class Monitoring(Construct):
         """Every alarm made, by construct id, with the spec it was made from."""
         self.dead_letter_queues: dict[str, sqs.IQueue] = {}
         """Every dead-letter queue an alarm watches, by construct path: the dashboard draws their depth."""
+        self.drift_per_feature = True
+        """Whether the drift function publishes per-feature metrics (its construct says): drawn, or said where."""
+        self.shadow_alarms: list[tuple[AlarmSpec, cloudwatch.Alarm]] = []
+        """The model's shadow alarms with their specs (`shadow`): the dashboard's shadow row shows them."""
         self.topic = self._topic()
         self._notify = actions.SnsAction(self.topic)
         CfnOutput(self, "AlarmTopicArn", value=self.topic.topic_arn,
@@ -145,6 +152,22 @@ class Monitoring(Construct):
                     alarm_name=f"{model_alarm_prefix(model_name, role)}{metric}")
         return alarms
 
+    def shadow(self, owner: Construct, model_name: str,
+               agreement_below: float = SHADOW_AGREEMENT_THRESHOLD) -> list[cloudwatch.Alarm]:
+        """A shadow's errors (any in five minutes) and its hourly agreement with the served answer (below
+        ``agreement_below``): they notify the topic and nothing else; their generated names match no rule,
+        so a shadow never rolls anything back or starts a retraining."""
+        agreement = shadow_agreement_spec(agreement_below)
+        self.shadow_alarms = [
+            (SHADOW_ERRORS, self.alarm(owner, "ShadowErrorsAlarm", SHADOW_ERRORS, model_name,
+                                       f"The shadow of {model_name} failed (its warning log lines say why); its "
+                                       "answers are never served")),
+            (agreement, self.alarm(owner, "ShadowAgreementAlarm", agreement, model_name,
+                                   f"The shadow of {model_name} agreed with the served answer on less than "
+                                   f"{agreement.threshold:.0%} of rows over an hour")),
+        ]
+        return [alarm for _, alarm in self.shadow_alarms]
+
     def alias(self, owner: Construct, function: lambda_.IFunction, alias: lambda_.IAlias) -> list[cloudwatch.Alarm]:
         """Errors, throttles and p99 duration of one alias: what a code release watches."""
         resource = f"{function.function_name}:{alias.alias_name}"
@@ -174,7 +197,8 @@ class Monitoring(Construct):
             api_stage="$default" if isinstance(api, apigwv2.HttpApi) else api.deployment_stage.stage_name,
             http_api=isinstance(api, apigwv2.HttpApi), functions=list(functions.values()),
             dead_letter_queues=list(self.dead_letter_queues.values()), batch=batch,
-            live_accuracy_threshold=live_accuracy_threshold))
+            live_accuracy_threshold=live_accuracy_threshold, drift_per_feature=self.drift_per_feature,
+            shadow_alarms=list(self.shadow_alarms)))
 
 
 def _api_name(api: apigw.RestApi | apigwv2.HttpApi) -> str:

@@ -116,6 +116,8 @@ class ServingStack(Stack):
         self.role_alarms = self.monitoring.model_roles(self.serving, props.model_name)
         self.alias_alarms = self.monitoring.alias(self.serving, self.serving.function, self.serving.alias)
         self.api_alarm = self.monitoring.api_errors(self.serving, self.serving.api)
+        # A shadow's errors and agreement: they notify only (a shadow is never served, nothing rolls back).
+        self.shadow_alarms = self.monitoring.shadow(self.serving, props.model_name)
         # Code reaches alias `live` by canary, under the alias alarms and the model's release lock.
         self.code_release = CodeRelease(self, "CodeRelease", CodeReleaseProps(
             alias=self.serving.alias,

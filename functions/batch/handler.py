@@ -41,9 +41,13 @@ _bound_version: list[str] = []  # the version logs and metrics carry now
 
 
 def bind(model: Model) -> None:
-    """Logs and metrics carry the version that scores; bound again only when it changes."""
+    """Logs and metrics carry the version that scores; bound again only when it changes. Metrics carry the
+    model's name too, in the same one dimension set (service, model_version, model_name): the dashboard
+    selects a model's batch figures by it, as it does serving's."""
     if _bound_version != [model.version]:
         rt.bind_model(model)
+        metrics.set_default_dimensions(model_name=settings.model_name or model.manifest.name,
+                                       model_version=model.version)
         _bound_version[:] = [model.version]
 
 

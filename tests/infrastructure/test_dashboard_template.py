@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from synth_helpers import Synth, resource_id
+from synth_helpers import MODEL_CONTEXT, Synth, function_by_handler, resource_id
 
-from cdk.constructs.dashboard import BATCH_SERVICE
+from cdk.app import STACK_ID
+from cdk.constructs.alarms import SHADOW_AGREEMENT_THRESHOLD
+from cdk.constructs.dashboard import BATCH_DIMENSIONS, BATCH_SERVICE
+from cdk.constructs.drift import HANDLER as DRIFT_HANDLER
 from functions.common.capture import Capture
 from functions.common.routing import emit_request_metrics
 from functions.common.settings import BatchSettings
@@ -131,6 +135,76 @@ def test_drift_per_feature_is_a_search_over_the_feature_dimension(default_synth:
             f"'Maximum', 3600)") in expressions
 
 
+@pytest.fixture(scope="module")
+def quiet_drift_synth(synth_once: Callable[..., Synth]) -> Synth:
+    """The default app with per-feature drift metrics off (`-c slimserve:driftPerFeatureMetrics=false`)."""
+    return synth_once(**MODEL_CONTEXT, **{"slimserve:driftPerFeatureMetrics": "false"})
+
+
+def test_per_feature_drift_off_draws_the_maxima_and_says_where_the_features_are(quiet_drift_synth: Synth) -> None:
+    metrics, expressions = drawn(quiet_drift_synth)
+    assert not any("model_name,feature" in e for e in expressions)  # nothing searched that is never published
+    assert {"DriftPsiMax", "DriftKsMax", "PredictionPsi"} <= {name for _, name, _, _ in metrics}
+    texts = [w["properties"]["markdown"] for w in dashboard_body(quiet_drift_synth)["widgets"] if w["type"] == "text"]
+    assert any("per feature: not published" in t and "`drift run` log line" in t and "slimserve monitor" in t
+               for t in texts)
+
+
+def test_per_feature_drift_off_reaches_the_function_and_keeps_every_drift_alarm(default_synth: Synth,
+                                                                                quiet_drift_synth: Synth) -> None:
+    def setting(synth: Synth) -> str:
+        return str(function_by_handler(synth, DRIFT_HANDLER)[1]["Environment"]["Variables"]["PER_FEATURE_METRICS"])
+    assert (setting(default_synth), setting(quiet_drift_synth)) == ("true", "false")
+
+    def drift_alarms(synth: Synth) -> list[tuple[str, str, float]]:
+        return sorted((a["Properties"]["MetricName"], a["Properties"]["Statistic"], a["Properties"]["Threshold"])
+                      for a in synth.resources("AWS::CloudWatch::Alarm").values()
+                      if a["Properties"].get("MetricName") in ("DriftPsiMax", "DriftKsMax", "PredictionPsi"))
+    assert len(drift_alarms(quiet_drift_synth)) == 3 and drift_alarms(quiet_drift_synth) == drift_alarms(default_synth)
+    assert len(quiet_drift_synth.resources("AWS::CloudWatch::CompositeAlarm")) == len(
+        default_synth.resources("AWS::CloudWatch::CompositeAlarm"))
+
+
+def shadow_alarms(synth: Synth) -> dict[str, dict[str, Any]]:
+    return {k: a["Properties"] for k, a in synth.resources("AWS::CloudWatch::Alarm").items()
+            if a["Properties"].get("MetricName", "").startswith("Shadow")}
+
+
+def test_shadow_errors_and_agreement_alarm_per_model_and_notify_the_alarm_topic(default_synth: Synth) -> None:
+    alarms = {a["MetricName"]: a for a in shadow_alarms(default_synth).values()}
+    assert set(alarms) == {"ShadowErrors", "ShadowAgreement"}
+    for metric, alarm in alarms.items():
+        assert (metric, ("model_name",)) in published(handler_records())  # what a shadowed request writes
+        assert alarm["Namespace"] == "Slimserve" and alarm["Dimensions"] == [{"Name": "model_name", "Value": MODEL}]
+        assert alarm["AlarmActions"] == [{"Ref": alarm_topic(default_synth)}]
+        assert alarm["TreatMissingData"] == "notBreaching"  # no shadow configured: no data, no alarm
+    errors, agreement = alarms["ShadowErrors"], alarms["ShadowAgreement"]
+    assert (errors["Statistic"], errors["Threshold"], errors["ComparisonOperator"]) == (
+        "Sum", 0, "GreaterThanThreshold")
+    assert (agreement["Statistic"], agreement["Threshold"], agreement["ComparisonOperator"], agreement["Period"]) == (
+        "Average", SHADOW_AGREEMENT_THRESHOLD, "LessThanThreshold", 3600)
+
+
+def test_shadow_alarms_start_nothing(default_synth: Synth) -> None:
+    """Generated names: the rollback rule (`slimserve-<model>-champion-`) and the retraining rule
+    (`slimserve-<model>-drift-`) match alarm names, so a shadow alarm can never roll back or retrain."""
+    alarms = shadow_alarms(default_synth)
+    assert all("AlarmName" not in alarm for alarm in alarms.values())  # CloudFormation names it <stack>-<id>-<hash>
+    patterns = [r["Properties"].get("EventPattern", {}) for r in default_synth.resources("AWS::Events::Rule").values()]
+    prefixes = [p["prefix"] for pattern in patterns for p in pattern.get("detail", {}).get("alarmName", [])]
+    assert prefixes and all(p.startswith(f"slimserve-{MODEL}-") for p in prefixes)
+    assert not [p for p in prefixes for k in alarms if f"{STACK_ID}-{k}-1A2B3C".startswith(p)]
+
+
+def test_the_shadow_row_shows_its_alarms_and_the_agreement_threshold(default_synth: Synth) -> None:
+    widgets = dashboard_body(default_synth)["widgets"]
+    (status,) = [w for w in widgets if w["type"] == "alarm"]
+    assert {token(a) if isinstance(a, dict) else a for a in status["properties"]["alarms"]} >= {
+        f"<{k}>" for k in shadow_alarms(default_synth)}
+    (agreement,) = [w for w in widgets if w["properties"].get("title") == "Shadow agreement with the served answer"]
+    assert agreement["properties"]["annotations"]["horizontal"][0]["value"] == SHADOW_AGREEMENT_THRESHOLD
+
+
 def capture_records() -> list[dict[str, Any]]:
     """The capture's own EMF records: one flush that is written, one whose PUT fails."""
     records: list[dict[str, Any]] = []
@@ -170,10 +244,13 @@ def test_every_dead_letter_queue_an_alarm_watches_is_drawn(batch_synth: Synth) -
     assert {token(json.loads(q)) for q in watched} == drawn_queues
 
 
-def test_batch_rows_rejected_are_drawn_only_with_batch_scoring(default_synth: Synth, batch_synth: Synth) -> None:
-    assert BatchSettings.service == BATCH_SERVICE  # the dimension value the batch function's metrics carry
-    search = f"MetricName=\"RowsRejected\" service=\"{BATCH_SERVICE}\""
-    assert any(search in e for e in drawn(batch_synth)[1])
+def test_batch_rows_rejected_are_drawn_by_model_only_with_batch_scoring(default_synth: Synth,
+                                                                       batch_synth: Synth) -> None:
+    assert BatchSettings.service == BATCH_SERVICE  # the batch function's metrics carry it beside the model
+    # The dimension set the batch function writes (tests/integration/test_batch_lambda.py reads it back).
+    assert sorted(BATCH_DIMENSIONS.split(",")) == ["model_name", "model_version", "service"]
+    search = f"SEARCH('{{Slimserve,{BATCH_DIMENSIONS}}} MetricName=\"RowsRejected\" model_name=\"{MODEL}\"'"
+    assert any(e.startswith(search) for e in drawn(batch_synth)[1])
     assert not any("RowsRejected" in e for e in drawn(default_synth)[1])
 
 

@@ -171,3 +171,16 @@ def test_a_message_that_keeps_failing_ends_in_the_dlq(aws: dict[str, Any]) -> No
     assert not aws["sqs"].receive_message(QueueUrl=aws["queue_url"]).get("Messages")
     parked = aws["sqs"].receive_message(QueueUrl=aws["dlq_url"]).get("Messages", [])
     assert [m["Body"] for m in parked] == ["not an S3 event"]
+
+
+def test_batch_metrics_carry_the_model_name_in_one_dimension_set(aws: dict[str, Any],
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    module = batch_function(aws)
+    capsys.readouterr()
+    upload_and_deliver(aws, module, "incoming/named.csv", messy_csv())
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"RowsRejected"' in line]
+    assert [(r["RowsScored"], r["RowsRejected"]) for r in records] == [([38.0], [2.0])]
+    (directive,) = records[0]["_aws"]["CloudWatchMetrics"]
+    (dimensions,) = directive["Dimensions"]  # one set: every metric is one custom metric, not two
+    assert sorted(dimensions) == ["model_name", "model_version", "service"]  # the dashboard's SEARCH schema
+    assert (records[0]["model_name"], records[0]["model_version"]) == ("cancer", "v1")
