@@ -1,4 +1,4 @@
-"""Feedback Lambda: POST /feedback {"prediction_id", "label"} (API Gateway, IAM-authorised on its own
+"""Feedback Lambda: POST /feedback {"prediction_id", "label"} (API Gateway, IAM- or JWT-authorised on its own
 resource) and feedback files under S3 feedback/ (`files_handler`, an S3 notification).
 
 Thin by design: parse, call `Feedback.record`, answer in the project's one error shape.
@@ -70,8 +70,12 @@ def _shape_error(exc: ValidationError) -> SlimserveError:
 
 
 def _caller() -> str:
-    """Who labels: the IAM identity API Gateway authenticated (never a value the body claims)."""
-    identity = app.current_event.request_context.identity
+    """Who labels: the identity API Gateway authenticated, a JWT's `<iss>#<sub>` or the IAM caller (never a value
+    the body claims)."""
+    context = app.current_event.request_context
+    claims, identity = context.authorizer.claims, context.identity
+    if claims.get("sub"):
+        return f"{claims.get('iss', '')}#{claims['sub']}"
     return identity.user_arn or identity.caller or identity.account_id or "unknown"
 
 

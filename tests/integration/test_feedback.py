@@ -18,6 +18,7 @@ from pipeline.local.apigw import LambdaContext, proxy_event
 from pipeline.local.emulation import MODEL_BUCKET, REGION, emulated_account, upload_bundle
 from pipeline.local.server import load_function, load_inference_handler
 from tests.conftest import breast_cancer
+from tests.integration.http_api_events import IAM_USER_ARN, http_api_event, jwt_claims
 
 KEY_HEX = "5e" * 32
 TABLE = "slimserve-feedback-test"
@@ -97,6 +98,20 @@ def test_a_label_is_stored_once_with_the_callers_identity(account: dict[str, Any
     assert len(items) == 1
     assert items[0]["label"] == {"S": "1"} and items[0]["caller"] == {"S": CALLER}
     assert int(items[0]["expires_at"]["N"]) > int(items[0]["labelled_at"]["N"])
+
+
+def test_a_label_through_the_http_api_names_who_the_gateway_let_in(account: dict[str, Any],
+                                                                    rf_bundle: Path) -> None:
+    """`-c slimserve:api=http`: the IAM caller's ARN, or a JWT's `<iss>#<sub>` (no IAM identity comes with one)."""
+    inference, feedback = serve(account, rf_bundle)
+    pids = predict(inference, rows_of(inference, 2))["prediction_ids"]
+    claims = jwt_claims(subject="labeller-7")
+    for pid, token_claims in zip(pids, (None, claims), strict=True):
+        event = http_api_event("POST", "/feedback", json.dumps({"prediction_id": pid, "label": 1}),
+                               jwt_claims=token_claims)
+        assert feedback.lambda_handler(event, LambdaContext())["statusCode"] == 201
+    callers = {item["prediction_id"]["S"]: item["caller"]["S"] for item in stored_items(account)}
+    assert callers == {pids[0]: IAM_USER_ARN, pids[1]: f"{claims['iss']}#labeller-7"}
 
 
 def _tampered(pid: str) -> str:

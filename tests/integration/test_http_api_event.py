@@ -1,5 +1,5 @@
 """The HTTP API's payload format 1.0 event is answered exactly as the REST API's proxy event: one handler
-serves both front doors (`-c slimserve:api=http`)."""
+serves both front doors (`-c slimserve:api=http`), whether IAM or a JWT authorizer let the caller in."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from pipeline.local.apigw import LambdaContext, proxy_event
 from pipeline.local.emulation import REGION, emulated_account, upload_bundle
 from pipeline.local.server import load_inference_handler
+from tests.integration.http_api_events import http_api_event, jwt_claims
 
 ROW = {"age": 41, "plan": "pro", "income": 52_000.0, "region": "north"}
 
@@ -30,18 +31,6 @@ def handler(s3: Any, mixed_bundle: Path) -> ModuleType:
     return load_inference_handler(upload_bundle(s3, mixed_bundle), MAX_ROWS="50")
 
 
-def http_api_event(method: str, path: str, body: str | None = None) -> dict[str, Any]:
-    """What an HTTP API sends with payload format 1.0: the REST shape, but `version`, the `$default` stage, the
-    route key as resourceId, a path without the stage, and the IAM caller in identity."""
-    event: dict[str, Any] = proxy_event(method, path, body, {"Content-Type": "application/json"})
-    context = event["requestContext"]
-    context.update(stage="$default", path=path, resourceId=f"{method} {path}", domainPrefix="abc123",
-                   domainName="abc123.execute-api.eu-west-1.amazonaws.com")
-    context["identity"].update(caller="AIDAEXAMPLE", user="AIDAEXAMPLE", accessKey="AKIAEXAMPLE",
-                               userArn="arn:aws:iam::123456789012:user/caller", accountId="123456789012")
-    return {"version": "1.0", **event}
-
-
 def answer(module: ModuleType, event: dict[str, Any]) -> tuple[int, Any]:
     result = module.lambda_handler(event, LambdaContext())
     return result["statusCode"], json.loads(result["body"])
@@ -54,10 +43,13 @@ def answer(module: ModuleType, event: dict[str, Any]) -> tuple[int, Any]:
     ("GET", "/health", None, 200),
     ("DELETE", "/predict", None, 405),
 ])
+@pytest.mark.parametrize("auth", ["iam", "jwt"])
 def test_a_payload_1_0_event_gets_the_rest_answer(handler: ModuleType, method: str, path: str,
-                                                  body: str | None, status: int) -> None:
+                                                  body: str | None, status: int, auth: str) -> None:
+    """With JWT the event carries claims and no IAM identity at all: the handler reads neither."""
     rest_status, rest_body = answer(handler, proxy_event(method, path, body, {"Content-Type": "application/json"}))
-    http_status, http_body = answer(handler, http_api_event(method, path, body))
+    http_status, http_body = answer(handler, http_api_event(method, path, body,
+                                                            jwt_claims=jwt_claims() if auth == "jwt" else None))
     assert http_status == rest_status == status
     if isinstance(rest_body, dict):  # request ids differ per event; everything else is the same answer
         for shaped in (rest_body, http_body):
