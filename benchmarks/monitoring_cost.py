@@ -4,7 +4,8 @@ Measured here: the real inference ``lambda_handler`` answers one-row API Gateway
 capture at 100% (its PUTs kept in memory); every line it prints is read back: the EMF bytes per request, the
 capture's gzip bytes per row and per flush. The drift function's hourly EMF records for the bundle's
 features and the feedback function's record and DynamoDB item per label are built by their own code.
-Then the monthly bill at the stated traffic, with us-east-1 list prices (below, as of writing).
+Then the monthly bill at the stated traffic, with us-east-1 list prices (below, as of writing), with the
+drift function's per-feature metrics on (the default) and off (`-c slimserve:driftPerFeatureMetrics=false`).
 
 Run: .venv/bin/python benchmarks/monitoring_cost.py [--requests N] [--monthly M] [--capture-rate R]
      [--labelled L] [--environments E] [--alarms A]
@@ -49,7 +50,7 @@ def main() -> int:
     parser.add_argument("--capture-rate", type=float, default=0.1, help="CAPTURE_SAMPLE_RATE")
     parser.add_argument("--labelled", type=float, default=0.01, help="share of predictions labelled back")
     parser.add_argument("--environments", type=int, default=2, help="warm inference environments on average")
-    parser.add_argument("--alarms", type=int, default=27,
+    parser.add_argument("--alarms", type=int, default=29,
                         help="standard alarms of the stack (the default synth's; batch scoring adds 4)")
     args = parser.parse_args()
     sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
@@ -58,8 +59,8 @@ def main() -> int:
                        "POWERTOOLS_LOG_LEVEL": "WARNING"})
     os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
     served = measure_serving(args.requests)
-    drift, label = measure_drift(served["manifest"]), measure_label()
-    report(args, served, drift, label)
+    drift = {on: measure_drift(served["manifest"], per_feature=on) for on in (True, False)}
+    report(args, served, drift, measure_label())
     return 0
 
 
@@ -103,7 +104,7 @@ def demo_bundle(work: Path) -> tuple[Path, list[dict[str, Any]]]:
     return bundle, json.loads(holdout.to_json(orient="records"))
 
 
-def measure_drift(manifest: Any) -> list[dict[str, Any]]:
+def measure_drift(manifest: Any, per_feature: bool) -> list[dict[str, Any]]:
     from functions.drift.service import DriftReport, metric_records
     from functions.drift.stats import Comparison
 
@@ -118,7 +119,7 @@ def measure_drift(manifest: Any) -> list[dict[str, Any]]:
     report = DriftReport(model=manifest.name, version=manifest.version, rows=12345, objects=100, corrupt=0,
                          published=True, reason="", features=features, skipped={}, prediction=prediction,
                          canary_prediction=prediction)
-    return metric_records(report, timestamp_ms=1_700_000_000_000)
+    return metric_records(report, timestamp_ms=1_700_000_000_000, per_feature=per_feature)
 
 
 def measure_label() -> dict[str, Any]:
@@ -157,7 +158,7 @@ def emf_bytes(record: dict[str, Any]) -> int:
     return len(json.dumps(record, separators=(",", ":")).encode()) + 1 + LOG_EVENT_OVERHEAD
 
 
-def report(args: argparse.Namespace, served: dict[str, Any], drift: list[dict[str, Any]],
+def report(args: argparse.Namespace, served: dict[str, Any], drift: dict[bool, list[dict[str, Any]]],
            label: dict[str, Any]) -> None:
     from cdk.constructs.alarms import DRIFT_SPECS
 
@@ -166,7 +167,7 @@ def report(args: argparse.Namespace, served: dict[str, Any], drift: list[dict[st
     rows_per_put = max(r["CaptureRowsWritten"] for r in capture)  # a full flush (the last one holds the rest)
     gzip_per_row = sum(len(b) for b in served["puts"]) / served["captured_rows"]
     capture_emf = sum(emf_bytes(r) for r in capture) / len(capture)
-    drift_run = sum(emf_bytes(r) for r in drift)
+    drift_runs = {on: sum(emf_bytes(r) for r in records) for on, records in drift.items()}
     label_emf = emf_bytes(label["record"])
     manifest = served["manifest"]
     print(f"measured: {len(serving)} one-row requests through the inference handler ({len(manifest.features)} "
@@ -176,7 +177,8 @@ def report(args: argparse.Namespace, served: dict[str, Any], drift: list[dict[st
           f"other lines per request: {served['other_lines'] / len(serving):.3f}")
     print(f"  capture: {gzip_per_row:.1f} gzip bytes per row, one PUT per {rows_per_put:.0f} rows, "
           f"{capture_emf:.0f} EMF bytes per flush")
-    print(f"  drift run: {len(drift)} EMF records, {drift_run} bytes; label: {label_emf} EMF bytes, "
+    print(f"  drift run: {len(drift[True])} EMF records, {drift_runs[True]} bytes ({len(drift[False])} records, "
+          f"{drift_runs[False]} bytes with per-feature metrics off); label: {label_emf} EMF bytes, "
           f"DynamoDB item about {label['item_bytes']} bytes")
 
     # Custom metrics: both roles serving all month, one version each, plus drift, capture and labels.
@@ -184,10 +186,32 @@ def report(args: argparse.Namespace, served: dict[str, Any], drift: list[dict[st
     role_records = [as_role(r, "champion", version) for r in serving[:1]] + [
         as_role(r, "canary", version + "-canary") for r in serving[:1]]
     label_records = [label["record"], {**label["record"], "model_version": "canary"}]
-    groups = {"serving (2 roles)": metric_identities(role_records), "drift": metric_identities(drift),
-              "capture (4 once a flush fails)": metric_identities(capture), "labels": metric_identities(label_records)}
-    metrics = sum(len(g) for g in groups.values())
+    others = {"capture (4 once a flush fails)": metric_identities(capture), "labels": metric_identities(label_records)}
+    bills = {}
+    for on, records in drift.items():
+        groups = {"serving (2 roles)": metric_identities(role_records), "drift": metric_identities(records), **others}
+        bills[on] = bill(args, groups, per_request, rows_per_put, gzip_per_row, capture_emf, drift_runs[on],
+                         label, label_emf)
+    print(f"\nAt {args.monthly / 1e6:g} M one-row requests a month ({args.monthly / SECONDS_PER_MONTH:.2f}/s), one "
+          f"model, champion and canary, {len(manifest.features)} features, {len(DRIFT_SPECS)} drift signals:\n")
+    print("| Item | Quantity x price | $ / month |\n|---|---|---:|")
+    for item, quantity, cost in bills[True]:
+        print(f"| {item} | {quantity} | {cost:.2f} |")
+    print(f"| **Total** | | **{sum(c for _, _, c in bills[True]):.2f}** |")
+    changed = [(line, cost) for line, (_, _, cost) in zip(bills[False], bills[True], strict=True)
+               if round(line[2], 2) != round(cost, 2)]
+    for (item, quantity, cost), before in changed:
+        saved = round(cost, 2) - round(before, 2)
+        print(f"| {item}, per-feature drift metrics off | {quantity} | {cost:.2f} ({saved:+.2f}) |")
+    print(f"| **Total, per-feature drift metrics off** (`-c slimserve:driftPerFeatureMetrics=false`) | | "
+          f"**{sum(c for _, _, c in bills[False]):.2f}** |")
 
+
+def bill(args: argparse.Namespace, groups: dict[str, set[Any]], per_request: float,
+         rows_per_put: float, gzip_per_row: float, capture_emf: float, drift_run: int, label: dict[str, Any],
+         label_emf: int) -> list[tuple[str, str, float]]:
+    """The month's items: (item, quantity x price, dollars)."""
+    metrics = sum(len(g) for g in groups.values())
     monthly, rate = args.monthly, args.capture_rate
     requests_per_second = monthly / SECONDS_PER_MONTH
     rows = monthly * rate
@@ -204,7 +228,7 @@ def report(args: argparse.Namespace, served: dict[str, Any], drift: list[dict[st
     emf_gb = (monthly * per_request + puts * capture_emf + DRIFT_RUNS * drift_run + labels * label_emf) / 1e9
     alarms, composites = args.alarms, 1  # the drift alarm is the one composite
 
-    lines = [
+    return [
         ("Custom metrics", f"{metrics} ({', '.join(f'{k} {len(v)}' for k, v in groups.items())}) x $0.30",
          metrics * METRIC_MONTH),
         ("Alarms", f"{alarms} standard x $0.10 + {composites} composite x $0.50",
@@ -225,12 +249,6 @@ def report(args: argparse.Namespace, served: dict[str, Any], drift: list[dict[st
         ("Feedback table storage", f"{label_gb:.3f} GB x ($0.25 + $0.20 PITR) (a year of labels)",
          label_gb * (DDB_GB_MONTH + PITR_GB_MONTH)),
     ]
-    print(f"\nAt {monthly / 1e6:g} M one-row requests a month ({requests_per_second:.2f}/s), one model, champion and "
-          f"canary, {len(manifest.features)} features, {len(DRIFT_SPECS)} drift signals:\n")
-    print("| Item | Quantity x price | $ / month |\n|---|---|---:|")
-    for item, quantity, cost in lines:
-        print(f"| {item} | {quantity} | {cost:.2f} |")
-    print(f"| **Total** | | **{sum(c for _, _, c in lines):.2f}** |")
 
 
 if __name__ == "__main__":
