@@ -1,6 +1,6 @@
 """Alarms in the emulated account: moto stores metrics but never evaluates alarms, nor puts the
 "CloudWatch Alarm State Change" event. This evaluator reads the handlers' metrics with the stack's own
-AlarmSpecs (serving roles, drift signals, live accuracy), evaluates the drift composite as the stack defines
+AlarmSpecs (serving roles, drift signals, live accuracy, shadow), evaluates the drift composite as the stack defines
 it (any signal in ALARM), keeps each alarm's state in moto's CloudWatch (``describe_alarms`` shows it), and
 on a change of state puts that event into a local router that matches the stack's EventBridge rules (moto's
 own pattern matching) and calls their targets.
@@ -22,10 +22,12 @@ from typing import Any
 from cdk.constructs.alarms import (
     DRIFT_SPECS,
     MODEL_ROLES,
+    SHADOW_ERRORS,
     AlarmSpec,
     live_accuracy_spec,
     role_errors,
     role_latency,
+    shadow_agreement_spec,
 )
 
 Target = Callable[[dict[str, Any]], Any]
@@ -94,9 +96,16 @@ def feedback_alarms(model: str) -> dict[str, AlarmSpec]:
     return {f"slimserve-{model}-live-accuracy": live_accuracy_spec()}
 
 
+def shadow_alarms(model: str) -> dict[str, AlarmSpec]:
+    """The shadow's alarms at the stack's defaults (their names on AWS are CloudFormation's): no rule hears
+    them, so they change state in CloudWatch and start nothing."""
+    return {f"slimserve-{model}-shadow-errors": SHADOW_ERRORS,
+            f"slimserve-{model}-shadow-agreement": shadow_agreement_spec()}
+
+
 def metric_alarms(model: str) -> dict[str, AlarmSpec]:
     """Every metric alarm of one model the evaluator judges, by name."""
-    return {**model_alarms(model), **drift_signal_alarms(model), **feedback_alarms(model)}
+    return {**model_alarms(model), **drift_signal_alarms(model), **feedback_alarms(model), **shadow_alarms(model)}
 
 
 def next_state(spec: AlarmSpec, values: list[float | None], current: str) -> str:

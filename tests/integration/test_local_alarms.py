@@ -15,6 +15,7 @@ from cdk.constructs.alarms import DRIFT_PSI_MAX, LIVE_ACCURACY_THRESHOLD, PREDIC
 from pipeline.local.alarms import (
     AlarmEvaluator,
     LocalRouter,
+    champion_rule_pattern,
     drift_alarm_name,
     drift_rule_pattern,
     drift_signal_alarms,
@@ -141,3 +142,22 @@ def test_labels_that_disagree_raise_the_live_accuracy_alarm(cloudwatch: Any, eva
     assert f"0.3] LessThan {LIVE_ACCURACY_THRESHOLD:g}" in events[0]["detail"]["state"]["reason"]
     assert evaluator.router.delivered == [] and states(cloudwatch)[name] == "ALARM"
     assert changes(evaluator.evaluate(T0 + 2 * HOUR)) == [(name, "OK")]  # an hour without labels is no breach
+
+
+def test_a_failing_or_disagreeing_shadow_raises_its_alarms_and_starts_nothing(cloudwatch: Any) -> None:
+    router = LocalRouter()  # both rules a state change can start something through
+    router.add_rule("ChampionAlarmRule", champion_rule_pattern(MODEL), lambda event: event["detail"]["alarmName"])
+    router.add_rule("DriftAlarmRule", drift_rule_pattern(MODEL), lambda event: event["detail"]["alarmName"])
+    evaluator = AlarmEvaluator(cloudwatch, router, MODEL)
+    for i, (agreement, errors) in enumerate([(1.0, 0.0)] * 4):  # as the forwarder sends them: the shadow's version
+        put(cloudwatch, "ShadowAgreement", agreement, T0 + dt.timedelta(seconds=i), model_version="v2")
+        put(cloudwatch, "ShadowErrors", errors, T0 + dt.timedelta(seconds=i), model_version="v2")
+    assert evaluator.evaluate(T0 + dt.timedelta(minutes=1)) == []
+    put(cloudwatch, "ShadowErrors", 1.0, T0 + dt.timedelta(minutes=1), model_version="v2")
+    for i in range(12):  # 4 agreeing then 12 not: 0.25 of requests, below the threshold
+        put(cloudwatch, "ShadowAgreement", 0.0, T0 + dt.timedelta(minutes=1, seconds=i), model_version="v2")
+    events = evaluator.evaluate(T0 + dt.timedelta(minutes=2))
+    assert changes(events) == [(f"slimserve-{MODEL}-shadow-errors", "ALARM"),
+                               (f"slimserve-{MODEL}-shadow-agreement", "ALARM")]
+    assert router.delivered == []  # no rollback, no retraining
+    assert states(cloudwatch)[f"slimserve-{MODEL}-shadow-errors"] == "ALARM"
