@@ -235,7 +235,7 @@ def score_chunk(model: Model, chunk: Chunk) -> ChunkResult:
         rejected.update(model.schema.matrix_problems(chunk.numbers))
         keep = np.ones(len(chunk), dtype=bool)
         keep[list(rejected)] = False
-        good = np.flatnonzero(keep)
+        good = np.flatnonzero(keep) if rejected else np.arange(len(chunk))
         feeds = model.schema.feeds_from_matrix(chunk.numbers if len(good) == len(chunk) else chunk.numbers[good])
     else:
         rejected = {i: e for i, e in enumerate(chunk.errors) if e is not None}

@@ -204,8 +204,13 @@ class Model:
 def first_max(proba: np.ndarray) -> np.ndarray:
     """Row-wise argmax where near-ties go to the first class, matching scikit-learn's argmax on
     exact ties even when float32 rounding in ONNX nudges one side up."""
-    top = proba.max(axis=1, keepdims=True)
-    return np.argmax(proba >= top - TIE_TOLERANCE, axis=1)
+    if 0 < proba.shape[1] <= 16:  # column by column: numpy's row-wise max over a few columns is 20x slower
+        top = proba[:, 0]
+        for j in range(1, proba.shape[1]):
+            top = np.maximum(top, proba[:, j])
+    else:
+        top = proba.max(axis=1)
+    return np.argmax(proba >= (top - TIE_TOLERANCE)[:, None], axis=1)
 
 
 def first_max_row(row: list[float]) -> int:

@@ -34,7 +34,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD_CHARS = 1 << 20  # a longer record is a rejected row, never held whole in memory
 CHUNK_CHARS = 16 << 20  # a chunk ends here whatever its row count: wide rows keep memory bounded too
 ECHO_CHARS = 1024  # of an oversized or unreadable record, echoed into the rejected rows
-READ_BYTES = 1 << 20  # read from the (decompressed) stream at a time
+READ_BYTES = 4 << 20  # read from the (decompressed) stream at a time: past the 1 MiB buffer, read into place
 PLAIN_BYTES = MAX_RECORD_CHARS  # a plain block (no line in it oversized) is at most this long
 CHECKED_LINES = 64  # around a row the block parser refuses, this many lines at most are read row by row
 NO_MARKERS: tuple[str, ...] = ("",)  # an empty text cell is missing; a bundle's missing_markers add to it
@@ -123,13 +123,18 @@ class _Raw(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
-        self._read += len(data)
+        into = getattr(self._stream, "readinto", None)
+        if into is not None:  # a file: straight into place, one copy fewer
+            size = into(buffer) or 0
+        else:
+            data = self._stream.read(len(buffer))
+            size = len(data)
+            buffer[:size] = data
+        self._read += size
         if self._limit is not None and self._read > self._limit:
             raise WholeFileRejected(f"file's content is over the limit of {self._limit} bytes once decompressed",
                                     code="file_too_large")
-        buffer[: len(data)] = data
-        return len(data)
+        return size
 
 
 class _TooLong(Exception):
@@ -193,17 +198,19 @@ class Lines:
             quotes += rest.count('"')
         return Line(self.number, text[:ECHO_CHARS], oversized=True, skipped_quotes=quotes)
 
-    def plain_block(self) -> bytes | None:
-        """The next whole lines that need no closer look, as one block of bytes, without reading past
-        them (:meth:`consume` does): ASCII, no quote, \\n or \\r\\n endings, at most PLAIN_BYTES long (so
-        none is oversized). None when the very next line needs a closer look (or the file has ended).
-        A blank line is left for the parser to refuse."""
-        if self._available(PLAIN_BYTES) == 0:
+    def plain_block(self, limit: int | None = None) -> memoryview | None:
+        """The next whole lines that need no closer look, as a view of the bytes read, without reading past
+        them (:meth:`consume` does): ASCII, no quote, \\n or \\r\\n endings, at most ``limit`` long
+        (PLAIN_BYTES, so none is oversized; past it, the caller looks for an oversized line). None when
+        the very next line needs a closer look (or the file has ended). A blank line is left for the
+        parser to refuse."""
+        limit = PLAIN_BYTES if limit is None else limit
+        if self._available(limit) == 0:
             return None
         buf, pos = self._buf, self._pos
-        stop = _first_trouble(buf, pos, min(len(buf), pos + PLAIN_BYTES))
+        stop = _first_trouble(buf, pos, min(len(buf), pos + limit))
         cut = buf.rfind(b"\n", pos, stop) + 1
-        return buf[pos:cut] if cut > pos else None
+        return memoryview(buf)[pos:cut] if cut > pos else None
 
     def consume(self, size: int, lines: int) -> None:
         """Read past the first ``size`` bytes of the last plain block, ``lines`` lines."""
@@ -281,7 +288,7 @@ def _first_trouble(buf: bytes, pos: int, stop: int) -> int:
     return stop
 
 
-def line_ends(block: bytes) -> np.ndarray:
+def line_ends(block: bytes | memoryview) -> np.ndarray:
     """Where each line of ``block`` ends: the index of its \\n."""
     return np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
 
@@ -355,6 +362,7 @@ class CsvReader:
         self._positions = [self.header.index(n) for n in names]
         self._all_numeric = all(f.type == "number" for f in features)
         self._numeric_markers = any(_is_number(m) for m in self._missing)
+        self._line_bytes: float | None = None  # of the last plain chunk, to size the next one's window
 
     def chunks(self, rows: int) -> Iterator[Chunk]:
         while True:
@@ -366,37 +374,47 @@ class CsvReader:
             yield chunk
 
     def _plain_chunk(self, rows: int) -> Chunk | None:
-        """Plain stretches of lines, each parsed as one block; None when the next line needs a closer look."""
+        """A plain stretch of up to ``rows`` lines, cut once and parsed in blocks of at most PLAIN_BYTES
+        (a cache-sized piece parses fastest); None when the next line needs a closer look."""
         lines = self._lines
-        first = lines.number + 1
-        blocks: list[bytes] = []
+        run = lines.plain_block(self._window(rows))
+        if run is None:
+            return None
+        ends = line_ends(run)[:rows]
+        oversized = np.flatnonzero(np.diff(ends, prepend=-1) > MAX_RECORD_CHARS)
+        if len(oversized):  # read line by line from there, so that it is named
+            ends = ends[: int(oversized[0])]
+            if not len(ends):
+                return None
+        starts = np.concatenate(([0], ends + 1))  # where each line begins; the last, where the stretch ends
         parts: list[np.ndarray] = []
-        count = size = 0
-        ends: list[np.ndarray] = []
-        cap = rows  # lines parsed at once; halved around a row the block parser refuses
-        while count < rows and size < CHUNK_CHARS and (block := lines.plain_block()) is not None:
-            block_ends = line_ends(block)
-            if len(block_ends) > min(cap, rows - count):  # cut before parsing: rows past it are parsed later
-                block_ends = block_ends[: min(cap, rows - count)]
-                block = block[: int(block_ends[-1]) + 1]
-            parsed = self._parse(block, len(block_ends))
+        count, cap = 0, len(ends)  # cap: lines parsed at once; halved around a row the block parser refuses
+        while count < len(ends):
+            fits = int(np.searchsorted(starts, starts[count] + PLAIN_BYTES, side="right")) - 1
+            stop = min(count + cap, max(fits, count + 1))
+            parsed = self._parse(run[starts[count]:starts[stop]], stop - count)  # parsed in place, not copied
             if parsed is None:
                 if parts:
                     break  # the parsed blocks first; the rest is looked at next
-                if len(block_ends) > CHECKED_LINES:
-                    cap = len(block_ends) // 2  # the refused row is in one half: the first is tried alone
+                if stop - count > CHECKED_LINES:
+                    cap = (stop - count) // 2  # the refused row is in one half: the first is tried alone
                     continue
-                return self._checked_block(block, rows)  # a few lines, one of them off: read row by row
-            lines.consume(len(block), len(parsed))
-            blocks.append(block)
-            ends.append(block_ends + size)
+                return self._checked_block(bytes(run[: starts[stop]]), rows)  # a few lines, one off: row by row
             parts.append(parsed)
-            count += len(parsed)
-            size += len(block)
-        if not parts:
-            return None
+            count = stop
+        size = int(starts[count])
+        first = lines.number + 1
+        lines.consume(size, count)
+        self._line_bytes = size / count
         return Chunk(line_numbers=list(range(first, first + count)), numbers=np.concatenate(parts),
-                     block=b"".join(blocks), ends=np.concatenate(ends), cells=[None] * count, errors=[None] * count)
+                     block=bytes(run[:size]), ends=ends[:count], cells=[None] * count,
+                     errors=[None] * count)
+
+    def _window(self, rows: int) -> int:
+        """Bytes to look at for the next ``rows`` plain lines: a tenth more than the last chunk's took."""
+        if self._line_bytes is None:
+            return PLAIN_BYTES
+        return min(CHUNK_CHARS, int(rows * self._line_bytes * 1.1) + 4096)
 
     def _checked_block(self, block: bytes, rows: int) -> Chunk:
         """A plain block with some row off, read row by row so that each bad one is named."""
@@ -517,7 +535,7 @@ class CsvReader:
             chunk.errors.append(error)
         return chunk
 
-    def _parse(self, block: bytes, rows: int) -> np.ndarray | None:
+    def _parse(self, block: bytes | memoryview, rows: int) -> np.ndarray | None:
         """Every record of ``block`` (``rows`` lines, unquoted) as float64 in one call; None if any row is
         off (a cell that is not a plain number, a row of another width, a missing marker): the records
         are then read one by one, and each bad one named."""
@@ -528,7 +546,7 @@ class CsvReader:
             return None  # NaN and infinity have many spellings: the exact reader names them
         return parsed
 
-    def _parse_arrow(self, block: bytes) -> np.ndarray | None:
+    def _parse_arrow(self, block: bytes | memoryview) -> np.ndarray | None:
         import pyarrow as pa
 
         pa_csv = _arrow_csv()
@@ -554,9 +572,9 @@ class CsvReader:
                 row += len(values)
         return parsed
 
-    def _parse_numpy(self, block: bytes) -> np.ndarray | None:
+    def _parse_numpy(self, block: bytes | memoryview) -> np.ndarray | None:
         """The reader without pyarrow (a runtime that lacks it): numpy's loadtxt, slower."""
-        texts = [t.decode("utf-8", "surrogateescape") for t in block.splitlines()]
+        texts = [t.decode("utf-8", "surrogateescape") for t in bytes(block).splitlines()]
         if not all(t and not t.isspace() for t in texts):
             return None  # a blank line is no row: counted line by line
         exact = self._positions == list(range(len(self.header)))  # then loadtxt refuses rows of another width
