@@ -1,12 +1,12 @@
-"""The model bundle manifest: one pydantic model read and written everywhere."""
+"""The model bundle manifest: one record type read and written everywhere (functions/common/records.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from .records import Field, Record, check
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -26,11 +26,7 @@ PANDAS_MISSING_MARKERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", 
 ClassLabel = bool | int | float | str
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Feature(_Strict):
+class Feature(Record):
     """One input column the fitted pipeline reads, in the order the model expects it."""
 
     name: str = Field(min_length=1)
@@ -45,8 +41,8 @@ class Feature(_Strict):
     categories_reason: str | None = Field(default=None, description="the step that decides unknown_categories")
     missing_category: str | None = Field(default=None, description="the category a null is read as (an imputer's fill)")
 
-    @model_validator(mode="after")
-    def _categories_only_for_categoricals(self) -> Feature:
+    @check
+    def _categories_only_for_categoricals(self) -> None:
         if self.type == "category" and not self.categories:
             raise ValueError(f"categorical feature {self.name!r} needs its categories")
         if self.type == "number" and (self.categories is not None or self.missing_category is not None
@@ -54,10 +50,9 @@ class Feature(_Strict):
             raise ValueError(f"numeric feature {self.name!r} cannot list categories")
         if self.type == "category" and self.nullable and self.missing_category is None:
             raise ValueError(f"nullable categorical feature {self.name!r} needs the category a null is read as")
-        return self
 
 
-class OnnxSignature(_Strict):
+class OnnxSignature(Record):
     """How feature rows become ONNX inputs and which outputs hold the answer."""
 
     input_mode: Literal["tensor", "columns"]
@@ -67,14 +62,14 @@ class OnnxSignature(_Strict):
     probability_output: str | None = None
 
 
-class Parity(_Strict):
+class Parity(Record):
     rows: int = Field(ge=1)
     max_abs_diff: float = Field(ge=0)
     tolerance: float = Field(gt=0)
     label_agreement: float | None = Field(default=None, ge=0, le=1)
 
 
-class Quantization(_Strict):
+class Quantization(Record):
     """model.onnx is the int8 (dynamic) form of a float graph: ``parity`` there compares the int8 graph
     with that float graph, under its own tolerance; the manifest's own ``parity`` is the float graph's
     against scikit-learn."""
@@ -87,7 +82,7 @@ class Quantization(_Strict):
         "how much worse each holdout figure became (accuracy, the primary metric; relative RMSE)"))
 
 
-class NumericProfile(_Strict):
+class NumericProfile(Record):
     """A numeric feature's training distribution: its quantiles at evenly spaced probabilities
     (0, 1/(n-1), ..., 1), enough to rebuild its CDF without any training row, and its null rate."""
 
@@ -96,14 +91,13 @@ class NumericProfile(_Strict):
     null_rate: float = Field(ge=0, le=1)
     quantiles: list[float] = Field(min_length=2)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> NumericProfile:
+    @check
+    def _ordered(self) -> None:
         if any(b < a for a, b in zip(self.quantiles, self.quantiles[1:], strict=False)):
             raise ValueError("profile quantiles must be non-decreasing")
-        return self
 
 
-class CategoryProfile(_Strict):
+class CategoryProfile(Record):
     """A categorical feature's training distribution: each category's share of non-null rows, and its null rate."""
 
     type: Literal["category"] = "category"
@@ -112,7 +106,7 @@ class CategoryProfile(_Strict):
     shares: dict[str, float] = Field(min_length=1)
 
 
-class PredictionProfile(_Strict):
+class PredictionProfile(Record):
     """What the model answered on the holdout: class shares (classifiers) and score quantiles (the top
     class probability of a classifier, the predicted value of a regressor)."""
 
@@ -121,15 +115,15 @@ class PredictionProfile(_Strict):
     score_quantiles: list[float] = Field(min_length=2)
 
 
-class FeatureProfile(_Strict):
+class FeatureProfile(Record):
     """The baseline drift compares live inputs and predictions with, written at export."""
 
     rows: int = Field(ge=1, description="training rows profiled")
-    features: dict[str, Annotated[NumericProfile | CategoryProfile, Field(discriminator="type")]]
+    features: dict[str, NumericProfile | CategoryProfile] = Field(discriminator="type")
     prediction: PredictionProfile | None = None
 
 
-class Manifest(_Strict):
+class Manifest(Record):
     format_version: int = Field(default=FORMAT_VERSION, ge=1, le=FORMAT_VERSION)
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -154,16 +148,16 @@ class Manifest(_Strict):
     thresholds: dict[str, float] = Field(default_factory=dict)
     profile: FeatureProfile | None = Field(default=None, description="training feature distributions, for drift")
 
-    @model_validator(mode="before")
     @classmethod
-    def _untyped_profile_of_older_formats(cls, data: Any) -> Any:
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
         # Formats 1 and 2 held an untyped profile (10 bins, no CDF): drift cannot read it, so it is left out.
-        if isinstance(data, dict) and int(data.get("format_version", FORMAT_VERSION)) < 3 and "profile" in data:
+        version = data.get("format_version", FORMAT_VERSION)
+        if type(version) is int and version < 3 and "profile" in data:
             return {k: v for k, v in data.items() if k != "profile"}
         return data
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Manifest:
+    @check
+    def _consistent(self) -> None:
         names = [f.name for f in self.features]
         if len(set(names)) != len(names):
             raise ValueError("feature names must be unique")
@@ -185,7 +179,6 @@ class Manifest(_Strict):
                 raise ValueError(f"bad file name in manifest: {name!r}")
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ValueError(f"bad sha256 for {name!r}")
-        return self
 
     @property
     def feature_names(self) -> list[str]:

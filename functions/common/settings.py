@@ -10,24 +10,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from .errors import ConfigurationError
+from .records import Field, Record, RecordError, check, where
 
 METRICS_NAMESPACE = "Slimserve"
 MIB = 1024 * 1024
 EPHEMERAL_MIN_MIB, EPHEMERAL_MAX_MIB = 512, 10_240  # what Lambda allows for /tmp
 
 
-class Settings(BaseModel):
+class Settings(Record):
     """Base of every function's settings: parse from and render to environment variables.
 
     An optional field defaults to None, so that leaving it out of the environment means None."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     service: ClassVar[str] = "slimserve"  # Powertools service name: logs, metrics and traces
 
@@ -36,19 +34,40 @@ class Settings(BaseModel):
         """Read the fields' upper-cased names; an empty variable counts as unset. A missing or
         malformed value raises ConfigurationError naming the variable (at cold start)."""
         env = os.environ if environ is None else environ
-        values = {name: env[name.upper()] for name in cls.model_fields if env.get(name.upper())}
+        hints = typing.get_type_hints(cls)
+        values = {name: _from_text(hints[name], env[name.upper()]) for name in cls.model_fields
+                  if env.get(name.upper())}
         try:
             return cls.model_validate(values)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        except RecordError as exc:
+            problems = "; ".join(f"{where(loc).upper()}: {msg}" if loc else msg for loc, msg in exc.problems)
             raise ConfigurationError(f"bad or missing setting: {problems}") from None
 
     def to_env(self) -> dict[str, str]:
         """The environment that ``from_env`` reads back to an equal object; unset values are left out."""
-        env = {name.upper(): _env_text(value) for name, value in self if value is not None}
+        env = {name.upper(): _env_text(value) for name in self.model_fields
+               if (value := getattr(self, name)) is not None}
         env["POWERTOOLS_SERVICE_NAME"] = self.service
         env["POWERTOOLS_METRICS_NAMESPACE"] = METRICS_NAMESPACE
         return env
+
+
+def _from_text(tp: Any, text: str) -> Any:
+    """An environment variable's text as its field's type (text a number cannot be read from stays
+    text, and the field then names the variable as it refuses it)."""
+    kinds = set(typing.get_args(tp)) - {type(None)} or {tp}
+    try:
+        if kinds == {int}:
+            return int(text.strip())
+        if kinds == {float}:
+            return float(text.strip())
+        if kinds == {bool}:
+            return {"true": True, "false": False}.get(text.strip().lower(), text)
+        if kinds == {str}:
+            return text
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _env_text(value: Any) -> str:
@@ -76,11 +95,10 @@ class ModelSettings(Settings):
     ort_threads: int = Field(default=1, ge=1, le=64)
     retry_load_seconds: float = Field(default=30.0, ge=0)
 
-    @model_validator(mode="after")
-    def _one_way_to_find_the_model(self) -> Self:
+    @check
+    def _one_way_to_find_the_model(self) -> None:
         if self.model_uri is None and not (self.model_name and self.registry_table):
             raise ValueError("set MODEL_URI (a pinned bundle) or MODEL_NAME and REGISTRY_TABLE (registry routing)")
-        return self
 
     @property
     def routed(self) -> bool:
@@ -116,11 +134,10 @@ class InferenceSettings(ModelSettings, PredictionIdSettings):
     capture_hash_columns: str | None = Field(default=None, description="comma list: features captured as "
                                                                        "sha256:<hex16>")
 
-    @model_validator(mode="after")
-    def _capture_has_a_bucket(self) -> Self:
+    @check
+    def _capture_has_a_bucket(self) -> None:
         if self.capture_sample_rate > 0 and not self.model_bucket:
             raise ValueError("CAPTURE_SAMPLE_RATE > 0 needs MODEL_BUCKET (capture is written under its capture/)")
-        return self
 
 
 class BatchSettings(ModelSettings):

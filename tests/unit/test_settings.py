@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -53,9 +55,11 @@ def test_the_validation_function_needs_its_registry_table() -> None:
 @pytest.mark.parametrize("kind", [BatchSettings, InferenceSettings, ValidationSettings])
 def test_every_optional_setting_defaults_to_none(kind: type[BatchSettings]) -> None:
     """What to_env leaves out must read back as None: an optional field cannot default to anything else."""
-    for name, field in kind.model_fields.items():
-        if type(None) in getattr(field.annotation, "__args__", ()):
-            assert field.default is None, name
+    hints = typing.get_type_hints(kind)
+    optional = [name for name in kind.model_fields if type(None) in typing.get_args(hints[name])]
+    assert optional or kind is ValidationSettings  # the check below looks at something
+    for name in optional:
+        assert kind.model_fields[name].default is None, name
 
 
 def test_an_empty_variable_counts_as_unset() -> None:
