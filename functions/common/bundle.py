@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,13 @@ import numpy as np
 import onnxruntime as ort
 
 from . import aws
-from .errors import AwsError, BundleError, ExplainUnsupported, ObjectMissing
+from .errors import AwsError, BundleError, ExplainUnsupported, ModelUnavailable, ObjectMissing
 from .explain import EXPLAIN_FILE, EXPLAIN_GRAPH_FILE, Explainer
 from .manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, Manifest, sha256_hex
 from .schema import RowSchema
+
+EXPLAIN_FILES = (EXPLAIN_FILE, EXPLAIN_GRAPH_FILE)
+_log = logging.getLogger("slimserve.model")
 
 # Probabilities closer than this count as a tie, broken towards the first class as scikit-learn does.
 TIE_TOLERANCE = 1e-5
@@ -93,11 +97,15 @@ def _check_format_version(document: Any) -> None:
                           code="unsupported_format_version")
 
 
-def verified_files(read: Reader, manifest: Manifest) -> dict[str, bytes]:
+def verified_files(read: Reader, manifest: Manifest, names: list[str] | None = None,
+                   known: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The bundle's files (or those named), each checked against its sha256 in the manifest; ``known``
+    holds bytes already read (still checked)."""
     files = {}
-    for name, digest in manifest.files.items():
-        data = read(name)
-        if not hmac.compare_digest(sha256_hex(data), digest):
+    for name in manifest.files if names is None else names:
+        data = (known or {}).get(name)
+        data = read(name) if data is None else data
+        if not hmac.compare_digest(sha256_hex(data), manifest.files[name]):
             raise BundleError(f"{name} does not match its sha256 in the manifest: refusing the bundle")
         files[name] = data
     return files
@@ -113,11 +121,14 @@ class Model:
     """A verified bundle ready to predict. Build it once per process with :func:`load_model`."""
 
     def __init__(self, manifest: Manifest, onnx_bytes: bytes, *, max_rows: int = 10_000, threads: int = 1,
-                 explain_files: dict[str, bytes] | None = None) -> None:
+                 explain_files: dict[str, bytes] | None = None, read: Reader | None = None) -> None:
+        """``read``: the explanation files are read from the bundle on the first request that asks, and
+        checked against the manifest then (``explain_files``: already read and checked)."""
         self.manifest = manifest
-        wanted = (EXPLAIN_FILE, EXPLAIN_GRAPH_FILE)
-        self._explain_files = {n: b for n, b in (explain_files or {}).items() if n in wanted}
+        self._explain_files = {n: b for n, b in (explain_files or {}).items() if n in EXPLAIN_FILES}
+        self._read = read
         self._explainer: Explainer | None = None
+        self._explain_refused: str | None = None  # a file that failed its sha256: refused from then on
         self._explainer_lock = threading.Lock()
         self.session = self.check_loadable(onnx_bytes, threads)
         self._check_signature()
@@ -171,7 +182,7 @@ class Model:
 
     @property
     def explainable(self) -> bool:
-        return EXPLAIN_FILE in self._explain_files
+        return EXPLAIN_FILE in (self.manifest.files if self._read is not None else self._explain_files)
 
     def explain(self, instances: Any, predictions: list[Any] | None = None) -> list[dict[str, Any]]:
         """Per row: base value and per-feature contributions (functions/common/explain.py says of what)."""
@@ -186,10 +197,25 @@ class Model:
                                      "have them", field="explain")
         with self._explainer_lock:
             if self._explainer is None:
-                self._explainer = Explainer.from_bytes(self._explain_files[EXPLAIN_FILE],
-                                                       self._explain_files.get(EXPLAIN_GRAPH_FILE),
+                files = self._explain_files if self._read is None else self._read_explain_files()
+                self._explainer = Explainer.from_bytes(files[EXPLAIN_FILE], files.get(EXPLAIN_GRAPH_FILE),
                                                        self.manifest.feature_names, self.manifest.classes)
             return self._explainer
+
+    def _read_explain_files(self) -> dict[str, bytes]:
+        """Read and checked once; a file that fails its sha256 refuses every explanation from then on,
+        a failed read is tried again by the next request. Callers see a fixed message; the log, the reason."""
+        assert self._read is not None
+        if self._explain_refused is None:
+            names = [n for n in EXPLAIN_FILES if n in self.manifest.files]
+            try:
+                return verified_files(self._read, self.manifest, names)
+            except BundleError as exc:
+                if "sha256" in exc.message:
+                    self._explain_refused = exc.message
+                _log.error("explanation files unavailable", extra={"reason": exc.message, "code": exc.code})
+        raise ModelUnavailable(f"explanations of model {self.manifest.name} {self.version} are unavailable; "
+                               "predictions are not affected")
 
     def score(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (class labels or values) and class probabilities (classifiers) as arrays."""
@@ -222,10 +248,42 @@ def first_max_row(row: list[float]) -> int:
 
 
 def load_model(read: Reader, *, expected_manifest_sha256: str | None = None, max_rows: int = 10_000,
-               threads: int = 1) -> Model:
+               threads: int = 1, defer_explanations: bool = False) -> Model:
+    """A verified model. Every file is read and checked here, unless ``defer_explanations`` (serving):
+    the explanation files wait for the first request that asks, and model.onnx, whose name is fixed,
+    is read while the manifest is (both are checked before either is used)."""
+    if not defer_explanations:
+        manifest, _ = read_manifest(read, expected_manifest_sha256)
+        files = verified_files(read, manifest)
+        return Model(manifest, files[MODEL_FILE], max_rows=max_rows, threads=threads, explain_files=files)
+    onnx_read = _Background(read, MODEL_FILE)
     manifest, _ = read_manifest(read, expected_manifest_sha256)
-    files = verified_files(read, manifest)
-    return Model(manifest, files[MODEL_FILE], max_rows=max_rows, threads=threads, explain_files=files)
+    now = [n for n in manifest.files if n not in EXPLAIN_FILES]
+    files = verified_files(read, manifest, now, known={MODEL_FILE: onnx_read.result()})
+    return Model(manifest, files[MODEL_FILE], max_rows=max_rows, threads=threads, read=read)
+
+
+class _Background:
+    """One bundle file read on a thread of its own (S3 round trips overlap); result() waits for it."""
+
+    def __init__(self, read: Reader, name: str) -> None:
+        self._data: bytes | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(read, name), daemon=True)
+        self._thread.start()
+
+    def _run(self, read: Reader, name: str) -> None:
+        try:
+            self._data = read(name)
+        except BaseException as exc:  # handed to the caller of result()
+            self._error = exc
+
+    def result(self) -> bytes:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._data is not None
+        return self._data
 
 
 def _first_line(exc: BaseException) -> str:

@@ -54,7 +54,7 @@ class PinnedSource:
         if s.model_uri is None:
             raise ConfigurationError("no MODEL_URI: this environment routes through the registry")
         return load_model(reader_for_uri(s.model_uri), expected_manifest_sha256=s.model_manifest_sha256,
-                          max_rows=s.max_rows, threads=s.ort_threads)
+                          max_rows=s.max_rows, threads=s.ort_threads, defer_explanations=True)
 
 
 class ModelHolder:

@@ -97,7 +97,7 @@ class RoutingSource:
                       clock: Callable[[], float] = time.monotonic, logger: Log | None = None) -> RoutingSource:
         def load_bundle(uri: str, manifest_sha256: str) -> Model:
             return load_model(reader_for_uri(uri), expected_manifest_sha256=manifest_sha256 or None,
-                              max_rows=settings.max_rows, threads=settings.ort_threads)
+                              max_rows=settings.max_rows, threads=settings.ort_threads, defer_explanations=True)
 
         return cls(read_routing, load_bundle, ttl_seconds=settings.routing_ttl_seconds,
                    retry_load_seconds=settings.retry_load_seconds, clock=clock, logger=logger,
