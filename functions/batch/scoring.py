@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from ..common import layout
 from ..common.bundle import Model, first_max
 from ..common.errors import AwsError, InvalidInput, clip
 from ..common.holder import Log
-from ..common.tabular import Chunk, FileFormat, Reader, WholeFileRejected, line_ends, open_records
+from ..common.tabular import Chunk, FileFormat, Reader, WholeFileRejected, cpus, line_ends, open_records
 
 _log = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ def _score_records(model: Model, store: Store, source: Source, fmt: FileFormat, 
             return Scored(chunk, result, writer.scored_text(chunk, result))
 
         chunks = reader.chunks(chunk_rows)
-        if _cpus() > 1:
+        if cpus() > 1:
             _pipelined(chunks, scored, lambda done: writer.write_chunk(done, counts))
         else:
             for chunk in chunks:
@@ -180,11 +179,6 @@ def _score_records(model: Model, store: Store, source: Source, fmt: FileFormat, 
     except BaseException:
         writer.abort()
         raise
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on (Lambda: one per 1,769 MB of memory)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _pipelined(chunks: Iterator[Chunk], score: Callable[[Chunk], Scored], write: Callable[[Scored], None],

@@ -34,7 +34,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD_CHARS = 1 << 20  # a longer record is a rejected row, never held whole in memory
 CHUNK_CHARS = 16 << 20  # a chunk ends here whatever its row count: wide rows keep memory bounded too
 ECHO_CHARS = 1024  # of an oversized or unreadable record, echoed into the rejected rows
-READ_BYTES = 4 << 20  # read from the (decompressed) stream at a time: past the 1 MiB buffer, read into place
+READ_BYTES = 2 << 20  # read from the (decompressed) stream at a time: past the 1 MiB buffer, read into place
 PLAIN_BYTES = MAX_RECORD_CHARS  # a plain block (no line in it oversized) is at most this long
 CHECKED_LINES = 64  # around a row the block parser refuses, this many lines at most are read row by row
 NO_MARKERS: tuple[str, ...] = ("",)  # an empty text cell is missing; a bundle's missing_markers add to it
@@ -288,6 +288,11 @@ def _first_trouble(buf: bytes, pos: int, stop: int) -> int:
     return stop
 
 
+def cpus() -> int:
+    """The CPUs this process may run on (Lambda: one per 1,769 MB of memory)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def line_ends(block: bytes | memoryview) -> np.ndarray:
     """Where each line of ``block`` ends: the index of its \\n."""
     return np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
@@ -363,6 +368,7 @@ class CsvReader:
         self._all_numeric = all(f.type == "number" for f in features)
         self._numeric_markers = any(_is_number(m) for m in self._missing)
         self._line_bytes: float | None = None  # of the last plain chunk, to size the next one's window
+        self._threads = cpus()  # with more than one CPU, Arrow parses a chunk's blocks side by side
 
     def chunks(self, rows: int) -> Iterator[Chunk]:
         while True:
@@ -390,7 +396,7 @@ class CsvReader:
         parts: list[np.ndarray] = []
         count, cap = 0, len(ends)  # cap: lines parsed at once; halved around a row the block parser refuses
         while count < len(ends):
-            fits = int(np.searchsorted(starts, starts[count] + PLAIN_BYTES, side="right")) - 1
+            fits = int(np.searchsorted(starts, starts[count] + PLAIN_BYTES * self._threads, side="right")) - 1
             stop = min(count + cap, max(fits, count + 1))
             parsed = self._parse(run[starts[count]:starts[stop]], stop - count)  # parsed in place, not copied
             if parsed is None:
@@ -554,8 +560,8 @@ class CsvReader:
         try:
             table = pa_csv.read_csv(
                 pa.py_buffer(block),
-                read_options=pa_csv.ReadOptions(column_names=self.header, use_threads=False,
-                                                block_size=len(block) + 1),
+                read_options=pa_csv.ReadOptions(column_names=self.header, use_threads=self._threads > 1,
+                                                block_size=(PLAIN_BYTES if self._threads > 1 else len(block)) + 1),
                 parse_options=pa_csv.ParseOptions(quote_char=False, ignore_empty_lines=False),
                 convert_options=pa_csv.ConvertOptions(include_columns=names,
                                                       column_types={n: pa.float64() for n in names},

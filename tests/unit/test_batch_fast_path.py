@@ -203,7 +203,8 @@ def test_one_thread_or_three_write_the_same_bytes(rf: Model, tmp_path: Path, mon
     data = csv_bytes(body)
     outputs = {}
     for n in (1, cpus):
-        monkeypatch.setattr(scoring, "_cpus", lambda n=n: n)
+        monkeypatch.setattr(scoring, "cpus", lambda n=n: n)
+        monkeypatch.setattr(tabular, "cpus", lambda n=n: n)
         source = Source("local", "incoming/f.csv", size=len(data), etag=hashlib.md5(data).hexdigest())
         manifest = score_file(rf, LocalStore(tmp_path / str(n)), source, io.BytesIO(data), chunk_rows=400).manifest
         outputs[n] = Outputs(tmp_path / str(n), manifest, 0)
