@@ -46,8 +46,7 @@ def bind(model: Model) -> None:
     selects a model's batch figures by it, as it does serving's."""
     if _bound_version != [model.version]:
         rt.bind_model(model)
-        metrics.set_default_dimensions(model_name=settings.model_name or model.manifest.name,
-                                       model_version=model.version)
+        metrics.set_default_dimensions(model_name=settings.model_name or model.manifest.name)
         _bound_version[:] = [model.version]
 
 

@@ -196,8 +196,9 @@ def test_per_feature_metrics_off_publishes_only_what_the_alarms_read_and_logs_ev
     frame["age"] = frame["age"] + 25
     put_capture(account["s3"], records_of(account["model"], frame),
                 when=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
-    monkeypatch.setenv("PER_FEATURE_METRICS", "false")  # put back after the test: later handlers publish them
-    handler = load_function("functions.drift.handler", "", **SETTINGS.to_env())
+    for name, value in SETTINGS.model_copy(update={"per_feature_metrics": False}).to_env().items():
+        monkeypatch.setenv(name, value)  # put back after the test: later handlers publish them
+    handler = load_function("functions.drift.handler", "")
     lines: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(handler, "logger", SimpleNamespace(info=lambda msg, extra: lines.append((msg, extra))))
     answer = handler.lambda_handler({"source": "aws.events"}, LambdaContext(function_name="slimserve-drift"))
