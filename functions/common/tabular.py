@@ -104,7 +104,6 @@ def open_text_lines(stream: IO[bytes], fmt: FileFormat, max_bytes: int | None = 
     return Lines(buffered)
 
 
-_NOT_ASCII = re.compile(rb"[\x80-\xff]")
 _LONE_CR = re.compile(rb"\r(?!\n)")
 
 
@@ -171,8 +170,9 @@ class Lines:
 
     def __init__(self, binary: io.BufferedReader | gzip.GzipFile) -> None:
         self._binary = binary
-        self._buf = b""
+        self._buf = bytearray()  # refilled in place: reading allocates nothing per block
         self._pos = 0  # first byte of ``_buf`` not read yet
+        self._end = 0  # end of what ``_buf`` holds
         self._eof = False
         self._fresh = True  # a UTF-8 byte order mark is still to be looked for
         self.number = 0
@@ -208,7 +208,7 @@ class Lines:
         if self._available(limit) == 0:
             return None
         buf, pos = self._buf, self._pos
-        stop = _first_trouble(buf, pos, min(len(buf), pos + limit))
+        stop = _first_trouble(buf, pos, min(self._end, pos + limit))
         cut = buf.rfind(b"\n", pos, stop) + 1
         return memoryview(buf)[pos:cut] if cut > pos else None
 
@@ -219,38 +219,45 @@ class Lines:
 
     def plain_ahead(self) -> bool:
         """Whether the next line could start a plain block (a cheap look, reading nothing more)."""
-        buf, pos = self._buf, self._pos
-        return pos < len(buf) and _first_trouble(buf, pos, min(len(buf), pos + 4096)) > buf.find(b"\n", pos) >= 0
+        buf, pos, end = self._buf, self._pos, self._end
+        return pos < end and _first_trouble(buf, pos, min(end, pos + 4096)) > buf.find(b"\n", pos, end) >= 0
 
     def _available(self, need: int) -> int:
         """Bytes read ahead past the position: more are read until ``need`` are, or the file ends."""
         need = max(need, 3) if self._fresh else need
-        while len(self._buf) - self._pos < need and not self._eof:
+        while self._end - self._pos < need and not self._eof:
+            have, size = self._end - self._pos, max(READ_BYTES, need - (self._end - self._pos))
+            if len(self._buf) < have + size:  # a new buffer: a view of the old one may still be held
+                grown = bytearray(have + size)
+                grown[:have] = self._buf[self._pos:self._end]
+                self._buf = grown
+            else:  # the rest not read yet moved to the front, the buffer's size unchanged
+                self._buf[:have] = self._buf[self._pos:self._end]
+            self._pos, self._end = 0, have
             try:
-                data = self._binary.read(max(READ_BYTES, need))
+                read = self._binary.readinto(memoryview(self._buf)[have:have + size])
             except (OSError, EOFError, zlib.error) as exc:
                 raise WholeFileRejected(f"file cannot be decompressed: {clip(str(exc), 200)}",
                                         code="corrupt_gzip") from None
-            self._eof = not data
-            self._buf = self._buf[self._pos:] + data
-            self._pos = 0
+            self._eof = not read
+            self._end += read or 0
         if self._fresh:
             self._fresh = False
-            if self._buf.startswith(codecs.BOM_UTF8):
+            if self._buf.startswith(codecs.BOM_UTF8, 0, self._end):
                 self._pos = len(codecs.BOM_UTF8)
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     def _readline(self) -> str:
         """The next piece of text up to a line ending (or MAX_RECORD_CHARS characters)."""
         cap = 4 * MAX_RECORD_CHARS + 4  # bytes that surely hold MAX_RECORD_CHARS characters
         scanned = 0  # bytes past the position already searched for a line ending
         while (end := self._line_end(self._pos + scanned, self._pos + cap)) < 0:
-            have = len(self._buf) - self._pos
+            have = self._end - self._pos
             if have >= cap:
                 end = self._pos + cap
                 break
             if self._available(have + 1) <= have:
-                end = len(self._buf)  # the file ends without a line ending
+                end = self._end  # the file ends without a line ending
                 break
             scanned = max(have - 1, 0)  # a \r last may be followed by a \n just read
         pos = self._pos
@@ -264,27 +271,26 @@ class Lines:
     def _line_end(self, start: int, stop: int) -> int:
         """Where the line being read ends (past its ending), searching from ``start``; -1 if not read yet."""
         buf = self._buf
-        stop = min(stop, len(buf))
+        stop = min(stop, self._end)
         nl = buf.find(b"\n", start, stop)
         cr = buf.find(b"\r", start, nl if nl >= 0 else stop)
         if cr < 0:
             return nl + 1 if nl >= 0 else -1
-        if cr + 1 < len(buf):
+        if cr + 1 < self._end:
             return cr + 2 if buf[cr + 1] == 10 else cr + 1
         return cr + 1 if self._eof else -1
 
 
-def _first_trouble(buf: bytes, pos: int, stop: int) -> int:
+def _first_trouble(buf: bytes | bytearray, pos: int, stop: int) -> int:
     """The first byte of ``buf[pos:stop]`` that needs the line-by-line reader: a quote, a byte that is
-    not ASCII or a lone \\r (``stop`` if none)."""
+    not ASCII or a lone \\r (``stop`` if none). Looked at in place: the stretch is never copied."""
     found = buf.find(b'"', pos, stop)
     stop = stop if found < 0 else found
-    window = buf[pos:stop]
-    if not window.isascii():
-        stop = pos + _NOT_ASCII.search(window).start()  # type: ignore[union-attr]
-        window = window[: stop - pos]
-    if b"\r" in window and window.count(b"\r") != window.count(b"\r\n"):
-        stop = pos + _LONE_CR.search(window).start()  # type: ignore[union-attr]
+    codes = np.frombuffer(buf, dtype=np.uint8, count=stop - pos, offset=pos) if stop > pos else None
+    if codes is not None and codes.max() > 127:
+        stop = pos + int(np.argmax(codes > 127))
+    if buf.find(b"\r", pos, stop) >= 0 and buf.count(b"\r", pos, stop) != buf.count(b"\r\n", pos, stop):
+        stop = _LONE_CR.search(buf, pos, stop).start()  # type: ignore[union-attr]
     return stop
 
 
