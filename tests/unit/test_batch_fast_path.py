@@ -150,6 +150,29 @@ def test_a_block_boundary_in_the_middle_of_the_file_loses_no_row(rf: Model, scor
     assert out.scored.count(b"\n") == 1 + 9997
 
 
+def test_an_oversized_line_deep_in_a_plain_stretch_is_refused_on_its_line(rf: Model, scored: Any) -> None:
+    """A chunk looks at more than MAX_RECORD_CHARS at once once its rows are known to be long: a line
+    past the limit inside that stretch is still refused by itself, and every row around it scored."""
+    body = rows(6000)
+    body[4000] = replaced(body[4000], 5, "1" * (tabular.MAX_RECORD_CHARS + 10))  # plain ASCII, no quote
+    out = scored(rf, csv_bytes(body), 20_000)
+    assert out.fast_blocks >= 2
+    assert out.rejected == [(4002, "record_too_large")]
+    assert out.counts == {"in": 6000, "scored": 5999, "rejected": 1}
+
+
+def test_rows_that_grow_longer_mid_file_lose_none(rf: Model, scored: Any) -> None:
+    """The next chunk's look ahead is sized from the last chunk's rows: much longer rows after short
+    ones make shorter chunks, never lost or repeated rows."""
+    short = [",".join(["1"] * len(FRAME.columns))] * 3000
+    body = short + rows(3000) + short
+    body[4500] = replaced(body[4500], 0, "x")
+    out = scored(rf, csv_bytes(body), 2000)
+    assert out.rejected == [(4502, "wrong_type")]
+    assert out.counts == {"in": 9000, "scored": 8999, "rejected": 1}
+    assert out.scored.count(b"\n") == 1 + 8999
+
+
 def test_crlf_rows_and_a_rejected_row_in_a_fast_block_keep_their_text(rf: Model, scored: Any) -> None:
     body = rows(800)
     body[10] = replaced(body[10], 0, "")
