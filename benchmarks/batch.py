@@ -9,6 +9,8 @@ and then to two; the variants take turns, round after round, and the table gives
   - pandas read + predict: read_csv of the whole file, then the scikit-learn pipeline's predict_proba
   - pandas read + predict + to_csv: the same, writing the input with the answer appended
   - floor: onnxruntime alone on the already parsed array, in the same 5,000-row chunks
+Beside the wall-clock seconds, each variant's CPU seconds (all its threads): on a machine shared
+with other work, one core's CPU seconds move less than its wall clock.
 
 Run: .venv/bin/python benchmarks/batch.py [--rows 1000000] [--runs 3] [--refs 62feb15 5d2105b]
 """
@@ -38,13 +40,14 @@ def child_slimserve(functions_root: str, bundle: str, path: str, out: str) -> di
     from functions.common.bundle import directory_reader, load_model
 
     model = load_model(directory_reader(bundle), max_rows=1_000_000, threads=1)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with open(path, "rb") as f:
         manifest = score_file(model, LocalStore(out), Source("local", "incoming/" + Path(path).name), f).manifest
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert manifest["status"] == "complete", manifest
-    return {"seconds": seconds, "rows": manifest["rows"]["scored"], "rejected": manifest["rows"]["rejected"],
-            "sha256": manifest["outputs"]["scored"]["sha256"], "pandas": "pandas" in sys.modules}
+    return {"seconds": seconds, "cpu": cpu, "rows": manifest["rows"]["scored"],
+            "rejected": manifest["rows"]["rejected"], "sha256": manifest["outputs"]["scored"]["sha256"],
+            "pandas": "pandas" in sys.modules}
 
 
 def child_pandas(model_path: str, path: str, out: str = "") -> dict[str, object]:
@@ -55,7 +58,7 @@ def child_pandas(model_path: str, path: str, out: str = "") -> dict[str, object]
     import pandas as pd
 
     model = joblib.load(model_path)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     frame = pd.read_csv(path)
     proba = model.predict_proba(frame[model.feature_names_in_])
     if out:  # also write what slimserve writes: the input with the prediction and probabilities appended
@@ -63,7 +66,7 @@ def child_pandas(model_path: str, path: str, out: str = "") -> dict[str, object]
         for j, c in enumerate(model.classes_):
             frame[f"probability_{c}"] = proba[:, j]
         frame.to_csv(out, index=False)
-    return {"seconds": time.perf_counter() - start, "rows": len(proba)}
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "rows": len(proba)}
 
 
 def child_floor(bundle: str, array: str) -> dict[str, object]:
@@ -75,10 +78,10 @@ def child_floor(bundle: str, array: str) -> dict[str, object]:
     session = ort.InferenceSession(str(Path(bundle) / "model.onnx"), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     matrix = np.load(array)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(matrix), CHUNK):
         session.run(None, {name: matrix[i:i + CHUNK]})
-    return {"seconds": time.perf_counter() - start, "rows": len(matrix)}
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "rows": len(matrix)}
 
 
 def child(kind: str, args: list[str]) -> None:
@@ -211,9 +214,11 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]], cores_list: l
            rows: int) -> None:
     for cores in cores_list:
         ours = statistics.median(r["seconds"] for r in results[(cores, "this tree")])
+        ours_cpu = statistics.median(r["cpu"] for r in results[(cores, "this tree")])
         print(f"\ntaskset -c {cores} ({len(cores.split(','))} core(s)); median (min-max) of "
               f"{len(results[(cores, names[0])])} runs")
-        head = f"{'':30} {'seconds':>18} {'rows/s':>10} {'peak MiB':>9} {'time vs ours':>13}"
+        head = (f"{'':30} {'seconds':>18} {'rows/s':>10} {'peak MiB':>9} {'time vs ours':>13} {'CPU s':>6} "
+                f"{'vs ours':>7}")
         print(head)
         print("-" * len(head))
         for name in names:
@@ -222,8 +227,10 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]], cores_list: l
             median = statistics.median(seconds)
             peak = statistics.median(r["peak_mib"] for r in runs)
             speed = "" if name == "this tree" else f"{median / ours:.2f}x"
+            cpu = statistics.median(r["cpu"] for r in runs)
+            cpu_ratio = "" if name == "this tree" else f"{cpu / ours_cpu:.2f}x"
             print(f"{name:30} {median:7.2f} ({min(seconds):.2f}-{max(seconds):.2f}) {rows / median:>10,.0f} "
-                  f"{peak:>9.0f} {speed:>13}")
+                  f"{peak:>9.0f} {speed:>13} {cpu:>6.2f} {cpu_ratio:>7}")
         same = {name: results[(cores, name)][0].get("sha256") == results[(cores, "this tree")][0]["sha256"]
                 for name in names if "sha256" in results[(cores, name)][0] and name != "this tree"}
         pandas = [name for name in names if results[(cores, name)][0].get("pandas")]
