@@ -332,8 +332,10 @@ def report(python: str, times: dict[str, list[float]], warm: dict[str, dict[str,
                 print(f"{tag:<34}{figures['p50_us']:>8.0f}{figures['p99_us']:>8.0f}")
     if written:
         print(f"\nWARNING: bytecode was written during the runs: {written}")
-    goals = [("cold start <= 1.5x its floor", to_floor <= 1.5), ("<= 1/3 of scikit-learn's", sk_ratio >= 3)]
-    print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+    goals = [(f"cold start {to_floor:.2f}x its floor (goal <= 1.5x)", to_floor <= 1.5),
+             (f"1/{sk_ratio:.1f} of scikit-learn's (goal <= 1/3)", sk_ratio >= 3)]
+    print("goals: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     spread = max(max(t) / min(t) for t in times.values())
     print(f"noise: the widest max/min within one variant is {spread:.2f}x (other processes share the cores)")
 
