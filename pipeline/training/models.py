@@ -10,6 +10,7 @@ is the cross-entropy against the soft label.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -327,15 +328,37 @@ def tuned_student(make: Callable[[], Pipeline], targets: Targets, validation: tu
                   temperatures: tuple[float, ...] = TEMPERATURES,
                   label_weights: tuple[float, ...] = LABEL_WEIGHTS) -> tuple[Pipeline, dict[str, Any]]:
     """The distilled student (tuned as in ``distilled_student``) or the same student on hard labels,
-    whichever scores better on the validation split (the distilled one on a tie), so distillation never
-    ships a loss there. The info's ``targets`` says which was kept, beside both scores. Without a validation split:
-    the distilled student at the first setting."""
+    the hard-label one only where it is clearly better on the validation split (``clearly_better``:
+    beyond one standard error of the paired difference, so one row of a small split does not decide),
+    so distillation never ships a clear loss there. The info's ``targets`` says which was kept, beside
+    both scores. Without a validation split: the distilled student at the first setting."""
     distilled, tuning = distilled_student(make, targets, validation, temperatures, label_weights)
     hard = None if validation is None else hard_label_student(make, targets)
     if hard is None or validation is None:
         return distilled, {**tuning, "targets": "distilled"}
-    hard_score = validation_score(hard, validation, targets.classes is None)
+    regression = targets.classes is None
+    hard_score = validation_score(hard, validation, regression)
     rounded = [round(float(v), 6) for v in hard_score]
-    keep_hard = tuple(rounded) > tuple(tuning["validation"])  # as recorded
+    X_val, y_val = validation
+    truth = y_val.to_numpy(dtype=float if regression else object)
+    keep_hard = clearly_better(truth, distilled.predict(X_val), hard.predict(X_val), regression)
     return (hard if keep_hard else distilled), {**tuning, "targets": "hard-label" if keep_hard else "distilled",
                                                 "hard_label_validation": rounded}
+
+
+def clearly_better(truth: np.ndarray, base: np.ndarray, other: np.ndarray, regression: bool) -> bool:
+    """Whether ``other``'s predictions beat ``base``'s on the same rows by more than one standard error
+    of the paired difference: rows only ``other`` gets right minus rows only ``base`` gets right against
+    the square root of their sum (McNemar's), or the mean drop in squared error against its standard
+    error (regression)."""
+    if regression:
+        gain = (np.asarray(base, dtype=float) - truth) ** 2 - (np.asarray(other, dtype=float) - truth) ** 2
+        if len(gain) < 2:
+            return False
+        spread = float(np.std(gain, ddof=1)) / math.sqrt(len(gain))
+        return float(gain.mean()) > spread
+    base_right = np.asarray(base, dtype=object) == truth
+    other_right = np.asarray(other, dtype=object) == truth
+    only_other = int((other_right & ~base_right).sum())
+    only_base = int((base_right & ~other_right).sum())
+    return only_other - only_base > math.sqrt(only_other + only_base)
