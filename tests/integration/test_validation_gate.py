@@ -152,6 +152,7 @@ def test_each_failure_is_refused_with_its_own_reason(case: str, reason: str, bun
     assert report["reasons"] == [reason], report["checks"]
 
 
+@pytest.mark.measured_latency
 def test_without_a_probe_the_gate_measures_latency_itself(bundles: dict[str, Path], holdout_csv: bytes) -> None:
     report = validate(directory_reader(bundles["strong"]), None, (io.BytesIO(holdout_csv), "holdout.csv"),
                       GateConfig(latency_budget_ms=60_000, latency_samples=20))
