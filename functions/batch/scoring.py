@@ -28,7 +28,7 @@ from ..common import layout
 from ..common.bundle import Model, first_max
 from ..common.errors import AwsError, InvalidInput, clip
 from ..common.holder import Log
-from ..common.tabular import Chunk, FileFormat, Reader, WholeFileRejected, cpus, line_ends, open_records
+from ..common.tabular import Chunk, CsvReader, FileFormat, Reader, WholeFileRejected, cpus, line_ends, open_records
 
 _log = logging.getLogger(__name__)
 
@@ -167,10 +167,11 @@ def _score_records(model: Model, store: Store, source: Source, fmt: FileFormat, 
             result = score_chunk(model, chunk)
             return Scored(chunk, result, writer.scored_text(chunk, result))
 
-        chunks = reader.chunks(chunk_rows)
         if cpus() > 1:
-            _pipelined(chunks, scored, lambda done: writer.write_chunk(done, counts))
-        else:
+            _pipelined(reader.chunks(chunk_rows), scored, lambda done: writer.write_chunk(done, counts))
+        else:  # each chunk written before the next is read: its text can stay where it was read
+            chunks = reader.chunks(chunk_rows, in_place=True) if isinstance(reader, CsvReader) \
+                else reader.chunks(chunk_rows)
             for chunk in chunks:
                 writer.write_chunk(scored(chunk), counts)
         if counts.rows_in == 0:
@@ -354,7 +355,7 @@ def scored_csv(chunk: Chunk, result: ChunkResult) -> list[Any]:
     write in turn: built by Arrow kernels over the input's own bytes, no Python object per row."""
     columns = suffix_columns(result.predictions, result.probabilities, result.classes)
     count, block = len(result.good), chunk.block
-    if block is not None and count == len(chunk) and b"\r" not in block:
+    if block is not None and count == len(chunk) and not chunk.crlf:
         # Record i as the text between the newlines before and after it (the first has none before):
         # joined to its answer, the rows come out back to back, the input never copied first.
         offsets = np.concatenate(([0], _ends(chunk, block))).astype(np.int32)
@@ -369,7 +370,7 @@ def scored_csv(chunk: Chunk, result: ChunkResult) -> list[Any]:
     return [_values(_joined(lines, *columns, separator=","))]
 
 
-def _ends(chunk: Chunk, block: bytes) -> np.ndarray:
+def _ends(chunk: Chunk, block: bytes | memoryview) -> np.ndarray:
     return chunk.ends if chunk.ends is not None else line_ends(block)[: len(chunk)]
 
 
@@ -418,7 +419,7 @@ def _numeric(values: np.ndarray) -> Any:
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def _strings(count: int, offsets: np.ndarray, data: bytes) -> Any:
+def _strings(count: int, offsets: np.ndarray, data: bytes | memoryview) -> Any:
     """An Arrow string array whose item i is ``data[offsets[i]:offsets[i + 1]]`` (UTF-8 already)."""
     pa = _arrow().pa
     return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])

@@ -75,8 +75,9 @@ class Chunk:
     cells: list[list[Any] | None] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
     numbers: np.ndarray | None = None  # all cells already parsed as float64 (fast CSV path)
-    block: bytes | None = None  # the records' own text, one a line, when ``raw`` is not filled (plain CSV)
+    block: bytes | memoryview | None = None  # the records' own text, one a line, when ``raw`` is not filled
     ends: np.ndarray | None = None  # where each record of ``block`` ends (the index of its \n)
+    crlf: bool = False  # whether ``block`` holds a \r (its lines end in \r\n)
 
     def __len__(self) -> int:
         return len(self.line_numbers)
@@ -84,7 +85,7 @@ class Chunk:
     def record(self, i: int) -> Any:
         """Record ``i`` as read (a CSV record's text without its line ending)."""
         if not self.raw and self.block is not None:
-            self.raw = [line.decode("ascii") for line in self.block.splitlines()]
+            self.raw = [line.decode("ascii") for line in bytes(self.block).splitlines()]
         return self.raw[i]
 
 
@@ -211,6 +212,10 @@ class Lines:
         stop = _first_trouble(buf, pos, min(self._end, pos + limit))
         cut = buf.rfind(b"\n", pos, stop) + 1
         return memoryview(buf)[pos:cut] if cut > pos else None
+
+    def has_cr(self, size: int) -> bool:
+        """Whether the first ``size`` bytes of the last plain block hold a \r."""
+        return self._buf.find(b"\r", self._pos, self._pos + size) >= 0
 
     def consume(self, size: int, lines: int) -> None:
         """Read past the first ``size`` bytes of the last plain block, ``lines`` lines."""
@@ -376,16 +381,19 @@ class CsvReader:
         self._line_bytes: float | None = None  # of the last plain chunk, to size the next one's window
         self._threads = cpus()  # with more than one CPU, Arrow parses a chunk's blocks side by side
 
-    def chunks(self, rows: int) -> Iterator[Chunk]:
+    def chunks(self, rows: int, in_place: bool = False) -> Iterator[Chunk]:
+        """Chunks of up to ``rows`` records. ``in_place``: a plain chunk's ``block`` is a view of the bytes
+        read, valid only until the next chunk is asked for (one copy fewer, for a caller done with each
+        chunk by then)."""
         while True:
-            chunk = self._plain_chunk(rows) if self._all_numeric else None
+            chunk = self._plain_chunk(rows, in_place) if self._all_numeric else None
             if chunk is None:
                 chunk = self._slow_chunk(rows)
             if chunk is None:
                 return
             yield chunk
 
-    def _plain_chunk(self, rows: int) -> Chunk | None:
+    def _plain_chunk(self, rows: int, in_place: bool = False) -> Chunk | None:
         """A plain stretch of up to ``rows`` lines, cut once and parsed in blocks of at most PLAIN_BYTES
         (a cache-sized piece parses fastest); None when the next line needs a closer look."""
         lines = self._lines
@@ -415,12 +423,12 @@ class CsvReader:
             parts.append(parsed)
             count = stop
         size = int(starts[count])
-        first = lines.number + 1
+        first, crlf = lines.number + 1, lines.has_cr(size)
         lines.consume(size, count)
         self._line_bytes = size / count
         return Chunk(line_numbers=list(range(first, first + count)), numbers=np.concatenate(parts),
-                     block=bytes(run[:size]), ends=ends[:count], cells=[None] * count,
-                     errors=[None] * count)
+                     block=run[:size] if in_place else bytes(run[:size]), ends=ends[:count], cells=[None] * count,
+                     errors=[None] * count, crlf=crlf)
 
     def _window(self, rows: int) -> int:
         """Bytes to look at for the next ``rows`` plain lines: a tenth more than the last chunk's took."""

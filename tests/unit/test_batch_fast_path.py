@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from functions.batch import scoring
 from functions.batch.scoring import Source, score_file
 from functions.batch.stores import LocalStore
 from functions.common import tabular
@@ -67,12 +68,13 @@ class Outputs:
 
 @pytest.fixture
 def scored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
-    """Scores a file twice, through the fast path and row by row (no block ever parsed whole); checks
-    that both wrote the same bytes and gives the fast run's outputs."""
+    """Scores a file three times, through the fast path (as this machine's CPUs allow, then on one thread
+    with each chunk's text left in place) and row by row (no block ever parsed whole); checks that all
+    wrote the same bytes and gives the fast run's outputs."""
     runs = itertools.count()
     parse = tabular.CsvReader._parse
 
-    def once(model: Model, data: bytes, chunk_rows: int, row_by_row: bool) -> Outputs:
+    def once(model: Model, data: bytes, chunk_rows: int, row_by_row: bool, one_cpu: bool = False) -> Outputs:
         fast = 0
 
         def counted(reader: tabular.CsvReader, block: bytes, lines: int) -> np.ndarray | None:
@@ -85,14 +87,18 @@ def scored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
         source = Source("local", "incoming/f.csv", size=len(data), etag=hashlib.md5(data).hexdigest())
         with monkeypatch.context() as patch:
             patch.setattr(tabular.CsvReader, "_parse", counted)
+            if one_cpu:  # one thread, each chunk's text left where it was read
+                patch.setattr(scoring, "cpus", lambda: 1)
+                patch.setattr(tabular, "cpus", lambda: 1)
             manifest = score_file(model, LocalStore(root), source, io.BytesIO(data), chunk_rows=chunk_rows).manifest
         return Outputs(root, manifest, fast)
 
     def both(model: Model, data: bytes, chunk_rows: int = 5000) -> Outputs:
         fast, slow = once(model, data, chunk_rows, False), once(model, data, chunk_rows, True)
-        assert fast.counts == slow.counts
-        assert fast.rejected_text == slow.rejected_text
-        assert fast.scored == slow.scored
+        for other in (slow, once(model, data, chunk_rows, False, one_cpu=True)):
+            assert fast.counts == other.counts
+            assert fast.rejected_text == other.rejected_text
+            assert fast.scored == other.scored
         return fast
 
     yield both
@@ -219,8 +225,6 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
 def test_one_thread_or_three_write_the_same_bytes(rf: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   cpus: int) -> None:
     """With one CPU the file is parsed, scored and written on one thread; with more, on three."""
-    from functions.batch import scoring
-
     body = rows(3000)
     body[1500] = replaced(body[1500], 1, "oops")
     data = csv_bytes(body)
