@@ -305,8 +305,15 @@ def cpus() -> int:
 
 
 def line_ends(block: bytes | memoryview) -> np.ndarray:
-    """Where each line of ``block`` ends: the index of its \\n."""
-    return np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+    """Where each line of ``block`` ends: the index of its \\n. Looked for 8 bytes at a time first
+    (lines are long, most words hold none), then byte by byte in the words that hold one."""
+    codes = np.frombuffer(block, dtype=np.uint8)
+    newline = np.empty(-(-len(codes) // 8) * 8, dtype=bool)
+    newline[len(codes):] = False
+    np.equal(codes, 10, out=newline[:len(codes)])
+    words = np.flatnonzero(newline.view(np.uint64) != 0)
+    found = np.flatnonzero(newline.reshape(-1, 8)[words])
+    return words[found >> 3] * 8 + (found & 7)  # type: ignore[no-any-return]
 
 
 def not_utf8(text: str) -> bool:

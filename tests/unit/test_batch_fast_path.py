@@ -237,3 +237,10 @@ def test_one_thread_or_three_write_the_same_bytes(rf: Model, tmp_path: Path, mon
         outputs[n] = Outputs(tmp_path / str(n), manifest, 0)
     assert outputs[cpus].scored == outputs[1].scored and outputs[cpus].rejected == [(1502, "wrong_type")]
     assert outputs[cpus].counts == {"in": 3000, "scored": 2999, "rejected": 1}
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 7))
+def test_line_ends_finds_every_newline_whatever_the_block_s_length_and_start(data: bytes, skip: int) -> None:
+    block = memoryview(data)[min(skip, len(data)):]  # a view starting anywhere, as a chunk's text is
+    assert tabular.line_ends(block).tolist() == [i for i, c in enumerate(bytes(block)) if c == 10]
