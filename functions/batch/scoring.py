@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 import numpy as np
+import pyarrow.compute  # every CSV or Parquet file needs pyarrow: loaded at init, not in a file's time
+import pyarrow.csv  # noqa: F401 - as above (the CSV reader takes it from sys.modules)
 
 from ..common import layout
 from ..common.bundle import Model, first_max
