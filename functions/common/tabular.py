@@ -433,7 +433,8 @@ class CsvReader:
         first, crlf = lines.number + 1, lines.has_cr(size)
         lines.consume(size, count)
         self._line_bytes = size / count
-        return Chunk(line_numbers=list(range(first, first + count)), numbers=parts[0] if len(parts) == 1 else np.concatenate(parts),
+        numbers = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return Chunk(line_numbers=list(range(first, first + count)), numbers=numbers,
                      block=run[:size] if in_place else bytes(run[:size]), ends=ends[:count], cells=[None] * count,
                      errors=[None] * count, crlf=crlf)
 
