@@ -241,9 +241,10 @@ def main() -> None:
           "per training row labelled by the teacher, temperature 1|2 and label weight 0|0.5 tuned on validation; "
           "hard-label: the same student on the training rows' labels; students: logreg, mlp(32); shipped: "
           "`slimserve train --student auto` (the first of logreg, mlp, hgb within 1 point of the teacher on "
-          "validation, the distilled student unless hard labels are clearly better there); int8: the distilled mlp quantized "
-          "(dynamic), shown when kept. val acc: validation accuracy; primary: roc_auc (2 classes) or macro_f1; p50 us: "
-          "one row, onnxruntime session.run" + ("; --quick: sets cut to 3,000 rows" if args.quick else ""))
+          "validation, the distilled student unless hard labels are clearly better there); int8: the distilled "
+          "mlp quantized (dynamic), shown when kept. val acc: validation accuracy; primary: roc_auc (2 classes) "
+          "or macro_f1; p50 us: one row, onnxruntime session.run"
+          + ("; --quick: sets cut to 3,000 rows" if args.quick else ""))
     print(f"{'data set':<20}{'rows':>7} | {'model':<30}{'val acc':>8}{'accuracy':>9}{'primary':>9}{'onnx KiB':>10}"
           f"{'p50 us':>8}")
     summary: list[dict[str, Any]] = []
