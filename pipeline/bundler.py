@@ -372,7 +372,7 @@ def _feature_inputs(onx: Any, declared: list[str], features: list[str]) -> list[
 
 def sample_instances(X: pd.DataFrame) -> list[list[Any]]:
     """Rows exactly as a JSON client would send them (NaN becomes null)."""
-    return json.loads(X.to_json(orient="values", double_precision=15, date_format="epoch"))
+    return json.loads(X.to_json(orient="values", double_precision=15))
 
 
 def _parity(estimator: Any, manifest: Manifest, onnx_bytes: bytes, X_all: pd.DataFrame,
