@@ -14,11 +14,10 @@ import pytest
 
 from functions.common.prediction_ids import MAX_ID_CHARS, verify
 from functions.common.routing import set_metric_sink
-from pipeline.local.apigw import LambdaContext, proxy_event
+from pipeline.local.apigw import IAM_USER_ARN, LambdaContext, http_api_event, jwt_claims, proxy_event
 from pipeline.local.emulation import MODEL_BUCKET, REGION, emulated_account, upload_bundle
 from pipeline.local.server import load_function, load_inference_handler
 from tests.conftest import breast_cancer
-from tests.integration.http_api_events import IAM_USER_ARN, http_api_event, jwt_claims
 
 KEY_HEX = "5e" * 32
 TABLE = "slimserve-feedback-test"

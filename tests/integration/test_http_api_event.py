@@ -12,10 +12,9 @@ from typing import Any
 import boto3
 import pytest
 
-from pipeline.local.apigw import LambdaContext, proxy_event
+from pipeline.local.apigw import LambdaContext, http_api_event, jwt_claims, proxy_event
 from pipeline.local.emulation import REGION, emulated_account, upload_bundle
 from pipeline.local.server import load_inference_handler
-from tests.integration.http_api_events import http_api_event, jwt_claims
 
 ROW = {"age": 41, "plan": "pro", "income": 52_000.0, "region": "north"}
 
