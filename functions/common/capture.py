@@ -41,8 +41,8 @@ EXTENSIONS_API = "2020-01-01/extension"
 Put = Callable[[str, bytes], None]  # (key, gzip body): raises on failure
 Emit = Callable[[dict[str, Any]], None]  # one EMF record
 # One sampled request: (epoch s, request id, model, version, role, feature names, rows, predictions,
-# probabilities, prediction ids). Kept as given: the work of shaping it is paid at flush.
-Pending = tuple[float, str, str, str, str, Sequence[str], Sequence[Any], Any, Any, Any]
+# probabilities, prediction ids, shadow run or None). Kept as given: the work of shaping it is paid at flush.
+Pending = tuple[float, str, str, str, str, Sequence[str], Sequence[Any], Any, Any, Any, Any]
 
 
 def columns(text: str | None) -> frozenset[str]:
@@ -115,10 +115,11 @@ class Capture:
     # -- the request path -------------------------------------------------------------------------------
 
     def record(self, request_id: str | None, routed: Any, instances: Sequence[Any], result: Any,
-               prediction_ids: Any = None) -> None:
+               prediction_ids: Any = None, shadow: Any = None) -> None:
         """Keep one answered request if it is sampled; flush when the buffer is full or old.
 
-        ``routed``: the Routed (model and role); ``result``: the Prediction. Never raises."""
+        ``routed``: the Routed (model and role); ``result``: the Prediction; ``shadow``: the request's
+        ShadowRun, when one was drawn (its version and answer join each row). Never raises."""
         if self.sample_rate <= 0:
             return
         request_id = request_id or uuid.uuid4().hex
@@ -128,7 +129,7 @@ class Capture:
                 self._oldest = self.clock()
             self._pending.append((self.wall(), request_id, model.manifest.name, model.version, routed.role,
                                   model.schema.names, instances, result.predictions, result.probabilities,
-                                  prediction_ids))
+                                  prediction_ids, shadow))
             self._rows += len(instances)
         if self._rows >= self.max_records or (self._pending and self.clock() - self._oldest >= self.max_seconds):
             self.flush()
@@ -162,15 +163,17 @@ class Capture:
     def lines(self, group: Iterable[Pending]) -> Iterator[str]:
         """The JSON Lines of some pending requests: one line per row, after dropping and hashing."""
         dumps = json.JSONEncoder(separators=(",", ":"), default=_plain).encode
-        for ts, request_id, model, version, role, names, instances, predictions, proba, ids in group:
+        for ts, request_id, model, version, role, names, instances, predictions, proba, ids, shadow in group:
             stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             predictions, proba, ids = _list(predictions) or [], _list(proba), _list(ids)
+            shadowed = _shadow_columns(shadow, len(instances))
             for i, instance in enumerate(instances):
                 prediction = predictions[i]
-                yield dumps({"ts": stamp, "request_id": request_id, "model": model, "version": version, "role": role,
-                             "row": self.shaped_row(instance, names), "prediction": prediction,
-                             "score": _score(prediction, proba[i] if proba else None),
-                             "prediction_id": ids[i] if ids else None})
+                line = {"ts": stamp, "request_id": request_id, "model": model, "version": version, "role": role,
+                        "row": self.shaped_row(instance, names), "prediction": prediction,
+                        "score": _score(prediction, proba[i] if proba else None),
+                        "prediction_id": ids[i] if ids else None}
+                yield dumps(line if shadowed is None else {**line, **shadowed[i]})
 
     def shaped_row(self, instance: Any, names: Sequence[str]) -> dict[str, Any]:
         row = instance if isinstance(instance, dict) else dict(zip(names, instance, strict=False))
@@ -259,6 +262,18 @@ def _list(values: Any) -> list[Any] | None:
     if values is None:
         return None
     return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _shadow_columns(shadow: Any, rows: int) -> list[dict[str, Any]] | None:
+    """The keys a shadowed request adds to each of its rows: the shadow's version and its prediction and
+    score (as the served answer's), or, when it failed, its error code. None: no shadow ran."""
+    if shadow is None:
+        return None
+    if shadow.answer is None:
+        return [{"shadow_version": shadow.version, "shadow_error": shadow.error}] * rows
+    predictions, proba = _list(shadow.answer.predictions) or [], _list(shadow.answer.probabilities)
+    return [{"shadow_version": shadow.version, "shadow_prediction": predictions[i],
+             "shadow_score": _score(predictions[i], proba[i] if proba else None)} for i in range(rows)]
 
 
 def _score(prediction: Any, probabilities: Sequence[float] | None) -> float | None:

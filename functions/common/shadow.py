@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .bundle import Model, Prediction
@@ -60,27 +61,41 @@ def _label_score_diff(served: Model, answer: Prediction, shadow: Model, shadowed
     return total
 
 
+@dataclass(frozen=True)
+class ShadowRun:
+    """One request's shadow: its version, its answer (None when it failed, ``error`` then says why) and the
+    EMF record published. Request capture keeps the answer beside the served one."""
+
+    version: str
+    answer: Prediction | None
+    error: str | None
+    record: dict[str, Any]
+
+
 def run_shadow(draw: ShadowDraw, instances: Sequence[Any], served: Model, answer: Prediction, *,
-               clock: Callable[[], float], log: Log) -> dict[str, Any]:
-    """Score ``instances`` with the drawn shadow and publish how it compares; returns the EMF record.
+               clock: Callable[[], float], log: Log) -> ShadowRun:
+    """Score ``instances`` with the drawn shadow and publish how it compares.
     Never raises: a failure is one ShadowErrors and a log line without the rows."""
     started = clock()
     values: dict[str, float] = {}
+    shadowed: Prediction | None = None
+    code: str | None = None
     try:
         if draw.model is None:
             raise ShadowMismatch(f"shadow {draw.version} is not loaded (its bundle failed to load)",
                                  code="shadow_unavailable")
-        values = compare(served, answer, draw.model, draw.model.predict(instances))
-        failed = 0
+        shadowed = draw.model.predict(instances)
+        values = compare(served, answer, draw.model, shadowed)
     except Exception as exc:  # a shadow never fails the request it runs beside
-        failed = 1
+        shadowed = None  # an answer that cannot be compared is not kept either
         code = exc.code if isinstance(exc, SlimserveError) else "internal_error"
         reason = exc.message if isinstance(exc, SlimserveError) else type(exc).__name__
         log.warning("shadow failed; the served answer is unaffected",
                     extra={"code": code, "reason": reason, "shadow_version": draw.version})
     latency_ms = (clock() - started) * 1e3
-    return emit_shadow_metrics(served.manifest.name, draw.version, served.version, latency_ms=latency_ms,
-                               errors=failed, comparison=values)
+    record = emit_shadow_metrics(served.manifest.name, draw.version, served.version, latency_ms=latency_ms,
+                                 errors=int(code is not None), comparison=values)
+    return ShadowRun(draw.version, shadowed, code, record)
 
 
 def emit_shadow_metrics(model_name: str, shadow_version: str, served_version: str, *, latency_ms: float,

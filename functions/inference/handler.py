@@ -144,12 +144,11 @@ def answer_predict(event: ProxyRequest) -> Response:
                           result.predictions, result.probabilities)
     if ids is not None:
         body["prediction_ids"] = ids
-    capture.record(body["request_id"], routed, request.instances, result, ids)
     response = Response(200, json.dumps(body))
     # The routing item's shadow, on its share of requests: measured against the answer above, never returned.
     draw = holder.shadow_for(body["request_id"], model.version) if isinstance(holder, RoutingSource) else None
-    if draw is not None:
-        run_shadow(draw, request.instances, model, result, clock=clock, log=logger)
+    shadow = run_shadow(draw, request.instances, model, result, clock=clock, log=logger) if draw is not None else None
+    capture.record(body["request_id"], routed, request.instances, result, ids, shadow)  # the shadow's answer too
     return response
 
 

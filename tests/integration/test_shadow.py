@@ -4,6 +4,7 @@ CloudWatch-shaped EMF, and never part of an answer."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from functions.common.capture import Capture, s3_put
 from functions.common.errors import LockHeld, NoChampion, NotAdmitted, SlimserveError, UnknownModel, UnknownVersion
 from functions.common.routing import set_metric_sink, shadow_slot
+from functions.drift.service import capture_keys, parse_capture, read_window
 from pipeline.local.apigw import LambdaContext, proxy_event
-from pipeline.local.emulation import emulated_account
+from pipeline.local.emulation import MODEL_BUCKET, emulated_account
 from pipeline.local.server import load_function
 from tests.integration.release_account import MODEL, TABLE, ReleaseAccount, release_account
 
@@ -118,6 +121,30 @@ def test_a_different_shadow_publishes_its_agreement_score_difference_and_latency
                                                                        ["model_name", "model_version"]]
     stored = account.cloudwatch.list_metrics(Namespace="Slimserve", MetricName="ShadowAgreement")["Metrics"]
     assert {d["Name"]: d["Value"] for d in stored[0]["Dimensions"]} == {"model_name": MODEL, "model_version": "v2"}
+
+
+def test_a_captured_shadowed_request_keeps_both_answers_and_readers_see_the_served_one(
+        account: ReleaseAccount) -> None:
+    champion_and_candidate(account, max_share=100)
+    account.flipped("v2")
+    account.step("set_shadow", version="v2", share=100)
+    module = account.serve()
+    module.capture = Capture(sample_rate=1.0, put=s3_put(MODEL_BUCKET), max_records=10_000, emit=lambda r: None)
+    served = answers(account, 5)
+    assert module.capture.flush() == 15
+    keys = capture_keys(account.s3, MODEL_BUCKET, MODEL, "v1", dt.datetime.now(dt.UTC), 1)
+    lines = [line for key in keys
+             for line in parse_capture(account.s3.get_object(Bucket=MODEL_BUCKET, Key=key)["Body"].read())]
+    expected = [(p, max(q)) for _, body in served for p, q in zip(body["predictions"], body["probabilities"],
+                                                                   strict=True)]
+    assert sorted((line["prediction"], line["score"]) for line in lines) == sorted(expected)
+    for line in lines:  # the flipped shadow: the other label, with the served answer's top probability
+        assert (line["version"], line["shadow_version"]) == ("v1", "v2")
+        assert (line["shadow_prediction"], line["shadow_score"]) == (1 - line["prediction"], line["score"])
+    # The drift reader (and `slimserve monitor` through it) reads rows and served predictions alone.
+    window = read_window(account.s3, MODEL_BUCKET, MODEL, ["v1"], dt.datetime.now(dt.UTC), 1, 1000)
+    assert sorted(window.predictions["v1"]) == sorted(p for p, _ in expected) and len(window.rows) == 15
+    assert all(set(row) == set(lines[0]["row"]) for row in window.rows)
 
 
 def test_share_zero_runs_nothing(account: ReleaseAccount, shadow_records: list[dict[str, Any]]) -> None:

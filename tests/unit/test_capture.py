@@ -158,6 +158,49 @@ def test_dropped_columns_are_absent_and_hashed_ones_are_stable_digests() -> None
     assert re.fullmatch(r"sha256:[0-9a-f]{16}", first["email"]) and "a@b.c" not in json.dumps(bucket.lines())
 
 
+def shadow_run(version: str = "v3", answer: Any = None, error: str | None = None) -> Any:
+    """What run_shadow hands to capture (a ShadowRun): the version and its answer, or its error code."""
+    return SimpleNamespace(version=version, answer=answer, error=error)
+
+
+def test_a_shadowed_request_keeps_the_shadow_answer_beside_the_served_one() -> None:
+    bucket = Bucket()
+    cap, _ = capture(bucket)
+    shadow = shadow_run(answer=SimpleNamespace(predictions=["no", "yes"], probabilities=[[0.7, 0.3], [0.1, 0.9]]))
+    cap.record("r1", routed(), [[1, "e", 0.0], [2, "e", 0.0]], classified(2), None, shadow)
+    cap.record("r2", routed(), [[3, "e", 0.0]], classified(1))  # not shadowed: the rows are as before
+    cap.record("r3", routed(), [[4, "e", 0.0]], SimpleNamespace(predictions=[3.25], probabilities=None), None,
+               shadow_run(answer=SimpleNamespace(predictions=[2.5], probabilities=None)))
+    cap.flush()
+    first, second, plain, regressor = bucket.lines()
+    assert set(plain) == FIELDS
+    assert {k: first[k] for k in set(first) - FIELDS} == {"shadow_version": "v3", "shadow_prediction": "no",
+                                                          "shadow_score": 0.7}
+    assert (second["shadow_prediction"], second["shadow_score"]) == ("yes", 0.9)
+    assert (first["prediction"], first["score"], first["version"]) == ("yes", 0.8, "v1")  # the served answer
+    assert (regressor["shadow_prediction"], regressor["shadow_score"], regressor["prediction"]) == (2.5, 2.5, 3.25)
+
+
+def test_a_failed_shadow_leaves_its_version_and_error_code_and_no_answer() -> None:
+    bucket = Bucket()
+    cap, _ = capture(bucket)
+    cap.record("r", routed(), [[1, "e", 0.0]], classified(1), None, shadow_run(error="shadow_unavailable"))
+    cap.flush()
+    (line,) = bucket.lines()
+    assert {k: line[k] for k in set(line) - FIELDS} == {"shadow_version": "v3", "shadow_error": "shadow_unavailable"}
+
+
+def test_pii_settings_shape_the_features_not_the_shadow_answer() -> None:
+    bucket = Bucket()
+    cap, _ = capture(bucket, drop=columns("income"), hash_columns=columns("email"))
+    shadow = shadow_run(answer=SimpleNamespace(predictions=["no"], probabilities=[[0.6, 0.4]]))
+    cap.record("r", routed(), [[41, "a@b.c", 9.5]], classified(1), None, shadow)
+    cap.flush()
+    (line,) = bucket.lines()
+    assert line["row"] == {"age": 41, "email": hashed("a@b.c")}
+    assert (line["shadow_prediction"], line["shadow_score"]) == ("no", 0.6)
+
+
 def test_a_failing_put_is_logged_and_counted_never_raised(caplog: pytest.LogCaptureFixture) -> None:
     bucket = Bucket(failing=True)
     cap, emitted = capture(bucket, max_records=2)

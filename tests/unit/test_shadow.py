@@ -139,8 +139,11 @@ def test_a_classifier_shadow_publishes_agreement_score_difference_and_latency(re
     shadow = fake_model("v3", classes=["yes", "no"], clock=clock, cost_ms=4.0,
                        answer=Prediction(["yes", "yes", "no", "no"], [[0.9, 0.1], [0.5, 0.5], [0.3, 0.7],
                                                                       [0.4, 0.6]]))
-    record = run_shadow(ShadowDraw("v3", shadow), [[1], [2], [3], [4]], served, answer, clock=clock, log=Logs())
+    run = run_shadow(ShadowDraw("v3", shadow), [[1], [2], [3], [4]], served, answer, clock=clock, log=Logs())
+    record = run.record
     assert records == [record]
+    assert run.version == "v3" and run.error is None and run.answer is not None  # kept for request capture
+    assert run.answer.predictions == ["yes", "yes", "no", "no"]
     assert record["ShadowRequests"] == 1 and record["ShadowErrors"] == 0
     assert record["ShadowAgreement"] == pytest.approx(2 / 4)
     # |0.8-0.9| + |0.9-0.5| + |0.6-0.7| + |0.7-0.4| over 4 rows
@@ -167,14 +170,16 @@ def test_an_answer_that_cannot_be_compared_is_a_mismatch() -> None:
         compare(served, Prediction(["no"], [[0.6, 0.4]]), served, Prediction([], []))
 
 
-@pytest.mark.parametrize("draw", [ShadowDraw("v3", fake_model("v3", answer=None)), ShadowDraw("v3", None)],
+@pytest.mark.parametrize(("draw", "code"), [(ShadowDraw("v3", fake_model("v3", answer=None)), "internal_error"),
+                                            (ShadowDraw("v3", None), "shadow_unavailable")],
                          ids=["predict raises", "bundle not loaded"])
-def test_a_failing_shadow_is_counted_and_logged_never_raised(draw: ShadowDraw,
+def test_a_failing_shadow_is_counted_and_logged_never_raised(draw: ShadowDraw, code: str,
                                                              records: list[dict[str, Any]]) -> None:
     logs = Logs()
     served = fake_model("v1", classes=["no", "yes"])
-    record = run_shadow(draw, [{"secret": "row"}], served, Prediction(["no"], [[0.6, 0.4]]),
-                        clock=Clock(), log=logs)
+    run = run_shadow(draw, [{"secret": "row"}], served, Prediction(["no"], [[0.6, 0.4]]), clock=Clock(), log=logs)
+    record = run.record
+    assert run.answer is None and run.error == code  # request capture keeps the code, not an answer
     assert record["ShadowErrors"] == 1 and record["ShadowRequests"] == 1
     assert "ShadowAgreement" not in record and "ShadowScoreDiff" not in record
     ((_message, extra),) = logs.lines
