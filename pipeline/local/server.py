@@ -1,7 +1,8 @@
-"""A local HTTP endpoint in front of the real inference handler.
+"""A local HTTP endpoint in front of the real handlers.
 
-Each HTTP request becomes the API Gateway proxy event the Lambda receives, and the handler's
-proxy response becomes the HTTP response: one code path, locally and on AWS.
+Each HTTP request becomes the event the Lambda receives from the stack's front door (the REST API's proxy
+event, or the HTTP API's payload 1.0 event), and the handler's proxy response becomes the HTTP response:
+one code path, locally and on AWS.
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ import re
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from functions.common.errors import ECHO_LIMIT, INTERNAL_ERROR_BODY, clip
 
-from .apigw import LambdaContext, proxy_event
+from .apigw import FrontDoor, GatewayAnswer, LambdaContext
 
 MAX_LOCAL_BODY = 64 * 1024 * 1024  # far above the handler's own limit, so the handler decides
 LISTEN_BACKLOG = 64  # connections the kernel holds while every thread is busy
 IDLE_TIMEOUT_SECONDS = 60  # a kept-alive connection idle this long is closed; so is a body that stalls
+Handler = Callable[[dict[str, Any], Any], Any]
 _DIGITS = re.compile(r"[0-9]+")
 _SERVER_ERROR_CODES = {400: "bad_request", 408: "request_timeout", 411: "length_required",
                        413: "payload_too_large", 414: "uri_too_long", 431: "headers_too_large",
@@ -59,6 +63,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive; every answer, the server's own refusals included, in the API's error shape."""
 
     lambda_handler: Any = None
+    routes: Mapping[tuple[str, str], Handler] = {}
+    """(method, path) -> the route's handler; a request on no route goes to lambda_handler (REST API) or is the
+    HTTP API's own 404."""
+    front_door = FrontDoor()
     quiet = False
     server_version = "slimserve-local"
     protocol_version = "HTTP/1.1"
@@ -84,10 +92,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if len(raw) < length:  # the client closed before sending the body it announced
             self.close_connection = True
             return
-        event = proxy_event(self.command, self.path, raw.decode("utf-8", errors="replace") if raw else None,
-                            dict(self.headers.items()), source_ip=self.client_address[0])
+        handler, event = self._route(raw.decode("utf-8", errors="replace") if raw else None)
+        if isinstance(event, GatewayAnswer):
+            self._send_json(event.status, event.body, extra=list(event.headers.items()))
+            return
         try:
-            result = type(self).lambda_handler(event, LambdaContext())
+            result = handler(event, LambdaContext())
         except Exception:  # the handler answers every error itself; this is the last line of defence
             traceback.print_exc()
             self._send_json(500, {"error": INTERNAL_ERROR_BODY, "request_id": None}, close=True)
@@ -95,6 +105,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
         headers = list((result.get("headers") or {}).items())
         headers += [(k, v) for k, values in (result.get("multiValueHeaders") or {}).items() for v in values]
         self._send(int(result.get("statusCode", 500)), (result.get("body") or "").encode("utf-8"), headers)
+
+    def _route(self, body: str | None) -> tuple[Handler, dict[str, Any] | GatewayAnswer]:
+        """The handler of the request's route, and its event or the API's own answer."""
+        cls, path = type(self), urlsplit(self.path).path
+        handler = cls.routes.get((self.command, path))
+        if handler is None and cls.front_door.api == "http" and cls.routes:
+            return cls.lambda_handler, GatewayAnswer(404, "Not Found")  # an HTTP API answers no route itself
+        if handler is None:  # the REST API: the path's function answers a method it lacks (405)
+            handler = next((h for (_, p), h in cls.routes.items() if p == path), cls.lambda_handler)
+        event = cls.front_door.event(self.command, self.path, body, dict(self.headers.items()),
+                                     source_ip=self.client_address[0])
+        return handler, event
 
     def _content_length(self) -> int | None:
         """The announced body length, or None after refusing a request whose framing cannot be trusted."""
@@ -120,10 +142,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         error = {"code": _SERVER_ERROR_CODES.get(code, status.phrase.lower().replace(" ", "_")), "message": text}
         self._send_json(code, {"error": error, "request_id": None}, close=True)
 
-    def _send_json(self, status: int, body: dict[str, Any], close: bool = False) -> None:
+    def _send_json(self, status: int, body: dict[str, Any], close: bool = False,
+                   extra: list[tuple[str, str]] | None = None) -> None:
         if close:
             self.close_connection = True
-        headers = [("Content-Type", "application/json")] + ([("Connection", "close")] if close else [])
+        headers = [("Content-Type", "application/json")] + ([("Connection", "close")] if close else []) + (extra or [])
         self._send(status, json.dumps(body).encode("utf-8"), headers)
 
     def _send(self, status: int, payload: bytes, headers: list[tuple[str, str]]) -> None:
@@ -144,10 +167,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
         sys.stderr.write(f"local-api {self.address_string()} {format % args}\n")
 
 
-def make_server(lambda_handler: Any, host: str = "127.0.0.1", port: int = 8080,
-                quiet: bool = False) -> LocalApiServer:
-    handler_class = type("LocalApiHandler", (_RequestHandler,), {"lambda_handler": staticmethod(lambda_handler),
-                                                                 "quiet": quiet})
+def make_server(lambda_handler: Any, host: str = "127.0.0.1", port: int = 8080, quiet: bool = False,
+                front_door: FrontDoor | None = None,
+                routes: Mapping[tuple[str, str], Handler] | None = None) -> LocalApiServer:
+    """The local API: ``lambda_handler`` behind the REST API by default; with ``front_door`` and ``routes``
+    (from the synthesized stack), each route's function behind the API the stack deploys."""
+    handler_class = type("LocalApiHandler", (_RequestHandler,), {
+        "lambda_handler": staticmethod(lambda_handler), "quiet": quiet, "front_door": front_door or FrontDoor(),
+        "routes": {route: staticmethod(h) for route, h in (routes or {}).items()}})
     return LocalApiServer((host, port), handler_class)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from functions.common.errors import ConfigurationError
 
+from .apigw import FrontDoor
 from .emulation import REGION
 
 ACCOUNT = "123456789012"  # moto's default account: the ARNs a definition names must be the ones moto makes
@@ -296,6 +297,56 @@ class EmulatedStack:
     def handlers(self, runtime: FunctionRuntime) -> dict[str, Callable[[dict[str, Any], Any], Any]]:
         """Function logical id -> the real handler with its settings: what lambda_dispatch runs."""
         return {logical_id: runtime.handler(spec) for logical_id, spec in self.functions().items()}
+
+    def front_door(self) -> FrontDoor:
+        """The API the stack deploys in front of its functions: the HTTP API (IAM or JWT) or the REST API."""
+        if not self.resources("AWS::ApiGatewayV2::Api"):
+            return FrontDoor("rest")
+        jwt = [r["Properties"] for r in self.resources("AWS::ApiGatewayV2::Authorizer").values()
+               if r["Properties"].get("AuthorizerType") == "JWT"]
+        if not jwt:
+            return FrontDoor("http", "iam")
+        return FrontDoor("http", "jwt", str(self.render(jwt[0].get("JwtConfiguration", {}).get("Issuer", ""))))
+
+    def api_routes(self) -> dict[tuple[str, str], str]:
+        """(method, path) -> the logical id of the function the API invokes for it (an alias's function)."""
+        routes = {}
+        for resource in self.resources("AWS::ApiGatewayV2::Route").values():
+            method, _, path = str(resource["Properties"]["RouteKey"]).partition(" ")
+            integration = self.template["Resources"][self._referenced(resource["Properties"]["Target"])]
+            routes[(method, path)] = self._function(integration["Properties"]["IntegrationUri"])
+        for resource in self.resources("AWS::ApiGateway::Method").values():
+            properties = resource["Properties"]
+            routes[(properties["HttpMethod"], self._rest_path(properties["ResourceId"]))] = \
+                self._function(properties.get("Integration", {}).get("Uri"))
+        return {route: function for route, function in routes.items() if function}
+
+    def _referenced(self, value: Any) -> str:
+        """The logical id of the first resource a template value names (Ref or Fn::GetAtt), or ''."""
+        if isinstance(value, dict):
+            if "Ref" in value and value["Ref"] in self.template["Resources"]:
+                return str(value["Ref"])
+            if "Fn::GetAtt" in value:
+                return str(value["Fn::GetAtt"][0])
+            value = list(value.values())
+        if isinstance(value, list):
+            return next((found for found in map(self._referenced, value) if found), "")
+        return ""
+
+    def _function(self, uri: Any) -> str:
+        """The function an integration invokes (through an alias, its function), or ''."""
+        target = self._referenced(uri)
+        if target and _kind(target, self.template) == "AWS::Lambda::Alias":
+            target = self._referenced(self.template["Resources"][target]["Properties"]["FunctionName"])
+        return target if target and _kind(target, self.template) == "AWS::Lambda::Function" else ""
+
+    def _rest_path(self, resource_id: Any) -> str:
+        """A REST API resource's path, from its PathPart and its parents' (the root: `/`)."""
+        logical_id = self._referenced(resource_id)
+        if _kind(logical_id, self.template) != "AWS::ApiGateway::Resource":
+            return "/"
+        properties = self.template["Resources"][logical_id]["Properties"]
+        return self._rest_path(properties["ParentId"]).rstrip("/") + "/" + str(properties["PathPart"])
 
     def asset_uris(self) -> set[str]:
         """The S3 objects of the CDK bootstrap bucket the state machines name (the training jobs' source)."""

@@ -5,7 +5,8 @@ use it (release, rollback, status, retrain), which reach a deployed stack the sa
 retraining machines, their Lambda tasks answered by the real handlers through the local dispatcher), puts
 what the handlers emit as EMF into moto's CloudWatch, evaluates the role alarms on a timer into a local
 EventBridge router (the stack's rules: champion alarm -> rollback function, drift alarm -> retraining machine),
-and serves the local API in front of the real inference handler, routed by the registry. `<state-dir>/up.json`
+and serves the local API in front of the real handlers (inference, routed by the registry, and feedback) as
+the stack's front door (REST API, or HTTP API with IAM or JWT) hands them their events. `<state-dir>/up.json`
 tells the other commands where it all is.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from functions.common.errors import ConfigurationError, SlimserveError, UnknownModel
 
+from .apigw import FrontDoor
 from .emulation import FAKE_CREDENTIALS, REGION, STATE_MACHINES
 from .stack import LOCAL_CONTEXT, EmulatedStack, FunctionRuntime, install_rules, stack_endpoints, synthesized_template
 
@@ -95,7 +97,7 @@ def run_up(options: UpOptions, say: Say = print, serving: Callable[[], None] | N
                                   "region": REGION, "buckets": sorted(stack.bucket_names()),
                                   "state_machines": stack.state_machine_arns()})
             running.callback(up_file.unlink, missing_ok=True)
-            _say_running(say, endpoints, api_url, endpoint, up_file)
+            _say_running(say, endpoints, api_url, endpoint, up_file, stack.front_door())
             try:
                 if serving is not None:
                     serving()
@@ -161,7 +163,10 @@ def _emulation(stack: EmulatedStack, options: UpOptions, endpoint: str, say: Say
         timer.start()
         running.callback(timer.join)
         running.callback(stop.set)
-        api = make_server(runtime.handler(stack.functions()[serving]), options.host, options.port)
+        functions = stack.functions()
+        routes = {route: runtime.handler(functions[function]) for route, function in stack.api_routes().items()}
+        api = make_server(runtime.handler(functions[serving]), options.host, options.port,
+                          front_door=stack.front_door(), routes=routes)
         running.callback(api.server_close)
         say(f"emulated account at {endpoint}: {len(stack.bucket_names())} buckets, the registry table, "
             f"{len(stack.state_machine_arns())} state machines, {len(router.rules)} EventBridge rules")
@@ -213,16 +218,21 @@ def _evaluate_alarms(evaluator: Any, stop: threading.Event, interval: float, say
             say(f"alarm evaluation failed: {type(exc).__name__}: {exc}")
 
 
-def _say_running(say: Say, endpoints: Mapping[str, str], api_url: str, endpoint: str, up_file: Path) -> None:
+def _say_running(say: Say, endpoints: Mapping[str, str], api_url: str, endpoint: str, up_file: Path,
+                 front_door: FrontDoor) -> None:
     model = endpoints["model"]
+    token = front_door.example_token()
+    auth = f" -H 'Authorization: Bearer {token}'" if token else ""
     say(f"slimserve up: model {model}\n"
-        f"  local API       {api_url}   (the inference handler, routed by the registry)\n"
-        f"  AWS endpoint    {endpoint}   (moto: registry {endpoints['table']}, bucket {endpoints['model_bucket']})\n"
+        f"  local API       {api_url}   (the stack's routes: inference, routed by the registry; feedback)\n"
+        f"  front door      {front_door.describe()}\n"
+        + (f"  example token   {token}   (unsigned: iss {front_door.issuer}, sub local-user)\n" if token else "")
+        + f"  AWS endpoint    {endpoint}   (moto: registry {endpoints['table']}, bucket {endpoints['model_bucket']})\n"
         f"  state           {up_file}\n"
         f"try:\n"
-        f"  curl -s {api_url}/health\n"
+        f"  curl -s {api_url}/health{auth}\n"
         f"  slimserve release --bundle BUNDLE_DIR --holdout HOLDOUT.csv\n"
-        f"  curl -s -X POST {api_url}/predict -H 'Content-Type: application/json' "
+        f"  curl -s -X POST {api_url}/predict -H 'Content-Type: application/json'{auth} "
         f"-d '{{\"instances\": [[...]]}}'\n"
         f"  slimserve status\n"
         f"Ctrl-C to stop")
