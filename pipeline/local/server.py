@@ -184,9 +184,9 @@ def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
     return thread
 
 
-def call(base_url: str, method: str, path: str, body: Any = None,
-         content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
-    """A tiny HTTP client for the demo and tests (standard library only)."""
+def call(base_url: str, method: str, path: str, body: Any = None, content_type: str = "application/json",
+         headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """A tiny HTTP client for the demo and tests (standard library only); ``headers`` e.g. Authorization."""
     from urllib.error import HTTPError
     from urllib.request import Request, urlopen
 
@@ -194,7 +194,7 @@ def call(base_url: str, method: str, path: str, body: Any = None,
     if isinstance(data, str):
         data = data.encode("utf-8")
     request = Request(base_url.rstrip("/") + path, data=data, method=method,
-                      headers={"Content-Type": content_type} if data is not None else {})
+                      headers={**({"Content-Type": content_type} if data is not None else {}), **(headers or {})})
     try:
         with urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"{}")

@@ -358,8 +358,10 @@ class EmulatedStack:
     def machine_definition(self, logical_id: str) -> str:
         return machine_definition(self.template, logical_id, self.region)
 
-    def create(self, s3: Any, dynamodb: Any, sns: Any, stepfunctions: Any, sqs: Any = None) -> None:
-        """Create the buckets, tables, topics, queues and state machines of the template in the emulated account."""
+    def create(self, s3: Any, dynamodb: Any, sns: Any, stepfunctions: Any, sqs: Any = None,
+               secretsmanager: Any = None) -> None:
+        """Create the buckets, tables, topics, queues, generated secrets and state machines of the template in
+        the emulated account."""
         for logical_id, resource in self.resources("AWS::S3::Bucket").items():
             s3.create_bucket(Bucket=bucket_name(logical_id))  # us-east-1: no location constraint
             if resource["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled":
@@ -375,6 +377,12 @@ class EmulatedStack:
             sns.create_topic(Name=logical_id)
         for logical_id in self.resources("AWS::SQS::Queue") if sqs is not None else ():
             sqs.create_queue(QueueName=logical_id)  # the URL a Ref renders to
+        for logical_id, resource in self.resources("AWS::SecretsManager::Secret").items() if secretsmanager else ():
+            generate = resource["Properties"].get("GenerateSecretString", {})
+            value = secretsmanager.get_random_password(  # as deploy generates it (e.g. the prediction id key)
+                PasswordLength=int(generate.get("PasswordLength", 32)),
+                ExcludePunctuation=bool(generate.get("ExcludePunctuation", False)))["RandomPassword"]
+            secretsmanager.create_secret(Name=logical_id, SecretString=value)  # the name a Ref renders to
         for logical_id, resource in self.resources("AWS::StepFunctions::StateMachine").items():
             stepfunctions.create_state_machine(name=logical_id, definition=self.machine_definition(logical_id),
                                                roleArn=str(self.render(resource["Properties"]["RoleArn"])))

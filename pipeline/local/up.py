@@ -132,8 +132,9 @@ def _emulation(stack: EmulatedStack, options: UpOptions, endpoint: str, say: Say
 
     aws.client.cache_clear()
     clients = {name: boto3.client(name, region_name=REGION)  # type: ignore[call-overload]
-               for name in ("s3", "dynamodb", "sns", "sqs", "stepfunctions", "cloudwatch")}
-    stack.create(clients["s3"], clients["dynamodb"], clients["sns"], clients["stepfunctions"], clients["sqs"])
+               for name in ("s3", "dynamodb", "sns", "sqs", "stepfunctions", "cloudwatch", "secretsmanager")}
+    stack.create(clients["s3"], clients["dynamodb"], clients["sns"], clients["stepfunctions"], clients["sqs"],
+                 clients["secretsmanager"])
     serving = stack.function_id(INFERENCE_HANDLER)
     overrides = {serving: {"ROUTING_TTL_SECONDS": options.routing_ttl_seconds}} if options.routing_ttl_seconds else {}
     runtime = FunctionRuntime(overrides)
