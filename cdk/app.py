@@ -6,6 +6,7 @@ Synth is hermetic: no AWS account, no network, no Docker, no lookups (env-agnost
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -134,7 +135,20 @@ def stack_props_from_context(app: App, layer_dir: Path | None = None,
         # Off: the drift function publishes only the maxima its alarms read (per-feature figures stay in its log).
         drift=DriftMonitorSettings(per_feature_metrics=_as_bool(ctx("driftPerFeatureMetrics", True),
                                                                 CTX + "driftPerFeatureMetrics")),
+        shadow_agreement_below=_share(ctx("shadowAgreementBelow", defaults.shadow_agreement_below),
+                                      CTX + "shadowAgreementBelow"),
     )
+
+
+def _share(value: Any, key: str) -> float:
+    """A share in (0, 1], from a context string or a cdk.json number."""
+    try:
+        share = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        share = math.nan
+    if not 0 < share <= 1:  # NaN fails too
+        raise ValueError(f"context {key} must be a number in (0, 1], got {value!r}")
+    return share
 
 
 def _release(ctx: Any) -> ReleaseMachineSettings:

@@ -12,6 +12,7 @@ from aws_cdk import Aspects, CfnOutput, Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
+from ..constructs.alarms import SHADOW_AGREEMENT_THRESHOLD
 from ..constructs.batch_scoring import BatchScoring, BatchScoringProps, BatchScoringSettings
 from ..constructs.code_release import CodeRelease, CodeReleaseProps
 from ..constructs.drift import Drift, DriftMonitorSettings, DriftProps
@@ -66,6 +67,8 @@ class ServingStackProps:
     """The drift function's schedule, window and minimum sample; its alarm starts retraining."""
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     """Labels for prediction ids (POST /feedback, feedback/ files), the live accuracy alarm and the review queue."""
+    shadow_agreement_below: float = SHADOW_AGREEMENT_THRESHOLD
+    """The shadow agreement alarm's threshold (`-c slimserve:shadowAgreementBelow`): a share in (0, 1]."""
 
     def resolved_prefix(self) -> str:
         """The key prefix of the model's versions in the model bucket, `models/<model_name>/`."""
@@ -117,7 +120,7 @@ class ServingStack(Stack):
         self.alias_alarms = self.monitoring.alias(self.serving, self.serving.function, self.serving.alias)
         self.api_alarm = self.monitoring.api_errors(self.serving, self.serving.api)
         # A shadow's errors and agreement: they notify only (a shadow is never served, nothing rolls back).
-        self.shadow_alarms = self.monitoring.shadow(self.serving, props.model_name)
+        self.shadow_alarms = self.monitoring.shadow(self.serving, props.model_name, props.shadow_agreement_below)
         # Code reaches alias `live` by canary, under the alias alarms and the model's release lock.
         self.code_release = CodeRelease(self, "CodeRelease", CodeReleaseProps(
             alias=self.serving.alias,

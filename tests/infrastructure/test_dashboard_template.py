@@ -205,6 +205,17 @@ def test_the_shadow_row_shows_its_alarms_and_the_agreement_threshold(default_syn
     assert agreement["properties"]["annotations"]["horizontal"][0]["value"] == SHADOW_AGREEMENT_THRESHOLD
 
 
+def test_the_agreement_threshold_is_set_by_context_in_the_alarm_and_on_the_dashboard(
+        synth_once: Callable[..., Synth]) -> None:
+    synth = synth_once(**MODEL_CONTEXT, **{"slimserve:shadowAgreementBelow": "0.95"})
+    (agreement,) = [a for a in shadow_alarms(synth).values() if a["MetricName"] == "ShadowAgreement"]
+    assert (agreement["Threshold"], agreement["ComparisonOperator"]) == (0.95, "LessThanThreshold")
+    assert "less than 95% of rows" in agreement["AlarmDescription"]
+    (widget,) = [w for w in dashboard_body(synth)["widgets"]
+                 if w["properties"].get("title") == "Shadow agreement with the served answer"]
+    assert widget["properties"]["annotations"]["horizontal"][0]["value"] == 0.95
+
+
 def capture_records() -> list[dict[str, Any]]:
     """The capture's own EMF records: one flush that is written, one whose PUT fails."""
     records: list[dict[str, Any]] = []
