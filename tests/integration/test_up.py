@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 
 from functions.common.registry import ModelEntry, Registry
 from pipeline.cli import main as cli
+from pipeline.local.apigw import unsigned_token, unverified_claims
 from pipeline.local.emulation import FAKE_CREDENTIALS, REGION, create_registry_table, emulated_account
 from pipeline.local.server import call
 from pipeline.local.stack import OUTPUT_NAMES
@@ -58,18 +60,20 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("state")
 
 
-@pytest.fixture
-def up(state_dir: Path, tmp_path: Path) -> Iterator[Up]:
+@contextmanager
+def running_up(state_dir: Path, log_path: Path, *context: str) -> Iterator[Up]:
+    """`slimserve up` in its own process until the block ends; ``context``: more `-c key=value`."""
     command = [sys.executable, "-m", "pipeline.cli", "up", "--port", "0", "--moto-port", "0", "--model", MODEL,
                "--state-dir", str(state_dir), "--routing-ttl", "0",
-               "-c", "slimserve:releaseBakeSeconds=0", "-c", "slimserve:releaseMinCanaryRequests=0"]
-    log = (tmp_path / "up.log").open("w")
+               "-c", "slimserve:releaseBakeSeconds=0", "-c", "slimserve:releaseMinCanaryRequests=0",
+               *(arg for pair in context for arg in ("-c", pair))]
+    log = log_path.open("w")
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     up_file = state_dir / UP_FILE
     deadline = time.monotonic() + HANG
     while not up_file.is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert up_file.is_file(), (tmp_path / "up.log").read_text()
+    assert up_file.is_file(), log_path.read_text()
     running = Up(process, state_dir, json.loads(up_file.read_text()))
     try:
         yield running
@@ -78,6 +82,12 @@ def up(state_dir: Path, tmp_path: Path) -> Iterator[Up]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture
+def up(state_dir: Path, tmp_path: Path) -> Iterator[Up]:
+    with running_up(state_dir, tmp_path / "up.log") as running:
+        yield running
 
 
 @pytest.fixture
@@ -142,6 +152,47 @@ def test_up_serves_what_release_promotes_and_rollback_restores(up: Up, client_en
     assert not (up.state_dir / UP_FILE).exists()
     assert cli(["status", *where]) == 2
     assert "emulation_not_running" in capsys.readouterr().err
+
+
+ISSUER = "https://issuer.example.com/pool"
+HTTP_JWT = ("slimserve:api=http", "slimserve:apiAuth=jwt", f"slimserve:jwtIssuer={ISSUER}",
+            "slimserve:jwtAudience=local-client")
+
+
+def test_up_with_the_http_api_and_jwt_answers_as_the_rest_api_and_names_the_labeller(
+        state_dir: Path, client_env: None, rf_bundle: Path, holdout: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`-c slimserve:api=http -c slimserve:apiAuth=jwt`: payload 1.0 events, claims from the (unverified) token."""
+    v1 = bundle_version(rf_bundle, "v1", tmp_path)
+    with running_up(state_dir, tmp_path / "rest.log") as rest, \
+            running_up(tmp_path / "http-state", tmp_path / "http.log", *HTTP_JWT) as http:
+        for running in (rest, http):
+            assert cli(["release", "--bundle", str(v1), "--holdout", str(holdout),
+                        "--state-dir", str(running.state_dir)]) == 0
+        capsys.readouterr()
+        said = (tmp_path / "http.log").read_text()
+        assert "front door      the HTTP API, payload 1.0, JWT auth: NOT VERIFIED locally" in said
+        token = next(line.split()[2] for line in said.splitlines() if line.startswith("  example token"))
+        assert unverified_claims(token) == {"iss": ISSUER, "sub": "local-user", "token_use": "access"}
+
+        rows = json.loads(breast_cancer().drop(columns=["target"]).head(3).to_json(orient="values"))
+        assert call(http.state["api_url"], "POST", "/predict", {"instances": rows}) == \
+            (401, {"message": "Unauthorized"})
+        labeller = {"Authorization": f"Bearer {unsigned_token({'iss': ISSUER, 'sub': 'labeller-7'})}"}
+        status, answer = call(http.state["api_url"], "POST", "/predict", {"instances": rows}, headers=labeller)
+        rest_status, rest_answer = call(rest.state["api_url"], "POST", "/predict", {"instances": rows})
+        assert status == rest_status == 200
+        same = ("model_version", "predictions", "probabilities")
+        assert {k: answer.get(k) for k in same} == {k: rest_answer.get(k) for k in same}
+        assert answer["model_version"] == "v1"
+
+        pid = answer["prediction_ids"][0]
+        status, stored = call(http.state["api_url"], "POST", "/feedback", {"prediction_id": pid, "label": 1},
+                              headers=labeller)
+        assert status == 201, stored
+        table = boto3.client("dynamodb", region_name=REGION, endpoint_url=http.state["endpoint_url"])
+        (item,) = table.scan(TableName=http.state["feedback_table"])["Items"]
+        assert item["caller"]["S"] == f"{ISSUER}#labeller-7"
 
 
 def test_release_without_up_fails_by_name(rf_bundle: Path, holdout: Path, tmp_path: Path,
