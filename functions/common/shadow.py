@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .bundle import Model, Prediction
 from .errors import SlimserveError
@@ -61,8 +60,7 @@ def _label_score_diff(served: Model, answer: Prediction, shadow: Model, shadowed
     return total
 
 
-@dataclass(frozen=True)
-class ShadowRun:
+class ShadowRun(NamedTuple):  # a tuple: built on every shadowed request, cheaper than a frozen dataclass
     """One request's shadow: its version, its answer (None when it failed, ``error`` then says why) and the
     EMF record published. Request capture keeps the answer beside the served one."""
 
