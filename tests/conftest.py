@@ -65,6 +65,17 @@ def _fixed_gate_latency(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     monkeypatch.setattr(gate, "interleaved_p99_ms", fixed)
 
 
+@pytest.fixture
+def metric_records() -> Iterator[list[dict[str, Any]]]:
+    """The EMF records the functions publish (functions.common.routing's sink), kept for the test."""
+    from functions.common.routing import set_metric_sink
+
+    records: list[dict[str, Any]] = []
+    previous = set_metric_sink(records.append)
+    yield records
+    set_metric_sink(previous)
+
+
 def breast_cancer() -> pd.DataFrame:
     from sklearn.datasets import load_breast_cancer
 

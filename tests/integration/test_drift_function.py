@@ -20,7 +20,6 @@ from functions.common.bundle import directory_reader, load_model
 from functions.common.layout import capture_key
 from functions.common.manifest import sha256_file
 from functions.common.registry import ROUTING_ITEM, Routing
-from functions.common.routing import set_metric_sink
 from functions.common.settings import DriftSettings
 from functions.drift.service import parse_capture, read_profile, run_drift
 from pipeline.local.apigw import LambdaContext
@@ -43,13 +42,6 @@ def account(mixed_bundle: Path) -> Iterator[dict[str, Any]]:
                           champion_sha256=sha256_file(mixed_bundle / "manifest.json"))
         yield {"s3": s3, "routing": routing, "model": load_model(directory_reader(mixed_bundle))}
 
-
-@pytest.fixture
-def published() -> Iterator[list[dict[str, Any]]]:
-    records: list[dict[str, Any]] = []
-    previous = set_metric_sink(records.append)
-    yield records
-    set_metric_sink(previous)
 
 
 def records_of(model: Any, frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -85,40 +77,40 @@ def by_name(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_unshifted_traffic_publishes_metrics_below_every_alarm(account: dict[str, Any],
-                                                               published: list[dict[str, Any]]) -> None:
+                                                               metric_records: list[dict[str, Any]]) -> None:
     put_capture(account["s3"], records_of(account["model"], mixed_frame(400)))
     report = run(account)
-    figures = by_name(published)
+    figures = by_name(metric_records)
     assert report.published and report.rows == 400 and report.corrupt == 0
     assert {f"DriftPsi/{n}" for n in FEATURES} <= set(figures) and "DriftKs/age" in figures
     assert "DriftKs/plan" not in figures and "NullRateDelta/income" in figures
     assert figures["DriftPsiMax"] < DRIFT_PSI_MAX.threshold and figures["DriftKsMax"] < DRIFT_KS_MAX.threshold
     assert figures["PredictionPsi"] < PREDICTION_PSI.threshold
-    assert all(r["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Slimserve" for r in published)
+    assert all(r["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Slimserve" for r in metric_records)
 
 
 def test_shifted_inputs_raise_feature_drift_and_prediction_drift(account: dict[str, Any],
-                                                                 published: list[dict[str, Any]]) -> None:
+                                                                 metric_records: list[dict[str, Any]]) -> None:
     frame = mixed_frame(400)
     frame["age"] = frame["age"] + 25  # older customers: the model answers "yes" far more often
     put_capture(account["s3"], records_of(account["model"], frame))
     run(account)
-    figures = by_name(published)
+    figures = by_name(metric_records)
     assert figures["DriftKs/age"] > DRIFT_KS_MAX.threshold and figures["DriftPsi/age"] > DRIFT_PSI_MAX.threshold
     assert figures["DriftPsiMax"] == figures["DriftPsi/age"] and figures["DriftPsi/plan"] < 0.05
     assert figures["PredictionPsi"] > PREDICTION_PSI.threshold
 
 
 def test_a_window_below_the_minimum_sample_publishes_nothing(account: dict[str, Any],
-                                                            published: list[dict[str, Any]]) -> None:
+                                                            metric_records: list[dict[str, Any]]) -> None:
     put_capture(account["s3"], records_of(account["model"], mixed_frame(400).head(199)))
     report = run(account)
-    assert not report.published and published == []
+    assert not report.published and metric_records == []
     assert "199 captured rows" in report.reason and "200" in report.reason
 
 
 def test_corrupt_capture_objects_are_skipped_and_counted(account: dict[str, Any],
-                                                         published: list[dict[str, Any]]) -> None:
+                                                         metric_records: list[dict[str, Any]]) -> None:
     s3, records = account["s3"], records_of(account["model"], mixed_frame(400))
     good = gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode())
     put_capture(s3, records)
@@ -128,11 +120,11 @@ def test_corrupt_capture_objects_are_skipped_and_counted(account: dict[str, Any]
     put_capture(s3, [], suffix="e" * 12, body=gzip.compress(b'[1, 2]\n'))
     report = run(account)
     assert report.objects == 5 and report.corrupt == 4 and report.rows == 400 and report.published
-    assert by_name(published)["DriftRows"] == 400 and by_name(published)["CaptureObjectsCorrupt"] == 4
+    assert by_name(metric_records)["DriftRows"] == 400 and by_name(metric_records)["CaptureObjectsCorrupt"] == 4
 
 
 def test_only_objects_flushed_within_the_window_are_read(account: dict[str, Any],
-                                                         published: list[dict[str, Any]]) -> None:
+                                                         metric_records: list[dict[str, Any]]) -> None:
     s3, records = account["s3"], records_of(account["model"], mixed_frame(400))
     put_capture(s3, records[:300], when=NOW - dt.timedelta(hours=2))
     put_capture(s3, records, when=NOW - dt.timedelta(hours=SETTINGS.window_hours, minutes=5), suffix="f" * 12)
@@ -141,7 +133,7 @@ def test_only_objects_flushed_within_the_window_are_read(account: dict[str, Any]
 
 
 def test_hashed_and_dropped_columns_are_left_out_with_the_reason(account: dict[str, Any],
-                                                                 published: list[dict[str, Any]]) -> None:
+                                                                 metric_records: list[dict[str, Any]]) -> None:
     records = records_of(account["model"], mixed_frame(400))
     for r in records:
         r["row"]["region"] = "sha256:0123456789abcdef"
@@ -149,12 +141,12 @@ def test_hashed_and_dropped_columns_are_left_out_with_the_reason(account: dict[s
     put_capture(account["s3"], records)
     report = run(account)
     assert report.skipped == {"plan": "not captured (dropped at capture)", "region": "hashed at capture"}
-    assert "DriftPsi/region" not in by_name(published)
+    assert "DriftPsi/region" not in by_name(metric_records)
 
 
 def test_a_bundle_without_a_typed_profile_is_reported_not_compared(account: dict[str, Any], mixed_bundle: Path,
                                                                    tmp_path: Path,
-                                                                   published: list[dict[str, Any]]) -> None:
+                                                                   metric_records: list[dict[str, Any]]) -> None:
     manifest = json.loads((mixed_bundle / "manifest.json").read_text())
     manifest.update(format_version=2, profile={"age": {"type": "number", "edges": [1.0], "proportions": [1.0]}},
                     files={"model.onnx": manifest["files"]["model.onnx"]})  # an older bundle: the model alone
@@ -166,7 +158,7 @@ def test_a_bundle_without_a_typed_profile_is_reported_not_compared(account: dict
     routing = Routing(model=MODEL, champion_version=VERSION, champion_uri=str(old))
     put_capture(account["s3"], records_of(account["model"], mixed_frame(400)))
     report = run_drift(SETTINGS, routing, account["s3"], NOW, read_profile)
-    assert not report.published and "no feature profile" in report.reason and published == []
+    assert not report.published and "no feature profile" in report.reason and metric_records == []
 
 
 def with_registry(account: dict[str, Any]) -> None:
@@ -179,18 +171,19 @@ def with_registry(account: dict[str, Any]) -> None:
         "champion_uri": {"S": routing.champion_uri}, "champion_sha256": {"S": routing.champion_sha256}})
 
 
-def test_the_handler_follows_the_registry_champion(account: dict[str, Any], published: list[dict[str, Any]]) -> None:
+def test_the_handler_follows_the_registry_champion(account: dict[str, Any],
+                                                   metric_records: list[dict[str, Any]]) -> None:
     with_registry(account)
     put_capture(account["s3"], records_of(account["model"], mixed_frame(400)),
                 when=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
     handler = load_function("functions.drift.handler", "", **{k: v for k, v in SETTINGS.to_env().items()})
     answer = handler.lambda_handler({"source": "aws.events"}, LambdaContext(function_name="slimserve-drift"))
     assert answer["published"] and answer["rows"] == 400 and answer["version"] == VERSION
-    assert by_name(published)["DriftRows"] == 400
+    assert by_name(metric_records)["DriftRows"] == 400
 
 
 def test_per_feature_metrics_off_publishes_only_what_the_alarms_read_and_logs_every_feature(
-        account: dict[str, Any], published: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+        account: dict[str, Any], metric_records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     with_registry(account)
     frame = mixed_frame(400)
     frame["age"] = frame["age"] + 25
@@ -202,8 +195,8 @@ def test_per_feature_metrics_off_publishes_only_what_the_alarms_read_and_logs_ev
     lines: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(handler, "logger", SimpleNamespace(info=lambda msg, extra: lines.append((msg, extra))))
     answer = handler.lambda_handler({"source": "aws.events"}, LambdaContext(function_name="slimserve-drift"))
-    figures = by_name(published)
-    assert not [r for r in published if "feature" in r]  # no per-feature metric at all
+    figures = by_name(metric_records)
+    assert not [r for r in metric_records if "feature" in r]  # no per-feature metric at all
     assert figures["DriftPsiMax"] > DRIFT_PSI_MAX.threshold and figures["DriftKsMax"] > DRIFT_KS_MAX.threshold
     assert figures["PredictionPsi"] > PREDICTION_PSI.threshold  # every alarm still has its signal
     logged = json.loads(json.dumps(dict(lines)["drift run"]))  # the log line, as JSON carries it
@@ -221,7 +214,7 @@ def test_a_capture_line_without_a_row_is_corrupt() -> None:
 
 
 def test_monitor_prints_each_feature_with_its_histogram_and_publishes_nothing(
-        account: dict[str, Any], published: list[dict[str, Any]]) -> None:
+        account: dict[str, Any], metric_records: list[dict[str, Any]]) -> None:
     from pipeline.monitor import drift_now, render
 
     with_registry(account)
@@ -237,6 +230,6 @@ def test_monitor_prints_each_feature_with_its_histogram_and_publishes_nothing(
             rows.setdefault(line.split()[0], line)
     assert rows["age"].endswith("DRIFT") and not rows["plan"].endswith("DRIFT")
     assert "age  (# profile, = live)" in text and "(prediction)" in text and "(null)" in text
-    assert published == []
+    assert metric_records == []
     thin = drift_now({"table": TABLE, "model_bucket": MODEL_BUCKET}, MODEL, window_hours=24, min_samples=1000, now=NOW)
     assert "nothing compared: 400 captured rows" in render(thin, {"psi": 0.2, "ks": 0.1})

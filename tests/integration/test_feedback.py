@@ -13,7 +13,6 @@ import boto3
 import pytest
 
 from functions.common.prediction_ids import MAX_ID_CHARS, verify
-from functions.common.routing import set_metric_sink
 from pipeline.local.apigw import IAM_USER_ARN, LambdaContext, http_api_event, jwt_claims, proxy_event
 from pipeline.local.emulation import MODEL_BUCKET, REGION, emulated_account, upload_bundle
 from pipeline.local.server import load_function, load_inference_handler
@@ -35,13 +34,6 @@ def account() -> Iterator[dict[str, Any]]:
         yield {"s3": boto3.client("s3", region_name=REGION), "dynamodb": dynamodb, "sqs": sqs,
                "queue": sqs.create_queue(QueueName="review")["QueueUrl"]}
 
-
-@pytest.fixture
-def metric_records() -> Iterator[list[dict[str, Any]]]:
-    records: list[dict[str, Any]] = []
-    previous = set_metric_sink(records.append)
-    yield records
-    set_metric_sink(previous)
 
 
 def serve(account: dict[str, Any], bundle: Path, **settings: str) -> tuple[ModuleType, ModuleType]:

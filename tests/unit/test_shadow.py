@@ -4,7 +4,6 @@ and never able to fail the request it runs beside."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -12,7 +11,7 @@ import pytest
 
 from functions.common.bundle import Model, Prediction
 from functions.common.registry import Routing
-from functions.common.routing import RoutingSource, ShadowDraw, role_for, set_metric_sink, shadow_slot
+from functions.common.routing import RoutingSource, ShadowDraw, role_for, shadow_slot
 from functions.common.shadow import SHADOW_DIMENSIONS, ShadowMismatch, compare, run_shadow
 from tests.unit import test_routing as routing_tests
 from tests.unit.test_routing import Clock, Table
@@ -67,13 +66,6 @@ def loader(broken: set[str] | None = None) -> Any:
 def source(table: Table, load: Any, clock: Clock, ttl: float = 15) -> RoutingSource:
     return routing_tests.source(table, load, clock, ttl, logger=Logs())
 
-
-@pytest.fixture
-def records() -> Iterator[list[dict[str, Any]]]:
-    found: list[dict[str, Any]] = []
-    previous = set_metric_sink(found.append)
-    yield found
-    set_metric_sink(previous)
 
 
 IDS = [f"req-{i}" for i in range(10_000)]
@@ -131,7 +123,8 @@ def test_preload_loads_the_shadow_at_cold_start() -> None:
     assert sorted(load.calls) == ["s3://b/v1/", "s3://b/v3/"]
 
 
-def test_a_classifier_shadow_publishes_agreement_score_difference_and_latency(records: list[dict[str, Any]]) -> None:
+def test_a_classifier_shadow_publishes_agreement_score_difference_and_latency(
+        metric_records: list[dict[str, Any]]) -> None:
     clock = Clock()
     served = fake_model("v1", classes=["no", "yes"])
     answer = Prediction(["yes", "no", "no", "yes"], [[0.2, 0.8], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
@@ -141,7 +134,7 @@ def test_a_classifier_shadow_publishes_agreement_score_difference_and_latency(re
                                                                       [0.4, 0.6]]))
     run = run_shadow(ShadowDraw("v3", shadow), [[1], [2], [3], [4]], served, answer, clock=clock, log=Logs())
     record = run.record
-    assert records == [record]
+    assert metric_records == [record]
     assert run.version == "v3" and run.error is None and run.answer is not None  # kept for request capture
     assert run.answer.predictions == ["yes", "yes", "no", "no"]
     assert record["ShadowRequests"] == 1 and record["ShadowErrors"] == 0
@@ -174,7 +167,7 @@ def test_an_answer_that_cannot_be_compared_is_a_mismatch() -> None:
                                             (ShadowDraw("v3", None), "shadow_unavailable")],
                          ids=["predict raises", "bundle not loaded"])
 def test_a_failing_shadow_is_counted_and_logged_never_raised(draw: ShadowDraw, code: str,
-                                                             records: list[dict[str, Any]]) -> None:
+                                                             metric_records: list[dict[str, Any]]) -> None:
     logs = Logs()
     served = fake_model("v1", classes=["no", "yes"])
     run = run_shadow(draw, [{"secret": "row"}], served, Prediction(["no"], [[0.6, 0.4]]), clock=Clock(), log=logs)
